@@ -1,0 +1,366 @@
+"""The payloads of the contract as immutable values, with strict encoders and decoders.
+
+Payloads are UTF-8 JSON objects with a version field ``v`` (this module speaks ``v = 1``).
+Times are integer milliseconds since the Unix epoch, UTC. Telemetry and desired config travel
+inside a JWS (see :mod:`iot_protocol.jws`); the rest are plain JSON, protected by broker ACLs.
+Decoders accept exactly what docs/protocol.md specifies and raise :class:`DecodeError` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import DecodeError, UnsupportedVersion
+from .topics import validate_device_id
+
+__all__ = [
+    "MAX_READINGS_PER_BATCH",
+    "VERSION",
+    "Batch",
+    "ConfigDocument",
+    "ConfigReport",
+    "Health",
+    "Reading",
+    "Receipt",
+    "Rejection",
+    "Status",
+    "decode_batch",
+    "decode_config_document",
+    "decode_config_report",
+    "decode_health",
+    "decode_receipt",
+    "decode_status",
+    "encode",
+]
+
+VERSION = 1
+MAX_READINGS_PER_BATCH = 1000
+TYP_BATCH = "edu.batch.v1"
+TYP_CONFIG = "edu.config.v1"
+_NAME_MAX = 64
+
+
+def _loads(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise DecodeError(f"{what} is not valid UTF-8 JSON", reason="bad_json") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{what} must be a JSON object", reason="bad_json")
+    v = obj.get("v")
+    if v != VERSION:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise UnsupportedVersion(f"{what} version {v} is not supported (this side speaks {VERSION})")
+        raise DecodeError(f"{what} needs an integer version field 'v'", reason="bad_schema")
+    return obj
+
+
+def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise DecodeError(f"{what}.{key} must be an integer >= {minimum}", reason="bad_schema")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, what: str, *, max_len: int = _NAME_MAX) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise DecodeError(f"{what}.{key} must be a string of 1-{max_len} characters", reason="bad_schema")
+    return value
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sample of one sensor: ``values`` maps field name to number; ``quality`` is 0..1."""
+
+    ts: int
+    sensor_type: str
+    values: Mapping[str, float]
+    quality: float = 1.0
+    flags: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ts": self.ts, "sensor_type": self.sensor_type, "values": dict(self.values)}
+        out["quality"] = self.quality
+        if self.flags:
+            out["flags"] = list(self.flags)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A device's signed unit of telemetry: ``seq`` increases by one per batch, per device."""
+
+    device_id: str
+    batch_id: str
+    seq: int
+    sent_at: int
+    readings: tuple[Reading, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "device_id": self.device_id,
+            "batch_id": self.batch_id,
+            "seq": self.seq,
+            "sent_at": self.sent_at,
+            "readings": [r.to_json() for r in self.readings],
+        }
+
+
+def _decode_reading(obj: Any, i: int) -> Reading:
+    what = f"readings[{i}]"
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{what} must be an object", reason="bad_schema")
+    values = obj.get("values")
+    if not isinstance(values, dict) or not values:
+        raise DecodeError(f"{what}.values must be a non-empty object", reason="bad_schema")
+    for name, value in values.items():
+        if not 0 < len(name) <= _NAME_MAX or not _num(value):
+            raise DecodeError(f"{what}.values.{name[:_NAME_MAX]} must be a number", reason="bad_schema")
+    quality = obj.get("quality", 1.0)
+    if not _num(quality):
+        raise DecodeError(f"{what}.quality must be a number", reason="bad_schema")
+    flags = obj.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= _NAME_MAX for f in flags):
+        raise DecodeError(f"{what}.flags must be a list of short strings", reason="bad_schema")
+    return Reading(
+        ts=_int(obj, "ts", what),
+        sensor_type=_str(obj, "sensor_type", what),
+        values=values,
+        quality=float(quality),
+        flags=tuple(flags),
+    )
+
+
+def decode_batch(data: bytes) -> Batch:
+    """Decode a telemetry batch payload (the JWS payload bytes)."""
+    obj = _loads(data, "batch")
+    readings = obj.get("readings")
+    if not isinstance(readings, list) or not readings:
+        raise DecodeError("batch.readings must be a non-empty list", reason="bad_schema")
+    if len(readings) > MAX_READINGS_PER_BATCH:
+        raise DecodeError(
+            f"batch holds {len(readings)} readings, more than {MAX_READINGS_PER_BATCH}", reason="too_large"
+        )
+    device_id = _str(obj, "device_id", "batch")
+    try:
+        validate_device_id(device_id)
+    except Exception:
+        raise DecodeError(f"batch.device_id {device_id!r} is not a valid device id", reason="bad_schema") from None
+    return Batch(
+        device_id=device_id,
+        batch_id=_str(obj, "batch_id", "batch", max_len=128),
+        seq=_int(obj, "seq", "batch"),
+        sent_at=_int(obj, "sent_at", "batch"),
+        readings=tuple(_decode_reading(r, i) for i, r in enumerate(readings)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Cloud -> device: these batch sequence numbers are durably stored (or finally rejected).
+
+    A device deletes a batch from its buffer when its seq appears in ``stored`` or ``rejected``;
+    a rejected batch would fail the same way again, so resending it cannot help.
+    """
+
+    stored: tuple[int, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "stored": list(self.stored),
+            "rejected": [{"seq": r.seq, "reason": r.reason} for r in self.rejected],
+        }
+
+
+def decode_receipt(data: bytes) -> Receipt:
+    obj = _loads(data, "receipt")
+    stored = obj.get("stored", [])
+    rejected = obj.get("rejected", [])
+    if not isinstance(stored, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in stored):
+        raise DecodeError("receipt.stored must be a list of integers", reason="bad_schema")
+    if not isinstance(rejected, list):
+        raise DecodeError("receipt.rejected must be a list", reason="bad_schema")
+    rej = []
+    for i, r in enumerate(rejected):
+        if not isinstance(r, dict):
+            raise DecodeError(f"receipt.rejected[{i}] must be an object", reason="bad_schema")
+        rej.append(Rejection(_int(r, "seq", "receipt.rejected"), _str(r, "reason", "receipt.rejected")))
+    return Receipt(tuple(stored), tuple(rej))
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Retained presence: ``online`` on connect, ``offline`` on clean stop or as the last will."""
+
+    state: str  # "online" | "offline"
+    at: int | None = None
+    reason: str | None = None  # for offline: "clean" (said by the device) or "lost" (the last will)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": VERSION, "state": self.state}
+        if self.at is not None:
+            out["at"] = self.at
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+def decode_status(data: bytes) -> Status:
+    obj = _loads(data, "status")
+    state = obj.get("state")
+    if state not in ("online", "offline"):
+        raise DecodeError("status.state must be 'online' or 'offline'", reason="bad_schema")
+    at = obj.get("at")
+    reason = obj.get("reason")
+    if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
+        raise DecodeError("status.at must be an integer", reason="bad_schema")
+    if reason is not None and not isinstance(reason, str):
+        raise DecodeError("status.reason must be a string", reason="bad_schema")
+    return Status(state, at, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Heartbeat. The counters let the cloud account for every reading (produced = stored +
+    buffered + dropped + in flight)."""
+
+    at: int
+    uptime_s: float
+    buffer_depth: int
+    produced: int
+    dropped: int
+    firmware: str
+    config_version: int
+    clock_synced: bool
+    battery: float | None = None
+    signal: float | None = None
+    last_seq: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "at": self.at,
+            "uptime_s": self.uptime_s,
+            "buffer_depth": self.buffer_depth,
+            "produced": self.produced,
+            "dropped": self.dropped,
+            "firmware": self.firmware,
+            "config_version": self.config_version,
+            "clock_synced": self.clock_synced,
+            "battery": self.battery,
+            "signal": self.signal,
+            "last_seq": self.last_seq,
+            **({"extra": dict(self.extra)} if self.extra else {}),
+        }
+
+
+def decode_health(data: bytes) -> Health:
+    obj = _loads(data, "health")
+    for key in ("battery", "signal"):
+        if obj.get(key) is not None and not _num(obj[key]):
+            raise DecodeError(f"health.{key} must be a number or null", reason="bad_schema")
+    uptime = obj.get("uptime_s")
+    if not _num(uptime) or not math.isfinite(uptime):
+        raise DecodeError("health.uptime_s must be a number", reason="bad_schema")
+    extra = obj.get("extra", {})
+    return Health(
+        at=_int(obj, "at", "health"),
+        uptime_s=float(uptime),
+        buffer_depth=_int(obj, "buffer_depth", "health"),
+        produced=_int(obj, "produced", "health"),
+        dropped=_int(obj, "dropped", "health"),
+        firmware=_str(obj, "firmware", "health"),
+        config_version=_int(obj, "config_version", "health"),
+        clock_synced=bool(obj.get("clock_synced")),
+        battery=obj.get("battery"),
+        signal=obj.get("signal"),
+        last_seq=_int(obj, "last_seq", "health") if "last_seq" in obj else 0,
+        extra=extra if isinstance(extra, dict) else {},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDocument:
+    """Desired configuration for one device, signed by the cloud (JWS typ ``edu.config.v1``).
+
+    ``version`` increases by one per change, per device; a device applies a document only if its
+    version is greater than the one it has applied.
+    """
+
+    device_id: str
+    version: int
+    issued_at: int
+    settings: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "device_id": self.device_id,
+            "version": self.version,
+            "issued_at": self.issued_at,
+            "settings": dict(self.settings),
+        }
+
+
+def decode_config_document(data: bytes) -> ConfigDocument:
+    obj = _loads(data, "config")
+    settings = obj.get("settings")
+    if not isinstance(settings, dict):
+        raise DecodeError("config.settings must be an object", reason="bad_schema")
+    return ConfigDocument(
+        device_id=_str(obj, "device_id", "config"),
+        version=_int(obj, "version", "config", minimum=1),
+        issued_at=_int(obj, "issued_at", "config"),
+        settings=settings,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """Device -> cloud: the outcome of a desired config. ``status`` is ``applied`` or ``rejected``."""
+
+    version: int
+    status: str
+    at: int
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": VERSION, "version": self.version, "status": self.status, "at": self.at, "error": self.error}
+
+
+def decode_config_report(data: bytes) -> ConfigReport:
+    obj = _loads(data, "config report")
+    status = obj.get("status")
+    if status not in ("applied", "rejected"):
+        raise DecodeError("config report status must be 'applied' or 'rejected'", reason="bad_schema")
+    error = obj.get("error")
+    if error is not None and not isinstance(error, str):
+        raise DecodeError("config report error must be a string or null", reason="bad_schema")
+    return ConfigReport(
+        version=_int(obj, "version", "config report"), status=status, at=_int(obj, "at", "config report"), error=error
+    )
+
+
+def encode(message: Batch | Receipt | Status | Health | ConfigDocument | ConfigReport) -> bytes:
+    """The exact bytes sent for ``message`` (compact JSON, keys in declaration order)."""
+    return orjson.dumps(message.to_json())

@@ -1,0 +1,68 @@
+"""Sealing messages into signed JWS tokens and opening them again, with the contract's checks:
+the token type, the signer (``kid``) against the topic's device, and the payload's device id."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import jws
+from .errors import DecodeError, SignatureError
+from .messages import (
+    TYP_BATCH,
+    TYP_CONFIG,
+    Batch,
+    ConfigDocument,
+    decode_batch,
+    decode_config_document,
+    encode,
+)
+
+__all__ = ["CLOUD_KID", "open_batch", "open_config", "seal_batch", "seal_config"]
+
+CLOUD_KID = "cloud"
+
+
+def seal_batch(batch: Batch, key: Ed25519PrivateKey) -> bytes:
+    """The telemetry message for ``batch``: a compact JWS signed by the device, ``kid`` = device id."""
+    return jws.sign(encode(batch), key, kid=batch.device_id, typ=TYP_BATCH)
+
+
+def open_batch(token: bytes, *, topic_device: str, public_key: bytes) -> Batch:
+    """Verify ``token`` as ``topic_device``'s telemetry and decode it.
+
+    Raises:
+        DecodeError: not a JWS, wrong ``typ``, or a malformed batch.
+        SignatureError: ``kid`` or the payload names another device, or the signature does not
+            verify with ``public_key`` (the key registered for ``topic_device``).
+    """
+    token_ = jws.decode(token)
+    if token_.typ != TYP_BATCH:
+        raise DecodeError(f"JWS typ must be {TYP_BATCH!r}, got {token_.typ!r}", reason="bad_envelope")
+    if token_.kid != topic_device:
+        raise SignatureError(
+            f"signer {token_.kid!r} is not the topic's device {topic_device!r}", reason="device_mismatch"
+        )
+    jws.verify(token_, public_key)
+    batch = decode_batch(token_.payload)
+    if batch.device_id != topic_device:
+        raise SignatureError(
+            f"batch names device {batch.device_id!r}, topic names {topic_device!r}", reason="device_mismatch"
+        )
+    return batch
+
+
+def seal_config(doc: ConfigDocument, key: Ed25519PrivateKey) -> bytes:
+    """The retained desired-config message: a JWS signed by the cloud's config key."""
+    return jws.sign(encode(doc), key, kid=CLOUD_KID, typ=TYP_CONFIG)
+
+
+def open_config(token: bytes, *, device_id: str, cloud_public_key: bytes) -> ConfigDocument:
+    """Verify a desired-config message with the cloud's key and check it is for ``device_id``."""
+    token_ = jws.decode(token)
+    if token_.typ != TYP_CONFIG:
+        raise DecodeError(f"JWS typ must be {TYP_CONFIG!r}, got {token_.typ!r}", reason="bad_envelope")
+    jws.verify(token_, cloud_public_key)
+    doc = decode_config_document(token_.payload)
+    if doc.device_id != device_id:
+        raise SignatureError(f"config is for {doc.device_id!r}, not {device_id!r}", reason="device_mismatch")
+    return doc
