@@ -1,0 +1,54 @@
+"""Metadata database: one SQLModel engine per process, built from a URL at the entry point.
+
+``sqlite:///path/meta.db`` (embedded, WAL) or ``postgresql://user@host:port/db`` (production).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+__all__ = ["create_all", "make_engine", "session_scope"]
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for ``url``; ``postgresql://`` uses psycopg 3. Raises ValueError for other schemes."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if url.startswith("sqlite:///"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    raise ValueError(f"unsupported metadata database URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table that does not exist yet (idempotent)."""
+    from .. import models  # noqa: F401 - registers the tables on SQLModel.metadata
+
+    SQLModel.metadata.create_all(engine)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
