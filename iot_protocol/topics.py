@@ -82,6 +82,12 @@ class Topics:
         """MQTT 5 shared-subscription filter: replicas in ``group`` split the messages."""
         return f"$share/{group}/{self.all_devices(kind)}"
 
+    def registry_events(self) -> str:
+        """Cloud-internal: registry changes (deactivate, rotate) that services must act on at once.
+        Payload ``{"v":1,"device_id":...,"event":"deactivated"|"rotated"|"activated"}``; only the
+        cloud's service account may publish or subscribe here."""
+        return f"{self.prefix}/cloud/registry"
+
     def parse(self, topic: str) -> tuple[str, Kind]:
         """Split a received topic into (device_id, kind), or raise :class:`TopicError`."""
         head = f"{self.prefix}/devices/"
