@@ -1,0 +1,219 @@
+"""The wire contract: golden bytes from docs/protocol.md, RFC 8037 interop, and fuzzed decoders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import iot_protocol as p
+from iot_protocol import jws
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def vector(name: str) -> str:
+    """A test vector from docs/protocol.md: the line after the marker ``<!-- vector:NAME -->``."""
+    match = re.search(rf"<!-- vector:{name} -->\s*```\w*\n(.*?)\n```", DOC.read_text(), re.S)
+    assert match, f"docs/protocol.md has no vector {name!r}"
+    return match.group(1).strip()
+
+
+DEVICE_KEY = p.private_key_from_seed(bytes.fromhex(vector("device_seed")))
+CLOUD_KEY = p.private_key_from_seed(bytes.fromhex(vector("cloud_seed")))
+
+
+def example_batch() -> p.Batch:
+    return p.Batch(
+        "greenhouse-01",
+        "0f8a7c1e-3b5d-4f6a-9c2e-7d1b8a4e5f60",
+        42,
+        1764115200500,
+        (
+            p.Reading(1764115200000, "environment", {"temperature": 21.5, "humidity": 48.25, "pressure": 1013.2}),
+            p.Reading(
+                1764115260000, "environment", {"temperature": 21.625, "humidity": 48.0, "pressure": 1013.1}, 0.5,
+                ("noisy",),
+            ),
+        ),
+    )
+
+
+def test_rfc8037_example_verifies_and_signs_identically() -> None:
+    """Interop: RFC 8037 appendix A.4, so any JOSE library can check our tokens."""
+    key = p.private_key_from_seed(jws.b64url_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"))
+    assert p.public_key_b64(key) == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    token = vector("rfc8037_a4").encode()
+    assert jws.verify_token(token, p.public_key_raw(key)).payload == b"Example of Ed25519 signing"
+    h64, p64, s64 = token.split(b".")
+    assert jws.b64url_encode(key.sign(h64 + b"." + p64)) == s64
+
+
+def test_device_public_key_vector() -> None:
+    assert p.public_key_b64(DEVICE_KEY) == vector("device_public_key")
+    assert p.public_key_b64(CLOUD_KEY) == vector("cloud_public_key")
+
+
+def test_batch_payload_and_token_golden_bytes() -> None:
+    assert p.encode(example_batch()).decode() == vector("batch_payload")
+    assert p.seal_batch(example_batch(), DEVICE_KEY).decode() == vector("batch_token")
+
+
+def test_batch_token_opens_to_the_same_batch() -> None:
+    batch = p.open_batch(
+        vector("batch_token").encode(), topic_device="greenhouse-01", public_key=p.public_key_raw(DEVICE_KEY)
+    )
+    assert batch == example_batch()
+
+
+def test_config_golden_bytes_and_open() -> None:
+    doc = p.ConfigDocument(
+        "greenhouse-01", 3, 1764115300000, {"sampling_interval_s": 30.0, "calibration_offsets": {"temperature": -0.4}}
+    )
+    assert p.encode(doc).decode() == vector("config_payload")
+    token = p.seal_config(doc, CLOUD_KEY)
+    assert token.decode() == vector("config_token")
+    opened = p.open_config(token, device_id="greenhouse-01", cloud_public_key=p.public_key_raw(CLOUD_KEY))
+    assert opened == doc
+
+
+def test_receipt_golden_bytes_round_trip() -> None:
+    receipt = p.Receipt((41, 42), (p.Rejection(43, "bad_signature"),))
+    assert p.encode(receipt).decode() == vector("receipt")
+    assert p.decode_receipt(p.encode(receipt)) == receipt
+
+
+def test_batch_signed_by_another_device_is_refused() -> None:
+    token = p.seal_batch(example_batch(), DEVICE_KEY)
+    with pytest.raises(p.SignatureError) as err:
+        p.open_batch(token, topic_device="greenhouse-02", public_key=p.public_key_raw(DEVICE_KEY))
+    assert err.value.reason == "device_mismatch"
+
+
+def test_batch_verified_with_wrong_key_is_refused() -> None:
+    token = p.seal_batch(example_batch(), DEVICE_KEY)
+    with pytest.raises(p.SignatureError) as err:
+        p.open_batch(token, topic_device="greenhouse-01", public_key=p.public_key_raw(CLOUD_KEY))
+    assert err.value.reason == "bad_signature"
+
+
+def test_config_signed_by_a_device_key_is_refused() -> None:
+    doc = p.ConfigDocument("greenhouse-01", 9, 1764115300000, {"sampling_interval_s": 1.0})
+    forged = p.seal_config(doc, DEVICE_KEY)
+    with pytest.raises(p.SignatureError):
+        p.open_config(forged, device_id="greenhouse-01", cloud_public_key=p.public_key_raw(CLOUD_KEY))
+
+
+def test_unsupported_version_is_named() -> None:
+    with pytest.raises(p.UnsupportedVersion) as err:
+        p.decode_batch(b'{"v":2}')
+    assert "version 2" in str(err.value)
+
+
+def test_topics_round_trip_and_reject_wildcards() -> None:
+    topics = p.Topics("school")
+    assert topics.telemetry("dev-1") == "school/devices/dev-1/telemetry"
+    assert topics.parse("school/devices/dev-1/config/desired") == ("dev-1", p.Kind.CONFIG_DESIRED)
+    for bad in ("a/b", "+", "#", "", "x" * 65, "dev 1"):
+        with pytest.raises(p.TopicError):
+            topics.telemetry(bad)
+    with pytest.raises(p.TopicError):
+        topics.parse("school/devices/dev-1/nonsense")
+
+
+def test_reading_checks_name_the_rule() -> None:
+    now = 1764115200000
+    ok = p.Reading(now, "environment", {"temperature": 20.0})
+    assert p.check_reading(ok, 0, now_ms=now, max_skew_ms=60_000) is None
+    cases = {
+        "future_timestamp": p.Reading(now + 120_000, "environment", {"temperature": 20.0}),
+        "stale_timestamp": p.Reading(1000, "environment", {"temperature": 20.0}),
+        "non_finite": p.Reading(now, "environment", {"temperature": float("nan")}),
+        "out_of_range": p.Reading(now, "environment", {"humidity": 130.0}),
+        "bad_quality": p.Reading(now, "environment", {"temperature": 20.0}, quality=1.5),
+    }
+    for reason, reading in cases.items():
+        problem = p.check_reading(reading, 3, now_ms=now, max_skew_ms=60_000)
+        assert problem is not None and problem.reason == reason and problem.index == 3
+
+
+def test_settings_errors_name_the_field() -> None:
+    assert p.parse_settings({"sampling_interval_s": 5}).sampling_interval_s == 5
+    with pytest.raises(p.ValidationError, match="sampling_interval_s"):
+        p.parse_settings({"sampling_interval_s": -1})
+    with pytest.raises(p.ValidationError, match="colour"):
+        p.parse_settings({"colour": "red"})
+
+
+# ---- properties ----------------------------------------------------------------------------------
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e6, max_value=1e6)
+names = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz_"), min_size=1, max_size=12)
+readings = st.builds(
+    p.Reading,
+    ts=st.integers(1_600_000_000_000, 2_000_000_000_000),
+    sensor_type=names,
+    values=st.dictionaries(names, finite, min_size=1, max_size=5),
+    quality=st.floats(0, 1),
+    flags=st.lists(names, max_size=2).map(tuple),
+)
+batches = st.builds(
+    p.Batch,
+    device_id=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
+    batch_id=st.uuids().map(str),
+    seq=st.integers(0, 2**53),
+    sent_at=st.integers(1_600_000_000_000, 2_000_000_000_000),
+    readings=st.lists(readings, min_size=1, max_size=8).map(tuple),
+)
+
+
+@given(batches)
+def test_any_batch_round_trips_through_seal_and_open(batch: p.Batch) -> None:
+    token = p.seal_batch(batch, DEVICE_KEY)
+    opened = p.open_batch(token, topic_device=batch.device_id, public_key=p.public_key_raw(DEVICE_KEY))
+    assert opened.to_json() == batch.to_json()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.data())
+def test_any_single_bit_flip_fails(batch: p.Batch, data: st.DataObject) -> None:
+    token = bytearray(p.seal_batch(batch, DEVICE_KEY))
+    bit = data.draw(st.integers(0, len(token) * 8 - 1))
+    token[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(p.ProtocolError):
+        p.open_batch(bytes(token), topic_device=batch.device_id, public_key=p.public_key_raw(DEVICE_KEY))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=2048))
+def test_decoders_raise_only_contract_errors_on_garbage(data: bytes) -> None:
+    for decode in (p.decode_batch, p.decode_receipt, p.decode_status, p.decode_health, p.decode_config_report):
+        try:
+            decode(data)
+        except p.ProtocolError:
+            pass
+    try:
+        p.open_batch(data, topic_device="dev-1", public_key=p.public_key_raw(DEVICE_KEY))
+    except p.ProtocolError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | finite | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(st.sampled_from(["v", "device_id", "batch_id", "seq", "sent_at", "readings", "x"]), json_values))
+def test_batch_decoder_raises_only_contract_errors_on_json_shapes(obj: dict[str, object]) -> None:
+    obj.setdefault("v", 1)
+    try:
+        p.decode_batch(orjson.dumps(obj))
+    except p.ProtocolError:
+        pass
