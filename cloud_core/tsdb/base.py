@@ -4,6 +4,12 @@ Two implementations, chosen by URL in :func:`cloud_core.tsdb.open_tsdb`:
 ``sqlite:///path/readings.db`` (embedded) and ``influxdb://host:port/database`` (InfluxDB 1.x).
 Writes are idempotent: a point is keyed by (device_id, sensor_type, location, ts), so writing the
 same batch twice stores it once.
+
+Errors::
+
+    StoreError                 not retryable (bad input the store refused, e.g. a field type conflict)
+    ├── StoreRejected          the store refused (part of) a write: retrying the same points cannot help
+    └── StoreUnavailable       down, timed out, HTTP 5xx (InfluxDB 1.6 "engine: error syncing wal"): retry
 """
 
 from __future__ import annotations
@@ -11,10 +17,39 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["MEASUREMENT", "Point", "QueryRow", "StoreError", "StoreUnavailable", "TimeSeriesStore"]
+__all__ = [
+    "AGGREGATES",
+    "DAILY_MEASUREMENT",
+    "HOURLY_MEASUREMENT",
+    "MEASUREMENT",
+    "RESOLUTIONS",
+    "Point",
+    "QueryRow",
+    "Resolution",
+    "StoreError",
+    "StoreRejected",
+    "StoreUnavailable",
+    "TimeSeriesStore",
+    "pick_resolution",
+]
 
 MEASUREMENT = "sensor_readings"
+HOURLY_MEASUREMENT = "sensor_readings_hourly"
+DAILY_MEASUREMENT = "sensor_readings_daily"
+
+#: Aggregations every store computes per window (InfluxQL names).
+AGGREGATES = ("mean", "min", "max", "sum", "count", "first", "last", "median")
+
+Resolution = Literal["auto", "raw", "hourly", "daily"]
+RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "hourly", "daily")
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+#: resolution="auto" reads hourly means for ranges longer than this, daily means beyond the next.
+AUTO_HOURLY_AFTER_MS = 7 * DAY_MS
+AUTO_DAILY_AFTER_MS = 90 * DAY_MS
 
 
 class StoreError(Exception):
@@ -29,6 +64,13 @@ class StoreUnavailable(StoreError):
     retryable = True
 
 
+class StoreRejected(StoreError):
+    """The store refused the points themselves (InfluxDB 400 "partial write", field type conflict,
+    a non-finite value). Retrying the same points cannot help: dead-letter them."""
+
+    retryable = False
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
     device_id: str
@@ -40,17 +82,50 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class QueryRow:
-    """One row of a query: a raw point's field values, or one aggregation window's."""
+    """One row of a query: a raw point's field values, or one aggregation window's.
+
+    ``sensor_type`` and ``location`` are set for raw rows (and rows read from a rollup without a
+    window); aggregated rows are per device and window, so they are None there.
+    """
 
     ts_ms: int
     device_id: str
     values: Mapping[str, float | None]
+    sensor_type: str | None = None
+    location: str | None = None
+
+
+def pick_resolution(
+    resolution: str, *, start_ms: int, end_ms: int, window_s: int | None, agg: str
+) -> Literal["raw", "hourly", "daily"]:
+    """The table a query reads. ``auto`` reads the hourly (daily) means for ranges over 7 (90) days,
+    but only where that gives the same answer shape: no window, or a mean over a window that is a
+    whole number of the rollup's buckets. Raises ValueError for an unknown resolution."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"unknown resolution {resolution!r}: use one of {', '.join(RESOLUTIONS)}")
+    if resolution != "auto":
+        return resolution  # type: ignore[return-value]
+    span = end_ms - start_ms
+    if window_s is not None and agg != "mean":
+        return "raw"
+    window_ms = None if window_s is None else window_s * 1000
+    if span > AUTO_DAILY_AFTER_MS and (window_ms is None or window_ms % DAY_MS == 0):
+        return "daily"
+    if span > AUTO_HOURLY_AFTER_MS and (window_ms is None or window_ms % HOUR_MS == 0):
+        return "hourly"
+    return "raw"
 
 
 class TimeSeriesStore(abc.ABC):
+    """Both implementations are safe to use from several threads (the bridge writes from one while
+    the API reads from another)."""
+
+    url: str
+
     @abc.abstractmethod
     def write(self, points: Sequence[Point]) -> None:
-        """Durably store ``points`` (all or none). Raises StoreUnavailable when it could not."""
+        """Durably store ``points`` (all or none). Raises StoreUnavailable when it could not, and
+        StoreRejected when the points themselves were refused."""
 
     @abc.abstractmethod
     def query(
@@ -63,8 +138,23 @@ class TimeSeriesStore(abc.ABC):
         window_s: int | None = None,
         agg: str = "mean",
         limit: int | None = None,
+        resolution: str = "raw",
     ) -> list[QueryRow]:
-        """Readings in [start_ms, end_ms), oldest first; aggregated per window when window_s is set."""
+        """Readings in [start_ms, end_ms), oldest first; aggregated per window when window_s is set.
+
+        Args:
+            device_id: one device, or None for all devices.
+            fields: field names to return, or None for all.
+            window_s: aggregate per device over windows of this many seconds (aligned to the epoch:
+                bucket = ts - ts % window), one of :data:`AGGREGATES` given by ``agg``.
+            limit: at most this many rows.
+            resolution: ``raw`` readings, ``hourly``/``daily`` means (the downsampled rollups), or
+                ``auto`` (see :func:`pick_resolution`).
+
+        Raises:
+            ValueError: unknown agg or resolution, non-positive window, start after end.
+            StoreUnavailable: the store could not be reached.
+        """
 
     @abc.abstractmethod
     def count(self, *, device_id: str | None = None, start_ms: int = 0, end_ms: int | None = None) -> int:
@@ -74,5 +164,25 @@ class TimeSeriesStore(abc.ABC):
     def init_schema(self) -> None:
         """Create the database, retention policies and downsampling (idempotent)."""
 
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Return if the store answers; raise StoreUnavailable if not (for /ready)."""
+
     def close(self) -> None:  # noqa: B027
         """Release connections."""
+
+    def __enter__(self) -> TimeSeriesStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_query_args(*, start_ms: int, end_ms: int, window_s: int | None, agg: str) -> None:
+    """Shared argument checks for :meth:`TimeSeriesStore.query`."""
+    if agg not in AGGREGATES:
+        raise ValueError(f"unknown aggregation {agg!r}: use one of {', '.join(AGGREGATES)}")
+    if window_s is not None and window_s <= 0:
+        raise ValueError(f"window must be positive, got {window_s}s")
+    if start_ms > end_ms:
+        raise ValueError("start is after end")

@@ -1,0 +1,122 @@
+"""The cache seam: small shared state for the bridge and analytics (latest readings, dedup keys,
+counters, rate limits) and the event stream the anomaly workers consume.
+
+Two implementations, chosen by URL in :func:`cloud_core.cache.open_cache`: ``memory://``
+(in-process, thread-safe) and ``redis://host:port/db``. Keys and values are ``str``.
+
+Streams follow Redis Streams with consumer groups: :meth:`Cache.stream_add` appends,
+:meth:`Cache.ensure_group` creates a group, :meth:`Cache.stream_read_group` delivers new entries
+to one consumer of the group (or, with ``pending=True``, re-delivers the entries it read but did not
+ack, e.g. after a crash) and :meth:`Cache.stream_ack` acknowledges them.
+
+Errors::
+
+    CacheError              not retryable (wrong use: e.g. reading a group that does not exist)
+    └── CacheUnavailable    the server did not answer (down, timed out): retrying can help
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+
+__all__ = ["Cache", "CacheError", "CacheUnavailable", "StreamEntry"]
+
+#: (entry id, fields); ids are Redis stream ids "<ms>-<seq>", increasing.
+StreamEntry = tuple[str, dict[str, str]]
+
+
+class CacheError(Exception):
+    """Root of the cache's errors."""
+
+    retryable = False
+
+
+class CacheUnavailable(CacheError):
+    """The cache server did not answer. Retrying can help."""
+
+    retryable = True
+
+
+class Cache(abc.ABC):
+    """Small key-value, hash and stream operations. Thread-safe."""
+
+    url: str
+
+    # ---- keys ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, key: str) -> str | None:
+        """The value, or None if absent or expired."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
+        """Store ``value``, expiring after ``ttl_s`` seconds (never when None)."""
+
+    @abc.abstractmethod
+    def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; True if stored (dedup: first writer wins)."""
+
+    @abc.abstractmethod
+    def delete(self, *keys: str) -> int:
+        """Delete keys (of any kind, streams too); returns how many existed."""
+
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        """Add ``amount`` to an integer counter (absent = 0) and return the new value. ``ttl_s`` is
+        set when this call creates the key (a fixed-window rate limit), never extended."""
+
+    # ---- hashes --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def hset(self, key: str, mapping: Mapping[str, str], ttl_s: float | None = None) -> None:
+        """Set fields of a hash (e.g. latest reading per device); ``ttl_s`` (re)sets its expiry."""
+
+    @abc.abstractmethod
+    def hgetall(self, key: str) -> dict[str, str]:
+        """All fields of a hash ({} if absent)."""
+
+    # ---- streams -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def stream_add(self, stream: str, fields: Mapping[str, str], maxlen: int | None = None) -> str:
+        """Append an entry; keep about the last ``maxlen`` entries (approximate trim, like Redis
+        ``MAXLEN ~``). Returns the new entry's id."""
+
+    @abc.abstractmethod
+    def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
+        """Create consumer group ``group`` (and the stream) if it does not exist. ``start="0"``
+        delivers entries already in the stream, ``"$"`` only new ones. Idempotent."""
+
+    @abc.abstractmethod
+    def stream_read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int = 100,
+        block_ms: int | None = None,
+        pending: bool = False,
+    ) -> list[StreamEntry]:
+        """Up to ``count`` entries for ``consumer``: new ones (waiting up to ``block_ms`` for the
+        first if there are none; None or 0 = do not wait) or, with ``pending=True``, those already
+        delivered to this consumer and not acked. Raises CacheError if the group does not exist."""
+
+    @abc.abstractmethod
+    def stream_ack(self, stream: str, group: str, ids: Iterable[str]) -> int:
+        """Acknowledge entries; returns how many were pending."""
+
+    @abc.abstractmethod
+    def stream_len(self, stream: str) -> int:
+        """Entries in the stream."""
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Return if the cache answers; raise CacheUnavailable if not."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
