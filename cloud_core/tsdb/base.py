@@ -53,9 +53,15 @@ AUTO_DAILY_AFTER_MS = 90 * DAY_MS
 
 
 class StoreError(Exception):
-    """Root of the time-series store's errors."""
+    """Root of the time-series store's errors; ``status`` and ``body`` carry the server's answer
+    (HTTP status and first 500 characters) when there was one."""
 
     retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class StoreUnavailable(StoreError):
