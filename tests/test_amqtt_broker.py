@@ -1,0 +1,135 @@
+"""The in-process fallback broker enforces the same device rules as Mosquitto with dynamic security."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[AmqttBroker, AmqttAdmin]]:
+    with AmqttBroker(tmp_path, port=_free_port()) as b:
+        admin = AmqttAdmin(b)
+        admin.ensure_service_account("cloud", "cloud-pw")
+        admin.provision_device("dev-a", "a-pw", "edu")
+        admin.provision_device("dev-b", "b-pw", "edu")
+        yield b, admin
+
+
+class Peer:
+    """A real paho client that records connect results and received messages."""
+
+    def __init__(self, port: int, username: str, password: str) -> None:
+        self.results: list[str] = []
+        self.messages: list[tuple[str, bytes]] = []
+        self.connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username)
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+        self.results.append(str(rc))
+        if str(rc) == "Success":
+            self.connected.set()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+    b, _ = broker
+    cloud = Peer(b.port, "cloud", "cloud-pw")
+    a = Peer(b.port, "dev-a", "a-pw")
+    try:
+        assert cloud.connected.wait(5) and a.connected.wait(5)
+        cloud.client.subscribe("edu/devices/+/telemetry", qos=1)
+        time.sleep(0.3)
+        a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
+        a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: len(cloud.messages) >= 1)
+        time.sleep(0.3)
+        assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest")]
+    finally:
+        cloud.close()
+        a.close()
+
+
+def test_device_cannot_read_another_devices_config(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+    b, _ = broker
+    cloud = Peer(b.port, "cloud", "cloud-pw")
+    a = Peer(b.port, "dev-a", "a-pw")
+    try:
+        assert cloud.connected.wait(5) and a.connected.wait(5)
+        a.client.subscribe("edu/devices/dev-b/config/desired", qos=1)
+        a.client.subscribe("edu/devices/dev-a/config/desired", qos=1)
+        time.sleep(0.3)
+        cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(5)
+        cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: len(a.messages) >= 1)
+        time.sleep(0.3)
+        assert a.messages == [("edu/devices/dev-a/config/desired", b"for-a")]
+    finally:
+        cloud.close()
+        a.close()
+
+
+def test_wrong_password_and_anonymous_are_refused(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+    b, _ = broker
+    wrong = Peer(b.port, "dev-a", "nope")
+    try:
+        assert wait_for(lambda: bool(wrong.results))
+        assert wrong.results[0] == "Not authorized"
+    finally:
+        wrong.close()
+
+
+def test_deactivate_cuts_live_connection_and_refuses_reconnect(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+    b, admin = broker
+    a = Peer(b.port, "dev-a", "a-pw")
+    try:
+        assert a.connected.wait(5)
+        admin.deactivate_device("dev-a")
+        assert wait_for(lambda: not a.client.is_connected())
+        assert wait_for(lambda: "Not authorized" in a.results)
+    finally:
+        a.close()
+
+
+def test_rotation_refuses_old_password(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+    b, admin = broker
+    admin.rotate_device_password("dev-b", "b-new")
+    old = Peer(b.port, "dev-b", "b-pw")
+    new = Peer(b.port, "dev-b", "b-new")
+    try:
+        assert new.connected.wait(5)
+        assert wait_for(lambda: bool(old.results)) and old.results[0] == "Not authorized"
+    finally:
+        old.close()
+        new.close()
