@@ -1,0 +1,190 @@
+"""pytest plugin: fixtures that start real Mosquitto, PostgreSQL, Redis and InfluxDB for the test run.
+
+Register with ``pytest_plugins = ["iot_testing.pytest_plugin"]``. Session-scoped servers start lazily
+(only when a test asks) and are shared by the run; the function-scoped fixtures give each test its own
+database, flushed Redis, topic prefix or private server. A missing binary fails the test with the
+Debian package to install.
+
+    mosquitto           session: MosquittoServer, anonymous allowed (.host .port .url)
+    mosquitto_dynsec    session: MosquittoServer with dynamic security (.admin_username .admin_password)
+    mosquitto_factory   function: make(dynsec=False, **conf) -> private started MosquittoServer
+    postgres            session: PostgresServer (.url, .create_database(), .psql())
+    pg_url              function: URL of a fresh empty database, "postgresql://postgres@127.0.0.1:P/test_..."
+    redis_server        session: RedisServer (.url, .command())
+    redis_url           function: "redis://127.0.0.1:P/0", flushed before the test
+    influxdb            session: InfluxServer (.http_url .host .port, .query(), .write())
+    influx_url          function: "influxdb://127.0.0.1:P/test_...", a fresh database
+    influx_factory      function: make() -> private started InfluxServer
+    topic_prefix        function: a unique MQTT topic prefix, "test_<12 hex>"
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from iot_testing.servers import (
+    InfluxServer,
+    MosquittoServer,
+    PostgresServer,
+    RedisServer,
+    ServerBinaryMissing,
+    ServerError,
+    unique_name,
+)
+
+__all__ = [
+    "influx_factory",
+    "influx_url",
+    "influxdb",
+    "mosquitto",
+    "mosquitto_dynsec",
+    "mosquitto_factory",
+    "pg_url",
+    "postgres",
+    "redis_server",
+    "redis_url",
+    "topic_prefix",
+]
+
+S = TypeVar("S")
+
+
+def _start(make: Callable[[], S]) -> S:
+    """Build and start a server; turn a missing binary or a failed start into a clear test failure."""
+    try:
+        server = make()
+        server.start()  # type: ignore[attr-defined]
+    except ServerError as exc:
+        with contextlib.suppress(Exception):
+            server.close()  # type: ignore[attr-defined]
+        if isinstance(exc, ServerBinaryMissing):
+            pytest.fail(f"missing server binary: {exc}", pytrace=False)
+        pytest.fail(str(exc), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A shared Mosquitto, anonymous access allowed. Use ``topic_prefix`` to keep tests apart."""
+    server = _start(MosquittoServer)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_dynsec() -> Iterator[MosquittoServer]:
+    """A shared Mosquitto with dynamic security: anonymous refused; ``.admin_username``/``.admin_password``."""
+    server = _start(lambda: MosquittoServer(dynsec=True))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[Callable[..., MosquittoServer]]:
+    """``make(dynsec=False, **conf)``: a private started broker, stopped and removed after the test."""
+    made: list[MosquittoServer] = []
+
+    def make(dynsec: bool = False, **conf: Any) -> MosquittoServer:
+        server = _start(lambda: MosquittoServer(dynsec=dynsec, **conf))
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            with contextlib.suppress(Exception):
+                server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A shared PostgreSQL (initdb once per session); superuser ``postgres``, trust auth."""
+    server = _start(PostgresServer)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """URL of a fresh empty database, dropped after the test."""
+    name = unique_name("test")
+    url = postgres.create_database(name)
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A shared redis-server (no persistence)."""
+    server = _start(RedisServer)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT/0``, flushed (all databases) before the test."""
+    redis_server.flushall()
+    return redis_server.url_for(0)
+
+
+@pytest.fixture(scope="session")
+def influxdb() -> Iterator[InfluxServer]:
+    """A shared influxd 1.x, auth off."""
+    server = _start(InfluxServer)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def influx_url(influxdb: InfluxServer) -> Iterator[str]:
+    """``influxdb://127.0.0.1:PORT/<fresh db>``, dropped after the test."""
+    name = unique_name("test")
+    url = influxdb.create_database(name)
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            influxdb.drop_database(name)
+
+
+@pytest.fixture
+def influx_factory() -> Iterator[Callable[[], InfluxServer]]:
+    """``make()``: a private started influxd (for outage tests), stopped and removed after the test."""
+    made: list[InfluxServer] = []
+
+    def make() -> InfluxServer:
+        server = _start(InfluxServer)
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            with contextlib.suppress(Exception):
+                server.close()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A unique MQTT topic prefix for this test (valid for ``iot_protocol.topics``)."""
+    return unique_name("test")

@@ -1,0 +1,333 @@
+"""The real-server fixtures give working servers, and stop/start/kill/restart behave as tests rely on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+import redis
+
+from cloud_core.broker.mosquitto_process import mqtt_connect_probe
+from iot_testing.servers import InfluxServer, MosquittoServer, PostgresServer, RedisServer, free_port
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 10.0
+
+
+def _client(server: MosquittoServer, client_id: str = "", *, clean: bool = True, **auth: str) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311
+    )
+    if auth:
+        client.username_pw_set(auth["username"], auth.get("password"))
+    return client
+
+
+def _collect(
+    server: MosquittoServer, topic: str, *, client_id: str = "", clean: bool = True
+) -> tuple[mqtt.Client, list[bytes], threading.Event]:
+    """A connected subscriber appending payloads to a list; the event fires once SUBACK arrives."""
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    client = _client(server, client_id, clean=clean)
+    client.on_connect = lambda c, _u, _f, rc, _p: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    client.connect(server.host, server.port)
+    client.loop_start()
+    assert subscribed.wait(DEADLINE), "no SUBACK"
+    return client, got, subscribed
+
+
+def _publish(server: MosquittoServer, topic: str, payloads: list[bytes], *, retain: bool = False) -> None:
+    client = _client(server)
+    client.connect(server.host, server.port)
+    client.loop_start()
+    try:
+        for payload in payloads:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(DEADLINE)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+# ------------------------------------------------------------------ mosquitto
+
+
+def test_mosquitto_publish_subscribe(mosquitto: MosquittoServer, topic_prefix: str) -> None:
+    assert mosquitto.url == f"mqtt://127.0.0.1:{mosquitto.port}"
+    topic = f"{topic_prefix}/devices/d1/telemetry"
+    sub, got, _ = _collect(mosquitto, topic)
+    try:
+        _publish(mosquitto, topic, [b"one", b"two", b"three"])
+        _until(lambda: len(got) == 3, "3 messages")
+        assert got == [b"one", b"two", b"three"]
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+
+
+def test_topic_prefix_is_unique_and_valid(topic_prefix: str) -> None:
+    from iot_protocol.topics import Topics
+
+    assert Topics(prefix=topic_prefix).prefix == topic_prefix
+
+
+def test_mosquitto_config_states_the_limits(mosquitto: MosquittoServer) -> None:
+    conf = mosquitto.conf_path.read_text()
+    for line in (
+        "max_queued_messages 100000",
+        "max_inflight_messages 100",
+        "max_packet_size 1048576",
+        "set_tcp_nodelay true",
+        "persistence true",
+        "allow_anonymous true",
+    ):
+        assert line in conf.splitlines()
+
+
+def test_mosquitto_dynsec_refuses_anonymous_and_admits_admin(mosquitto_dynsec: MosquittoServer) -> None:
+    srv = mosquitto_dynsec
+    assert mqtt_connect_probe(srv.host, srv.port) == 5  # not authorised
+    assert mqtt_connect_probe(srv.host, srv.port, username=srv.admin_username, password="wrong") in (4, 5)
+    assert mqtt_connect_probe(srv.host, srv.port, username=srv.admin_username, password=srv.admin_password) == 0
+
+
+def test_mosquitto_dynsec_admin_can_use_control_api(mosquitto_dynsec: MosquittoServer) -> None:
+    import json
+
+    srv = mosquitto_dynsec
+    replies: list[dict[str, object]] = []
+    ready = threading.Event()
+    client = _client(srv, username=srv.admin_username, password=srv.admin_password)
+    client.on_connect = lambda c, _u, _f, rc, _p: c.subscribe("$CONTROL/dynamic-security/v1/response", 1)
+    client.on_subscribe = lambda *_a: ready.set()
+    client.on_message = lambda _c, _u, msg: replies.append(json.loads(msg.payload))
+    client.connect(srv.host, srv.port)
+    client.loop_start()
+    try:
+        assert ready.wait(DEADLINE)
+        cmd = {"commands": [{"command": "listClients"}]}
+        client.publish("$CONTROL/dynamic-security/v1", json.dumps(cmd), qos=1).wait_for_publish(DEADLINE)
+        _until(lambda: len(replies) == 1, "dynsec reply")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    response = replies[0]["responses"][0]  # type: ignore[index]
+    assert response["command"] == "listClients"
+    assert srv.admin_username in response["data"]["clients"]
+
+
+def test_mosquitto_factory_restart_keeps_retained_and_queued(
+    mosquitto_factory: Callable[..., MosquittoServer], topic_prefix: str
+) -> None:
+    broker = mosquitto_factory(max_queued_messages=500)
+    assert "max_queued_messages 500" in broker.conf_path.read_text().splitlines()
+    port = broker.port
+    topic = f"{topic_prefix}/devices/d1/receipts"
+    # A persistent session subscribes, goes away, and QoS1 messages queue for it.
+    sub, _, _ = _collect(broker, topic, client_id="keeper", clean=False)
+    sub.disconnect()
+    sub.loop_stop()
+    _publish(broker, f"{topic_prefix}/status", [b"online"], retain=True)
+    _publish(broker, topic, [b"q1", b"q2"])
+
+    broker.restart()
+    assert broker.is_running and broker.port == port
+
+    retained, got_retained, _ = _collect(broker, f"{topic_prefix}/status")
+    sub2, got, _ = _collect(broker, topic, client_id="keeper", clean=False)
+    try:
+        _until(lambda: got_retained == [b"online"], "retained message after restart")
+        _until(lambda: got == [b"q1", b"q2"], "queued QoS1 after restart")
+    finally:
+        for c in (retained, sub2):
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_mosquitto_factory_stop_start_kill(mosquitto_factory: Callable[..., MosquittoServer]) -> None:
+    broker = mosquitto_factory()
+    port = broker.port
+    broker.stop()
+    assert not broker.is_running
+    with pytest.raises(OSError):
+        mqtt_connect_probe(broker.host, port, timeout=1.0)
+    broker.start()
+    assert mqtt_connect_probe(broker.host, port) == 0
+    pid = broker.pid
+    assert pid is not None
+    broker.kill()
+    assert not broker.is_running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    broker.start()
+    assert broker.port == port and mqtt_connect_probe(broker.host, port) == 0
+
+
+def test_mosquitto_factory_dynsec_accounts_survive_restart(
+    mosquitto_factory: Callable[..., MosquittoServer],
+) -> None:
+    broker = mosquitto_factory(dynsec=True)
+    password = broker.admin_password
+    broker.restart()
+    assert mqtt_connect_probe(broker.host, broker.port) == 5
+    assert mqtt_connect_probe(broker.host, broker.port, username="admin", password=password) == 0
+
+
+def test_broker_start_failure_reports_log_tail() -> None:
+    from iot_testing.servers import ServerStartError
+
+    broker = MosquittoServer(bogus_option_that_mosquitto_rejects=1)
+    try:
+        with pytest.raises(ServerStartError, match="Unknown configuration variable"):
+            broker.start()
+        assert not broker.is_running
+    finally:
+        broker.close()
+
+
+# ------------------------------------------------------------------ postgres
+
+
+def test_pg_url_is_a_fresh_database(pg_url: str, postgres: PostgresServer) -> None:
+    assert pg_url.startswith(f"postgresql://postgres@127.0.0.1:{postgres.port}/test_")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'")
+        assert tables.fetchone() == (0,)
+        conn.execute("CREATE TABLE t (id int primary key, v text)")
+        conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        assert conn.execute("SELECT v FROM t ORDER BY id").fetchall() == [("a",), ("b",)]
+
+
+def test_pg_url_databases_are_separate(pg_url: str, postgres: PostgresServer) -> None:
+    other = postgres.create_database()
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE only_here (id int)")
+        with psycopg.connect(other, autocommit=True) as conn:
+            found = conn.execute("SELECT to_regclass('only_here') IS NULL").fetchone()
+            assert found == (True,)
+    finally:
+        postgres.drop_database(other.rsplit("/", 1)[1])
+
+
+def test_postgres_restart_and_kill_keep_data() -> None:
+    with PostgresServer() as pg:
+        url = pg.create_database("keep")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (v int)")
+            conn.execute("INSERT INTO t VALUES (42)")
+        pg.restart()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT v FROM t").fetchall() == [(42,)]
+        pg.kill()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=2)
+        pg.start()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT v FROM t").fetchall() == [(42,)]
+
+
+# ------------------------------------------------------------------ redis
+
+
+def test_redis_url_answers_ping_and_is_flushed(redis_url: str, redis_server: RedisServer) -> None:
+    assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.ping() is True
+        assert client.dbsize() == 0
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+    finally:
+        client.close()
+
+
+def test_redis_url_is_flushed_between_tests(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.dbsize() == 0
+        client.set("k", "left over")
+    finally:
+        client.close()
+
+
+def test_redis_appendonly_survives_kill() -> None:
+    with RedisServer(appendonly=True) as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.set("k", "durable")
+            server.kill()
+            server.start()
+            assert client.get("k") == b"durable"
+        finally:
+            client.close()
+
+
+# ------------------------------------------------------------------ influxdb
+
+
+def _count(server: InfluxServer, db: str) -> int:
+    doc = server.query('SELECT count("temperature") FROM "sensor_readings"', db)
+    series = doc["results"][0].get("series")
+    return 0 if not series else int(series[0]["values"][0][1])
+
+
+def test_influx_url_write_and_query(influx_url: str, influxdb: InfluxServer) -> None:
+    assert influxdb.http_url == f"http://127.0.0.1:{influxdb.port}"
+    prefix = f"influxdb://127.0.0.1:{influxdb.port}/"
+    assert influx_url.startswith(prefix)
+    db = influx_url[len(prefix):]
+    influxdb.write(db, "sensor_readings,device_id=d1,sensor_type=bme280 temperature=21.5 1700000000000\n"
+                       "sensor_readings,device_id=d1,sensor_type=bme280 temperature=22.5 1700000001000")
+    doc = influxdb.query('SELECT mean("temperature") FROM "sensor_readings"', db)
+    assert doc["results"][0]["series"][0]["values"][0][1] == 22.0
+    assert _count(influxdb, db) == 2
+
+
+def test_influx_factory_data_survives_restart_and_kill(influx_factory: Callable[[], InfluxServer]) -> None:
+    server = influx_factory()
+    server.create_database("keep")
+    server.write("keep", "sensor_readings,device_id=d1 temperature=1 1700000000000")
+    server.restart()
+    assert _count(server, "keep") == 1
+    server.write("keep", "sensor_readings,device_id=d1 temperature=2 1700000001000")
+    server.kill()
+    assert not server.is_running
+    server.start()
+    assert _count(server, "keep") == 2  # the WAL is replayed
+
+
+def test_children_die_when_owner_sigterms() -> None:
+    server = MosquittoServer()
+    try:
+        server.start()
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        _until(lambda: not server.is_running, "broker exit")
+    finally:
+        server.close()
