@@ -1,0 +1,615 @@
+"""The edge agent: a pure :class:`Pipeline` (sample -> buffer -> next batch -> seal -> receipt,
+config apply, health) and the :class:`Agent` that runs it with threads around paho-mqtt.
+
+Threads: the sampler (reads every sensor each sampling interval, commits to the buffer), the
+publisher (seals and publishes batches, resends unreceipted ones after the receipt timeout,
+heartbeats) and the network thread (connect, paho's loop, reconnect with exponential backoff and
+jitter). The simulator drives many pipelines without any of these threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from iot_protocol import jws
+from iot_protocol.errors import ProtocolError
+from iot_protocol.messages import ConfigReport, Health, Reading, Status, decode_receipt, encode
+from iot_protocol.settings import parse_settings
+from iot_protocol.signing import open_config
+from iot_protocol.topics import Topics
+
+from . import FIRMWARE_VERSION
+from .buffer import Buffer, PendingBatch
+from .errors import SensorSetupError, SettingsError
+from .sensors.base import Sensor, SensorError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .config import AgentSettings
+    from .identity import Identity
+
+__all__ = ["Agent", "Pipeline", "Runtime", "build_sensor", "build_sensors", "open_buffer", "setup_logging"]
+
+log = logging.getLogger("edge_agent")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------- sensors
+def build_sensor(spec: Any) -> Sensor:
+    """The sensor for one ``[[sensors]]`` table of the settings."""
+    kind = spec.type
+    if kind == "simulated":
+        from .sensors.simulated import SimulatedSensor
+
+        return SimulatedSensor(
+            sensor_type=spec.sensor_type, fields=spec.fields, seed=spec.seed, noise=spec.noise,
+            fail_every=spec.fail_every,
+        )  # fmt: skip
+    if kind == "cpu_temp":
+        from .sensors.cpu_temp import CpuTempSensor
+
+        return CpuTempSensor(path=spec.path, sensor_type=spec.sensor_type)
+    if kind == "command":
+        from .sensors.command import CommandSensor
+
+        return CommandSensor(command=spec.command, sensor_type=spec.sensor_type, timeout_s=spec.timeout_s)
+    if kind == "bme280":
+        from .sensors.bme280 import Bme280Sensor
+
+        return Bme280Sensor(bus=spec.bus, address=spec.address, sensor_type=spec.sensor_type)
+    raise SensorSetupError(f"unknown sensor type {kind!r}")
+
+
+def build_sensors(settings: AgentSettings) -> list[Sensor]:
+    return [build_sensor(s) for s in settings.sensors]
+
+
+def open_buffer(settings: AgentSettings, *, readonly: bool = False) -> Buffer:
+    return Buffer(
+        settings.buffer_path,
+        max_rows=settings.buffer_max_rows,
+        max_bytes=settings.buffer_max_bytes,
+        overflow=settings.overflow_policy,
+        synchronous=settings.buffer_synchronous,
+        keep_produced_log=settings.keep_produced_log,
+        readonly=readonly,
+    )
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The knobs a signed desired config may change while the agent runs."""
+
+    sampling_interval_s: float = 1.0
+    transmission_interval_s: float = 5.0
+    batch_max_readings: int = 100
+    heartbeat_interval_s: float = 60.0
+    calibration_offsets: dict[str, float] = field(default_factory=dict)
+    low_power: bool = False
+    config_version: int = 0
+
+    @classmethod
+    def from_settings(cls, s: AgentSettings) -> Runtime:
+        return cls(s.sampling_interval_s, s.transmission_interval_s, s.batch_max_readings, s.heartbeat_interval_s)
+
+    @property
+    def effective_heartbeat_s(self) -> float:
+        return self.heartbeat_interval_s * (4 if self.low_power else 1)
+
+
+_CONFIG_STATE = "applied_config"
+
+
+class Pipeline:
+    """Everything the agent does except networking and threads; every method is thread-safe
+    enough for one sampler and one publisher (the buffer serialises its own writes)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        key: Ed25519PrivateKey,
+        buffer: Buffer,
+        sensors: Sequence[Sensor],
+        runtime: Runtime | None = None,
+        cloud_public_key: bytes | None = None,
+        max_inflight: int = 8,
+        receipt_timeout_s: float = 30.0,
+    ) -> None:
+        self.device_id = device_id
+        self.key = key
+        self.buffer = buffer
+        self.sensors = list(sensors)
+        self.cloud_public_key = cloud_public_key
+        self.max_inflight = max_inflight
+        self.receipt_timeout_s = receipt_timeout_s
+        self.runtime = runtime or Runtime()
+        saved = buffer.get_state(_CONFIG_STATE)
+        if saved:  # the applied config survives restarts
+            self.runtime = _merge(self.runtime, parse_settings(saved["settings"]), saved["version"])
+        self._last_ts: dict[str, int] = {}
+        self._failing: dict[str, str] = {}
+        self._lock = threading.Lock()
+        # seq -> (batch, monotonic time of the last send; -inf = send at the next chance)
+        self._inflight: dict[int, tuple[PendingBatch, float]] = {
+            b.seq: (b, float("-inf")) for b in buffer.unreceipted()
+        }
+        self._fresh_after = buffer.max_id()  # readings up to here are backlog
+        self.sensor_errors = 0
+        self.latest: dict[str, float] = {}
+
+    # -- sample -> buffer
+    def sample(self, now_ms: int | None = None) -> list[Reading]:
+        """Read every sensor once and commit the readings; a failing sensor gives a flagged reading."""
+        now = _now_ms() if now_ms is None else now_ms
+        offsets = self.runtime.calibration_offsets
+        out: list[Reading] = []
+        for sensor in self.sensors:
+            st = sensor.sensor_type
+            ts = max(now, self._last_ts.get(st, 0) + 1)  # storage keys on ts: never repeat one
+            self._last_ts[st] = ts
+            try:
+                s = sensor.read(ts)
+            except SensorError as exc:
+                self.sensor_errors += 1
+                if self._failing.get(st) != exc.flag:  # log state changes, not every sample
+                    log.warning("sensor read failed", extra={"sensor_type": st, "flag": exc.flag, "error": str(exc)})
+                self._failing[st] = exc.flag
+                out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (exc.flag,)))
+                continue
+            except Exception as exc:  # a sensor bug must not stop the other sensors
+                self.sensor_errors += 1
+                log.exception("sensor crashed", extra={"sensor_type": st})
+                out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (f"crash:{type(exc).__name__}"[:64],)))
+                continue
+            if self._failing.pop(st, None) is not None:
+                log.info("sensor recovered", extra={"sensor_type": st})
+            values = dict(s.values)
+            for name, off in offsets.items():
+                if name in values:
+                    values[name] = round(values[name] + off, 6)
+            self.latest.update(values)
+            out.append(Reading(ts, st, values, s.quality, s.flags))
+        self.buffer.add(out)
+        return out
+
+    # -- buffer -> batches to send
+    def plan(self, now_mono: float, *, fresh: bool = True, now_ms: int | None = None) -> list[PendingBatch]:
+        """Batches to publish now, in this order: due resends (oldest seq first), one batch of the
+        readings taken since the last cycle (``fresh``, so a long backlog never starves live data),
+        then backlog batches in production order; never more than ``max_inflight`` unreceipted."""
+        now = _now_ms() if now_ms is None else now_ms
+        n = self.runtime.batch_max_readings
+        with self._lock:
+            due = [b for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq)
+                   if now_mono - sent >= self.receipt_timeout_s]  # fmt: skip
+            new: list[PendingBatch] = []
+            if fresh and len(self._inflight) < self.max_inflight:
+                b = self.buffer.next_batch(self.device_id, self.key, max_readings=n, now_ms=now,
+                                           after_id=self._fresh_after)  # fmt: skip
+                self._fresh_after = self.buffer.max_id()
+                if b is not None:
+                    new.append(b)
+                    self._inflight[b.seq] = (b, float("-inf"))
+            while len(self._inflight) < self.max_inflight:
+                b = self.buffer.next_batch(self.device_id, self.key, max_readings=n, now_ms=now)
+                if b is None:
+                    break
+                new.append(b)
+                self._inflight[b.seq] = (b, float("-inf"))
+        return due + new
+
+    def mark_sent(self, seq: int, now_mono: float) -> None:
+        with self._lock:
+            entry = self._inflight.get(seq)
+            if entry is not None:
+                self._inflight[seq] = (entry[0], now_mono)
+
+    def resend_all(self) -> None:
+        """After a reconnect: every unreceipted batch goes out again at the next cycle."""
+        with self._lock:
+            self._inflight = {s: (b, float("-inf")) for s, (b, _) in self._inflight.items()}
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def next_resend_in(self, now_mono: float) -> float | None:
+        with self._lock:
+            if not self._inflight:
+                return None
+            oldest = min(sent for _, sent in self._inflight.values())
+        return max(0.0, oldest + self.receipt_timeout_s - now_mono)
+
+    # -- receipts
+    def on_receipt(self, payload: bytes) -> int:
+        """Apply a receipt message; returns readings deleted. A malformed receipt is logged and ignored."""
+        try:
+            receipt = decode_receipt(payload)
+        except ProtocolError as exc:
+            log.warning("ignoring malformed receipt", extra={"error": str(exc)})
+            return 0
+        rejected = [r.seq for r in receipt.rejected]
+        for r in receipt.rejected:
+            log.warning("batch rejected by the cloud", extra={"seq": r.seq, "reason": r.reason})
+        deleted = self.buffer.ack(receipt.stored, rejected)
+        with self._lock:
+            for s in (*receipt.stored, *rejected):
+                self._inflight.pop(s, None)
+        return deleted
+
+    # -- config
+    def apply_config(self, token: bytes, now_ms: int | None = None) -> ConfigReport | None:
+        """Verify and apply a desired-config message. Returns the report to publish, or None when
+        it is the version already applied (the retained copy, redelivered on every connect)."""
+        now = _now_ms() if now_ms is None else now_ms
+        applied = self.runtime.config_version
+        if self.cloud_public_key is None:
+            return ConfigReport(_peek_version(token), "rejected", now, "no cloud public key: enroll again")
+        try:
+            doc = open_config(token, device_id=self.device_id, cloud_public_key=self.cloud_public_key)
+        except ProtocolError as exc:
+            log.warning("refused desired config", extra={"reason": exc.reason, "error": str(exc)})
+            return ConfigReport(_peek_version(token), "rejected", now, f"{exc.reason}: {exc}")
+        if doc.version == applied:
+            return None
+        if doc.version < applied:
+            return ConfigReport(doc.version, "rejected", now, f"older than the applied version {applied}")
+        try:
+            new = parse_settings(dict(doc.settings))
+        except ProtocolError as exc:
+            return ConfigReport(doc.version, "rejected", now, str(exc))
+        saved = self.buffer.get_state(_CONFIG_STATE) or {"settings": {}}
+        merged = {**saved["settings"], **new.model_dump(exclude_none=True)}
+        self.buffer.set_state(_CONFIG_STATE, {"version": doc.version, "settings": merged})
+        self.runtime = _merge(self.runtime, new, doc.version)
+        log.info("applied desired config", extra={"version": doc.version})
+        return ConfigReport(doc.version, "applied", now)
+
+    # -- health
+    def health(self, uptime_s: float, now_ms: int | None = None) -> Health:
+        c = self.buffer.counters
+        return Health(
+            at=_now_ms() if now_ms is None else now_ms,
+            uptime_s=round(uptime_s, 3),
+            buffer_depth=self.buffer.depth,
+            produced=c["produced"],
+            dropped=c["dropped"],
+            firmware=FIRMWARE_VERSION,
+            config_version=self.runtime.config_version,
+            clock_synced=clock_synced(),
+            battery=self.latest.get("battery_level"),
+            signal=self.latest.get("signal_strength", wifi_signal_dbm()),
+            last_seq=c["last_seq"],
+            extra={"stored": c["stored"], "rejected": c["rejected"], "inflight": self.inflight,
+                   "sensor_errors": self.sensor_errors},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        for s in self.sensors:
+            with contextlib.suppress(Exception):
+                s.close()
+        self.buffer.close()
+
+
+def _merge(rt: Runtime, new: Any, version: int) -> Runtime:
+    changes: dict[str, Any] = {"config_version": version}
+    for name in ("sampling_interval_s", "transmission_interval_s", "batch_max_readings",
+                 "heartbeat_interval_s", "low_power", "calibration_offsets"):  # fmt: skip
+        value = getattr(new, name)
+        if value is not None:
+            changes[name] = value
+    return replace(rt, **changes)
+
+
+def _peek_version(token: bytes) -> int:
+    """The version a refused document claims (unverified; only for the report)."""
+    try:
+        v = json.loads(jws.decode(token).payload).get("version", 0)
+        return v if isinstance(v, int) and v >= 0 else 0
+    except Exception:
+        return 0
+
+
+def clock_synced() -> bool:
+    """True when the kernel says the clock is NTP-synchronised (systemd-timesyncd or adjtimex)."""
+    if os.path.exists("/run/systemd/timesync/synchronized"):
+        return True
+    try:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)  # struct timex, modes = 0: read only
+        state = ctypes.CDLL(None, use_errno=True).adjtimex(buf)
+        return state not in (-1, 5)  # 5 = TIME_ERROR: clock not synchronised
+    except Exception:
+        return False
+
+
+def wifi_signal_dbm() -> float | None:
+    try:
+        with open("/proc/net/wireless") as f:
+            lines = f.read().splitlines()[2:]
+        return float(lines[0].split()[3].rstrip(".")) if lines else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------- logging
+class _JsonFormatter(logging.Formatter):
+    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                               "logger": record.name, "msg": record.getMessage()}  # fmt: skip
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------- agent
+class Agent:
+    """The pipeline plus MQTT: ``start()``, ``stop()``, or ``run_forever()`` until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: AgentSettings, identity: Identity, sensors: Sequence[Sensor] | None = None) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.device_id = identity.device_id
+        self.topics = Topics(settings.topic_prefix or identity.topic_prefix)
+        self.pipeline = Pipeline(
+            device_id=identity.device_id,
+            key=identity.key,
+            buffer=open_buffer(settings),
+            sensors=build_sensors(settings) if sensors is None else sensors,
+            runtime=Runtime.from_settings(settings),
+            cloud_public_key=identity.cloud_public_key,
+            max_inflight=settings.max_inflight_batches,
+            receipt_timeout_s=settings.receipt_timeout_s,
+        )
+        self._stop = threading.Event()
+        self._wake_pub = threading.Event()
+        self._wake_sampler = threading.Event()
+        self._fresh_due = threading.Event()
+        self._connected = threading.Event()
+        self._ready = threading.Event()  # connected and subscribed: receipts cannot be missed
+        self._threads: list[threading.Thread] = []
+        self._started = time.monotonic()
+        self._client = self._make_client()
+        self.connects = 0
+
+    # -- MQTT client
+    def _make_client(self) -> Any:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.packettypes import PacketTypes
+
+        url = urlsplit(self.settings.mqtt_url or self.identity.mqtt_url)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise SettingsError(f"mqtt_url {url.geturl()!r} must be mqtt://host:port or mqtts://host:port",
+                                field="mqtt_url")  # fmt: skip
+        self._host = url.hostname
+        self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.identity.client_id, protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )  # fmt: skip
+        if self.identity.mqtt_username:
+            client.username_pw_set(self.identity.mqtt_username, self.identity.mqtt_password)
+        if url.scheme == "mqtts":
+            client.tls_set()
+        client.max_inflight_messages_set(max(20, self.settings.max_inflight_batches + 10))
+        client.will_set(self.topics.status(self.device_id), encode(Status("offline", reason="lost")), 1, True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._connect_props = Properties(PacketTypes.CONNECT)
+        self._connect_props.SessionExpiryInterval = self.settings.session_expiry_s
+        return client
+
+    def _on_connect(self, client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection", extra={"reason": str(reason)})
+            return
+        self.connects += 1
+        self._connected.set()
+        log.info("connected", extra={"broker": f"{self._host}:{self._port}", "session_present": _flags.session_present})
+        client.publish(self.topics.status(self.device_id), encode(Status("online", at=_now_ms())), 1, True)
+        client.subscribe([(self.topics.receipts(self.device_id), 1), (self.topics.config_desired(self.device_id), 1)])
+
+    def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("subscription refused by the broker (ACL?)", extra={"reasons": [str(r) for r in reasons]})
+            return
+        self.pipeline.resend_all()
+        self._ready.set()
+        self._wake_pub.set()
+
+    def _on_disconnect(self, _c: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._connected.clear()
+        self._ready.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected", extra={"reason": str(reason)})
+
+    def _on_message(self, client: Any, _ud: Any, msg: Any) -> None:
+        try:
+            if msg.topic == self.topics.receipts(self.device_id):
+                self.pipeline.on_receipt(msg.payload)
+                self._wake_pub.set()
+            elif msg.topic == self.topics.config_desired(self.device_id) and msg.payload:
+                before = self.pipeline.runtime
+                report = self.pipeline.apply_config(msg.payload)
+                if report is not None:
+                    client.publish(self.topics.config_reported(self.device_id), encode(report), 1)
+                if self.pipeline.runtime is not before:
+                    self._wake_sampler.set()
+                    self._wake_pub.set()
+        except Exception:  # never let a bad message kill paho's network thread
+            log.exception("failed to handle a message", extra={"topic": msg.topic})
+
+    # -- threads
+    def _network_loop(self) -> None:
+        s = self.settings
+        delay = s.backoff_initial_s
+        while not self._stop.is_set():
+            connects = self.connects
+            try:
+                self._client.connect(self._host, self._port, s.mqtt_keepalive_s, clean_start=False,
+                                     properties=self._connect_props)  # fmt: skip
+                self._client.loop_forever(retry_first_connection=False)
+            except (OSError, ValueError) as exc:  # refused, unreachable, DNS
+                log.warning("cannot reach the broker", extra={"broker": f"{self._host}:{self._port}",
+                                                              "error": str(exc)})  # fmt: skip
+            self._connected.clear()
+            self._ready.clear()
+            if self._stop.is_set():
+                break
+            if self.connects > connects:
+                delay = s.backoff_initial_s  # we were connected: start the backoff afresh
+            wait = delay * (1 - s.backoff_jitter * random.random())
+            log.info("reconnecting", extra={"in_s": round(wait, 3)})
+            self._stop.wait(wait)
+            delay = min(delay * 2, s.backoff_max_s)
+
+    def _sampler_loop(self) -> None:
+        next_at = time.monotonic()
+        last_at = next_at
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_at:
+                try:
+                    self.pipeline.sample()
+                except Exception:
+                    log.exception("sampling failed")
+                last_at = next_at if next_at > now - self.pipeline.runtime.sampling_interval_s else now
+                next_at = last_at + self.pipeline.runtime.sampling_interval_s
+                continue
+            if self._wake_sampler.wait(next_at - now):
+                self._wake_sampler.clear()  # the interval changed: the next sample follows the new one
+                next_at = last_at + self.pipeline.runtime.sampling_interval_s
+
+    def _publisher_loop(self) -> None:
+        topic = self.topics.telemetry(self.device_id)
+        next_fresh = time.monotonic()
+        next_health = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            rt = self.pipeline.runtime
+            if self._ready.is_set():
+                fresh = now >= next_fresh
+                if fresh:
+                    next_fresh = now + rt.transmission_interval_s
+                try:
+                    for b in self.pipeline.plan(now, fresh=fresh):
+                        info = self._client.publish(topic, b.token, 1)
+                        if info.rc == 0:
+                            self.pipeline.mark_sent(b.seq, now)
+                        else:
+                            break
+                    if now >= next_health:
+                        h = self.pipeline.health(now - self._started)
+                        self._client.publish(self.topics.health(self.device_id), encode(h), 1)
+                        next_health = now + rt.effective_heartbeat_s
+                except Exception:
+                    log.exception("publish cycle failed")
+            else:
+                next_fresh = min(next_fresh, now + rt.transmission_interval_s)
+            waits = [next_fresh - now, next_health - now, rt.transmission_interval_s]
+            r = self.pipeline.next_resend_in(now)
+            if r is not None:
+                waits.append(r)
+            if self._wake_pub.wait(max(0.01, min(waits))):
+                self._wake_pub.clear()
+
+    def start(self) -> None:
+        for name, target in (("sampler", self._sampler_loop), ("publisher", self._publisher_loop),
+                             ("network", self._network_loop)):  # fmt: skip
+            t = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("agent started", extra={"device_id": self.device_id, "depth": self.pipeline.buffer.depth})
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Clean stop: say offline (reason clean), disconnect, join the threads, close the buffer."""
+        self._stop.set()
+        self._wake_pub.set()
+        self._wake_sampler.set()
+        if self._connected.is_set():
+            with contextlib.suppress(Exception):
+                info = self._client.publish(
+                    self.topics.status(self.device_id), encode(Status("offline", at=_now_ms(), reason="clean")), 1, True
+                )
+                info.wait_for_publish(timeout_s)
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        for t in self._threads:
+            t.join(timeout_s)
+        self.pipeline.close()
+        log.info("agent stopped", extra={"device_id": self.device_id})
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.start()
+        while not self._stop.wait(3600):
+            pass
+        self.stop()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+
+def run_agent(config: Path | str) -> None:
+    """``iotctl agent run``: load settings and identity, run until signalled."""
+    from .config import load_settings
+    from .identity import load_identity
+
+    settings = load_settings(config)
+    setup_logging(settings.log_level)
+    Agent(settings, load_identity(settings.identity_dir)).run_forever()
+
+
+def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
+    from .config import load_settings
+
+    settings = load_settings(config)
+    if not Path(settings.buffer_path).exists():
+        raise SettingsError(f"no buffer at {settings.buffer_path}: the agent has not run yet", field="buffer_path")
+    buf = open_buffer(settings, readonly=True)
+    try:
+        st = buf.stats()
+        cfg = buf.get_state(_CONFIG_STATE) or {}
+    finally:
+        buf.close()
+    yield from (("buffer", str(settings.buffer_path)), ("depth", st.depth), ("unbatched", st.unbatched),
+                ("unreceipted_batches", st.batches), ("bytes", st.bytes), ("produced", st.produced),
+                ("stored", st.stored), ("rejected", st.rejected), ("dropped", st.dropped),
+                ("last_seq", st.last_seq), ("config_version", cfg.get("version", 0)))  # fmt: skip

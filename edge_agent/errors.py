@@ -1,0 +1,49 @@
+"""Errors of the edge agent, one rooted tree:
+
+    AgentError                   root; ``retryable`` says whether trying again can help
+    ├── SettingsError            the agent's TOML file is missing or a value is bad (names the field)
+    ├── IdentityError            the identity directory is missing, incomplete or unreadable
+    │   └── EnrollmentError      the enrollment API refused (used/expired token) or was unreachable
+    ├── BufferError              the SQLite buffer cannot be opened or written
+    └── SensorSetupError         a sensor cannot be constructed (bad options, missing hardware library)
+
+A failing sensor *read* is not an error here: it is :class:`edge_agent.sensors.base.SensorError`,
+turned into a quality flag on the reading.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AgentError", "BufferError", "EnrollmentError", "IdentityError", "SensorSetupError", "SettingsError"]
+
+
+class AgentError(Exception):
+    retryable = False
+
+
+class SettingsError(AgentError):
+    """A bad agent setting. ``field`` is the dotted path of the offending setting (or '' for the file)."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IdentityError(AgentError):
+    pass
+
+
+class EnrollmentError(IdentityError):
+    """``status`` is the HTTP status (None when the API was unreachable)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = status is None or status >= 500
+
+
+class BufferError(AgentError):  # noqa: A001 - shadows the builtin only inside this package's namespace
+    pass
+
+
+class SensorSetupError(AgentError):
+    pass

@@ -1,0 +1,150 @@
+"""The device's identity directory and enrollment.
+
+``enroll(api_url, token, dir)`` generates the Ed25519 key pair on the device, sends only the
+public key with the one-time token to ``POST {api}/v1/enroll``, and stores what comes back:
+
+- ``device_key.pem``   the private key (PKCS#8 PEM, mode 0600; never sent, never logged)
+- ``credentials.json`` device_id, mqtt_url, mqtt_username, mqtt_password, client_id,
+                       topic_prefix, key_version (mode 0600)
+- ``cloud_public_key`` the cloud's config-signing public key (unpadded base64url)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import EnrollmentError, IdentityError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+__all__ = ["CREDENTIALS_FILE", "Identity", "enroll", "load_identity", "write_identity"]
+
+KEY_FILE = "device_key.pem"
+CREDENTIALS_FILE = "credentials.json"
+CLOUD_KEY_FILE = "cloud_public_key"
+_FIELDS = ("device_id", "mqtt_url", "mqtt_username", "mqtt_password", "client_id", "topic_prefix", "key_version")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the device needs to talk to the cloud. Secrets are kept out of ``repr``."""
+
+    device_id: str
+    mqtt_url: str
+    mqtt_username: str | None
+    mqtt_password: str | None = field(repr=False)
+    client_id: str
+    topic_prefix: str
+    cloud_public_key: bytes
+    key_version: int
+    key: Ed25519PrivateKey = field(repr=False)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str, Any]) -> Identity:
+    """Store ``key`` and the enrollment response ``info`` in ``directory`` (files 0600); return it loaded."""
+    from iot_protocol.keys import save_private_key
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    missing = [k for k in (*_FIELDS, "cloud_public_key") if k not in info or info[k] in (None, "")]
+    missing = [k for k in missing if k not in ("mqtt_username", "mqtt_password", "client_id", "key_version")]
+    if missing:
+        raise IdentityError(f"enrollment response lacks {', '.join(missing)}")
+    creds = {k: info.get(k) for k in _FIELDS}
+    creds["client_id"] = creds["client_id"] or creds["device_id"]
+    creds["key_version"] = int(creds["key_version"] or 1)
+    save_private_key(key, d / KEY_FILE)
+    _write_private(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
+    (d / CLOUD_KEY_FILE).write_text(str(info["cloud_public_key"]) + "\n")
+    return load_identity(d)
+
+
+def load_identity(directory: Path | str) -> Identity:
+    """Read the identity directory. Raises IdentityError naming the missing or bad file."""
+    from iot_protocol.keys import load_private_key, public_key_from_b64
+
+    d = Path(directory)
+    try:
+        creds = json.loads((d / CREDENTIALS_FILE).read_text())
+        cloud_key = public_key_from_b64((d / CLOUD_KEY_FILE).read_text().strip())
+        key = load_private_key(d / KEY_FILE)
+    except FileNotFoundError as exc:
+        raise IdentityError(
+            f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"
+        ) from None
+    except PermissionError as exc:
+        raise IdentityError(f"cannot read identity file {exc.filename}: permission denied") from None
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(f"identity in {d} is damaged ({type(exc).__name__}); enroll again") from None
+    try:
+        return Identity(
+            device_id=creds["device_id"],
+            mqtt_url=creds["mqtt_url"],
+            mqtt_username=creds.get("mqtt_username"),
+            mqtt_password=creds.get("mqtt_password"),
+            client_id=creds.get("client_id") or creds["device_id"],
+            topic_prefix=creds.get("topic_prefix") or "edu",
+            cloud_public_key=cloud_key,
+            key_version=int(creds.get("key_version") or 1),
+            key=key,
+        )
+    except KeyError as exc:
+        raise IdentityError(f"{d / CREDENTIALS_FILE} lacks {exc.args[0]!r}; enroll again") from None
+
+
+def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float = 30.0) -> Identity:
+    """Enroll this device with a one-time ``token``; see the module docstring.
+
+    Raises:
+        EnrollmentError: the API refused (its ``detail`` as one line; used or expired token) or is unreachable.
+        IdentityError: the response lacks a field.
+    """
+    from iot_protocol.keys import generate_private_key, public_key_b64
+
+    key = generate_private_key()
+    body = json.dumps({"token": token, "public_key": public_key_b64(key)}).encode()
+    url = api_url.rstrip("/") + "/v1/enroll"
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            info = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = _detail(exc.read())
+        raise EnrollmentError(f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EnrollmentError(f"cannot reach the enrollment API at {url}: {reason}") from None
+    except ValueError:
+        raise EnrollmentError(f"the enrollment API at {url} did not answer JSON") from None
+    if not isinstance(info, dict):
+        raise EnrollmentError(f"the enrollment API at {url} answered an unexpected document")
+    return write_identity(directory, key, info)
+
+
+def _detail(raw: bytes) -> str:
+    try:
+        obj = json.loads(raw)
+        detail = obj.get("detail", obj) if isinstance(obj, dict) else obj
+    except ValueError:
+        detail = raw.decode("utf-8", "replace")
+    if not isinstance(detail, str):
+        detail = json.dumps(detail)
+    return " ".join(detail.split())[:300] or "no detail given"

@@ -1,0 +1,56 @@
+"""``iotctl agent``: enroll this device, run the edge agent, show its buffer and counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from iotctl.errors import CliError
+
+app = typer.Typer(no_args_is_help=True, help="Run the edge agent on a device, or enroll it.")
+
+_DEFAULT_DIR = Path("/var/lib/edu-agent/identity")
+
+
+@app.command()
+def enroll(
+    api: str = typer.Option(..., "--api", help="Cloud API base URL, e.g. https://iot.school.example"),
+    token: str = typer.Option(..., "--token", help="One-time enrollment token from `iotctl devices register`."),
+    dir: Path = typer.Option(_DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."),
+) -> None:
+    """Generate this device's key pair, enroll it with a one-time token, store the credentials."""
+    from edge_agent.errors import AgentError
+    from edge_agent.identity import enroll as do_enroll
+
+    try:
+        ident = do_enroll(api, token, dir)
+    except AgentError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"enrolled as {ident.device_id} (key version {ident.key_version}); identity in {dir}")
+
+
+@app.command()
+def run(config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (see agent.example.toml).")) -> None:
+    """Run the agent until SIGTERM/SIGINT (what the systemd unit starts)."""
+    from edge_agent.agent import run_agent
+    from edge_agent.errors import AgentError
+
+    try:
+        run_agent(config)
+    except AgentError as exc:
+        raise CliError(str(exc)) from None
+
+
+@app.command()
+def status(config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file.")) -> None:
+    """Show the buffer's depth and the persisted counters (works while the agent runs)."""
+    from edge_agent.agent import status_lines
+    from edge_agent.errors import AgentError
+
+    try:
+        rows = list(status_lines(config))
+    except AgentError as exc:
+        raise CliError(str(exc)) from None
+    for name, value in rows:
+        typer.echo(f"{name:<20} {value}")
