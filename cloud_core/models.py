@@ -15,6 +15,7 @@ from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ApiToken",
     "BatchLedger",
     "Device",
     "DeviceBase",
@@ -138,6 +139,18 @@ class UserPublic(SQLModel):
     username: str
     role: str
     is_active: bool
+
+
+class ApiToken(SQLModel, table=True):
+    """A user's API bearer token. Only a SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = Field(default="default", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
 
 
 class DevicePermission(SQLModel, table=True):

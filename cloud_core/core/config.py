@@ -1,0 +1,149 @@
+"""The cloud's settings (``CloudSettings``): read from ``EDU_*`` environment variables, built once at
+the entry point (``iotctl api``, ``iotctl up``, a test) and passed down; never built at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..paths import default_state_dir
+
+__all__ = ["CloudSettings"]
+
+
+class CloudSettings(BaseSettings):
+    """Settings of the cloud services (registry, REST API, config rollout, device events).
+
+    Every field can be set by an environment variable named ``EDU_<FIELD>`` (upper case), e.g.
+    ``EDU_DB_URL=postgresql://edu@db/edu``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EDU_", extra="ignore", validate_default=True)
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Directory for local state: embedded databases, the config-signing key, admin.token.",
+    )
+    db_url: str = Field(
+        "",
+        description="Metadata database: sqlite:///PATH (embedded) or postgresql://... "
+        "Empty means sqlite:///<state_dir>/meta.db.",
+    )
+    tsdb_url: str = Field(
+        "",
+        description="Time-series store: sqlite:///PATH or influxdb://host:port/db. "
+        "Empty means sqlite:///<state_dir>/readings.db.",
+    )
+    cache_url: str = Field(
+        "memory://", description="Cache / dedup / event stream: memory:// or redis://host:port/n."
+    )
+    mqtt_url: str = Field(
+        "mqtt://127.0.0.1:1883", description="How cloud services reach the MQTT broker (mqtt://host:port)."
+    )
+    public_mqtt_url: str = Field(
+        "",
+        description="The broker URL devices are told at enrollment (one they can reach). "
+        "Empty means mqtt_url.",
+    )
+    mqtt_username: str = Field(
+        "edu-cloud",
+        description="The cloud services' MQTT service account (may publish and subscribe anything under the "
+        "topic prefix, including $share subscriptions).",
+    )
+    mqtt_password: SecretStr | None = Field(
+        None,
+        description="Password of the service account. Unset: generated once and kept in "
+        "<state_dir>/mqtt-service.secret (mode 0600).",
+    )
+    mqtt_admin_username: str | None = Field(
+        None,
+        description="Mosquitto dynamic-security admin user, used to provision device credentials and ACLs. "
+        "Unset: the broker is unmanaged (development only: it enforces nothing).",
+    )
+    mqtt_admin_password: SecretStr | None = Field(None, description="Password of mqtt_admin_username.")
+    mqtt_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a broker connect, PUBACK or reply."
+    )
+    topic_prefix: str = Field("edu", description="Every topic lives under <prefix>/devices/<id>/...")
+    config_signing_key_path: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM) that signs desired configs. "
+        "Unset: <state_dir>/config-signing.pem, "
+        "created once with mode 0600.",
+    )
+    enrollment_token_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="Seconds an enrollment token stays valid (one use only)."
+    )
+    api_host: str = Field("127.0.0.1", description="Address the REST API listens on.")
+    api_port: int = Field(8080, ge=0, le=65535, description="Port the REST API listens on.")
+    bootstrap_admin_username: str = Field(
+        "admin",
+        description="User created at first start (no users yet); its API token is written to "
+        "<state_dir>/admin.token (mode 0600).",
+    )
+    heartbeat_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between a device's health messages that the cloud expects."
+    )
+    stale_after_s: float = Field(
+        90.0,
+        gt=0,
+        description="Silence (no heartbeat, telemetry or presence) after which an online device is stale.",
+    )
+    offline_after_s: float = Field(
+        300.0, gt=0, description="Silence after which a device is offline even if no last will arrived."
+    )
+    events_flush_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds the device-events consumer batches presence/health updates before writing.",
+    )
+    log_level: str = Field("INFO", description="Log level of the JSON logs on stderr.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> CloudSettings:
+        if not self.db_url:
+            self.db_url = f"sqlite:///{self.state_dir / 'meta.db'}"
+        if not self.tsdb_url:
+            self.tsdb_url = f"sqlite:///{self.state_dir / 'readings.db'}"
+        if not self.public_mqtt_url:
+            self.public_mqtt_url = self.mqtt_url
+        if self.config_signing_key_path is None:
+            self.config_signing_key_path = self.state_dir / "config-signing.pem"
+        if not self.stale_after_s < self.offline_after_s:
+            raise ValueError("stale_after_s must be less than offline_after_s")
+        return self
+
+    @property
+    def signing_key_path(self) -> Path:
+        assert self.config_signing_key_path is not None  # filled by _fill_defaults
+        return self.config_signing_key_path
+
+    def service_password(self) -> str:
+        """The service account's MQTT password: ``mqtt_password``, or the one generated in the state dir."""
+        if self.mqtt_password is not None:
+            return self.mqtt_password.get_secret_value()
+        from .security import load_or_create_secret
+
+        return load_or_create_secret(self.state_dir / "mqtt-service.secret")
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.state_dir / "admin.token"
+
+    @property
+    def mqtt_host_port(self) -> tuple[str, int]:
+        """(host, port) of :attr:`mqtt_url`."""
+        return parse_mqtt_url(self.mqtt_url)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> (host, port); port defaults to 1883. Raises ValueError otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://host:port")
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if not host:
+        return rest.rstrip("/"), 1883
+    return host, int(port)
