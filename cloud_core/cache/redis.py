@@ -1,0 +1,153 @@
+"""Redis cache (``redis://[:password@]host:port/db``): keys with TTL, counters, hashes and Streams
+with consumer groups, through redis-py's thread-safe connection pool. Connection failures and
+timeouts raise CacheUnavailable; other server errors raise CacheError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+
+from .base import Cache, CacheError, CacheUnavailable, StreamEntry
+
+__all__ = ["RedisCache"]
+
+T = TypeVar("T")
+
+#: Blocking stream reads wait at most this long, so the socket timeout below can bound them.
+MAX_BLOCK_MS = 60_000
+
+
+class RedisCache(Cache):
+    """``redis://``. ``?socket_timeout=S`` (default 5 s) bounds every non-blocking command."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self._r = redis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+            )
+            # Blocking reads need a socket timeout longer than the block itself.
+            self._rb = redis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=MAX_BLOCK_MS / 1000 + 5, socket_connect_timeout=5
+            )
+        except ValueError as exc:
+            raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise CacheUnavailable(f"Redis at {self._where()} unavailable: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise CacheError(f"Redis: {exc}") from exc
+
+    def _where(self) -> str:
+        kw = self._r.connection_pool.connection_kwargs
+        return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+
+    @staticmethod
+    def _px(ttl_s: float | None) -> int | None:
+        return None if ttl_s is None else max(1, int(ttl_s * 1000))
+
+    # ---- keys ----------------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        return self._call(lambda: self._r.get(key))  # type: ignore[return-value]
+
+    def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
+        self._call(lambda: self._r.set(key, value, px=self._px(ttl_s)))
+
+    def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        return bool(self._call(lambda: self._r.set(key, value, px=self._px(ttl_s), nx=True)))
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(self._call(lambda: self._r.delete(*keys)))  # type: ignore[arg-type]
+
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        if ttl_s is None:
+            return int(self._call(lambda: self._r.incrby(key, amount)))  # type: ignore[arg-type]
+
+        def run() -> Any:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.incrby(key, amount)
+            pipe.pexpire(key, self._px(ttl_s), nx=True)  # type: ignore[arg-type]
+            return pipe.execute()
+
+        return int(self._call(run)[0])
+
+    # ---- hashes --------------------------------------------------------------------------------
+    def hset(self, key: str, mapping: Mapping[str, str], ttl_s: float | None = None) -> None:
+        if not mapping:
+            return
+
+        def run() -> Any:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(key, mapping=dict(mapping))
+            if ttl_s is not None:
+                pipe.pexpire(key, self._px(ttl_s))  # type: ignore[arg-type]
+            return pipe.execute()
+
+        self._call(run)
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        return dict(self._call(lambda: self._r.hgetall(key)))  # type: ignore[arg-type]
+
+    # ---- streams -------------------------------------------------------------------------------
+    def stream_add(self, stream: str, fields: Mapping[str, str], maxlen: int | None = None) -> str:
+        return str(
+            self._call(lambda: self._r.xadd(stream, dict(fields), maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
+        )
+
+    def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
+        try:
+            self._call(lambda: self._r.xgroup_create(stream, group, id=start, mkstream=True))
+        except CacheError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def stream_read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int = 100,
+        block_ms: int | None = None,
+        pending: bool = False,
+    ) -> list[StreamEntry]:
+        block = min(block_ms, MAX_BLOCK_MS) if block_ms and not pending else None
+        client = self._rb if block else self._r
+        try:
+            reply = self._call(
+                lambda: client.xreadgroup(group, consumer, {stream: "0" if pending else ">"}, count=count, block=block)
+            )
+        except CacheError as exc:
+            if "NOGROUP" in str(exc):
+                raise CacheError(
+                    f"no consumer group {group!r} on stream {stream!r}: call ensure_group first"
+                ) from exc
+            raise
+        if not reply:
+            return []
+        entries = reply[0][1]  # RESP2: [[stream, [(id, fields), ...]]]
+        return [(str(i), dict(f or {})) for i, f in entries]
+
+    def stream_ack(self, stream: str, group: str, ids: Iterable[str]) -> int:
+        ids = list(ids)
+        if not ids:
+            return 0
+        return int(self._call(lambda: self._r.xack(stream, group, *ids)))  # type: ignore[arg-type]
+
+    def stream_len(self, stream: str) -> int:
+        return int(self._call(lambda: self._r.xlen(stream)))  # type: ignore[arg-type]
+
+    def ping(self) -> None:
+        self._call(self._r.ping)
+
+    def close(self) -> None:
+        self._r.close()
+        self._rb.close()
