@@ -1,0 +1,221 @@
+"""Streaming, per-series anomaly detectors: pure state machines that see each reading once, in
+order, and score it from past and current values only.
+
+- :class:`RobustZ`: robust z-score of the value against the rolling median, scaled by the rolling
+  inter-quartile range (both from a sorted window, O(log W) search plus one memmove per reading),
+  gated by novelty: the value must also lie outside the long-run envelope (a high quantile of a
+  longer history), so values the series has already shown are not alerted on again and again.
+- :class:`Ewma`: z-score against an exponentially weighted mean and variance (O(1), no window).
+- :class:`Stuck`: a run of identical values that is improbable given how often this series
+  repeats itself (the repeat rate is learnt online), so quantised or idle sensors are not flagged.
+- :class:`StreamingDetector`: RobustZ + Stuck, the cold-start detector the worker and the offline
+  evaluation both run.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, insort
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = [
+    "DetectorConfig",
+    "Ewma",
+    "PointScore",
+    "RobustZ",
+    "SortedWindow",
+    "StreamingDetector",
+    "Stuck",
+]
+
+IQR_TO_SIGMA = 1.349  # IQR of a normal distribution in standard deviations
+P80_TO_SIGMA = 2.563  # 10%-90% spread of a normal distribution in standard deviations
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """One configuration for every series (no per-series tuning).
+
+    Attributes:
+        window: points in the rolling median / IQR window (288 = one day at 5 minutes).
+        history: points in the long-run envelope (4032 = two weeks at 5 minutes).
+        k: robust z-score above which a value deviates from its recent level.
+        envelope_q: quantile of the long history that bounds already-seen values (both tails).
+        min_points: no score until this many values have been seen (cold start).
+        stuck_min_run: shortest run of identical values that can count as stuck.
+        stuck_alpha: a run is stuck when the chance of it, at the series' own repeat rate, is below this.
+    """
+
+    window: int = 288
+    history: int = 4032
+    k: float = 4.0
+    envelope_q: float = 0.999
+    min_points: int = 30
+    stuck_min_run: int = 5
+    stuck_alpha: float = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class PointScore:
+    """How one reading scored. ``score`` is in units of the threshold: >= 1 is anomalous."""
+
+    score: float
+    z: float
+    novel: bool
+    stuck_run: int
+    anomalous: bool
+    detector: str  # "robust_z", "stuck" or "" when not anomalous
+
+
+NORMAL = PointScore(0.0, 0.0, False, 0, False, "")
+
+
+class SortedWindow:
+    """The last ``size`` values, kept both in arrival order and sorted (for O(1) quantiles)."""
+
+    __slots__ = ("_fifo", "_size", "sorted")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._fifo: deque[float] = deque()
+        self.sorted: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._fifo)
+
+    def push(self, value: float) -> None:
+        self._fifo.append(value)
+        insort(self.sorted, value)
+        if len(self._fifo) > self._size:
+            old = self._fifo.popleft()
+            del self.sorted[bisect_left(self.sorted, old)]
+
+    def quantile(self, q: float) -> float:
+        """Nearest-rank quantile (the window must not be empty)."""
+        s = self.sorted
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    def robust_scale(self) -> float:
+        """Standard deviation estimated from the IQR, falling back to wider spreads when it is 0."""
+        s = self.sorted
+        n = len(s)
+        scale = (s[(3 * n) // 4] - s[n // 4]) / IQR_TO_SIGMA
+        if scale <= 0.0:
+            scale = (s[(9 * n) // 10] - s[n // 10]) / P80_TO_SIGMA
+        if scale <= 0.0:
+            scale = (s[-1] - s[0]) / 6.0
+        return scale
+
+
+class RobustZ:
+    """Rolling-median / IQR z-score gated by the long-run envelope. See the module docstring."""
+
+    __slots__ = ("_cfg", "_hist", "_win")
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self._cfg = cfg
+        self._win = SortedWindow(cfg.window)
+        self._hist = SortedWindow(cfg.history)
+
+    def update(self, value: float) -> tuple[float, bool]:
+        """Score ``value`` against what came before it, then remember it. Returns (z, novel)."""
+        z, novel = 0.0, False
+        win = self._win
+        if len(self._hist) >= self._cfg.min_points:
+            s = win.sorted
+            median = s[len(s) // 2]
+            scale = win.robust_scale()
+            floor = 1e-9 * (1.0 + abs(median))
+            scale = scale if scale > floor else floor
+            z = (value - median) / scale
+            hs = self._hist.sorted
+            i = int(self._cfg.envelope_q * len(hs))
+            upper = hs[min(len(hs) - 1, i)]
+            lower = hs[max(0, len(hs) - 1 - i)]
+            novel = value > upper or value < lower
+        win.push(value)
+        self._hist.push(value)
+        return z, novel
+
+
+class Ewma:
+    """z-score against an exponentially weighted mean and variance (``alpha`` per reading)."""
+
+    __slots__ = ("_alpha", "_mean", "_n", "_var")
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        self._alpha = alpha
+        self._mean = 0.0
+        self._var = 0.0
+        self._n = 0
+
+    def update(self, value: float) -> float:
+        z = 0.0
+        if self._n == 0:
+            self._mean = value
+        else:
+            sd = math.sqrt(self._var)
+            z = (value - self._mean) / sd if sd > 0 else 0.0
+            d = value - self._mean
+            self._mean += self._alpha * d
+            self._var = (1 - self._alpha) * (self._var + self._alpha * d * d)
+        self._n += 1
+        return z
+
+
+class Stuck:
+    """Improbably long runs of identical values, judged by the series' own repeat rate."""
+
+    __slots__ = ("_alpha", "_last", "_min_run", "_n", "_repeats", "_run")
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self._min_run = cfg.stuck_min_run
+        self._alpha = cfg.stuck_alpha
+        self._last: float | None = None
+        self._run = 0
+        self._repeats = 0
+        self._n = 0
+
+    def update(self, value: float) -> tuple[int, bool]:
+        """Returns (current run length, stuck). The repeat rate learns only from non-stuck runs."""
+        if value == self._last:
+            self._run += 1
+        else:
+            self._run = 1
+            self._last = value
+        # Laplace-smoothed chance that a reading repeats the previous one, before this reading.
+        p = (self._repeats + 1) / (self._n + 2)
+        stuck = self._run >= self._min_run and (self._run - 1) * math.log(p) < math.log(self._alpha)
+        if not stuck:
+            self._n += 1
+            if self._run > 1:
+                self._repeats += 1
+        return self._run, stuck
+
+
+class StreamingDetector:
+    """The cold-start detector for one series: :class:`RobustZ` (level) and :class:`Stuck` (runs)."""
+
+    __slots__ = ("_cfg", "_robust", "_stuck", "count")
+
+    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+        self._cfg = cfg or DetectorConfig()
+        self._robust = RobustZ(self._cfg)
+        self._stuck = Stuck(self._cfg)
+        self.count = 0
+
+    def update(self, value: float) -> PointScore:
+        """Score one reading (only past and current values are used)."""
+        self.count += 1
+        if not math.isfinite(value):
+            return NORMAL
+        z, novel = self._robust.update(value)
+        run, stuck = self._stuck.update(value)
+        score = abs(z) / self._cfg.k
+        level = score >= 1.0 and novel
+        if stuck:
+            return PointScore(max(score, 1.0), z, novel, run, True, "stuck")
+        if level:
+            return PointScore(score, z, novel, run, True, "robust_z")
+        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "")

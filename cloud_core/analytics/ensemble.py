@@ -1,0 +1,58 @@
+"""Per-series scoring that combines the cold-start streaming detector with the model-based one.
+
+Until a forest is attached (no history yet) only :class:`~.detectors.StreamingDetector` speaks.
+With a forest, a reading is anomalous when the streaming detector says so, or when the forest's
+score passes its threshold *and* the value is novel (outside the long-run envelope): the forest
+alone fires on the rare-but-seen values a forest always finds, so it must agree with novelty.
+Forest scoring is batched (one sklearn call per batch of readings), the per-reading work is O(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from .detectors import DetectorConfig, PointScore, StreamingDetector
+from .features import FeatureState
+from .forest import ForestModel
+
+__all__ = ["FOREST_MIN_STREAM_SCORE", "SeriesScorer"]
+
+FOREST_MIN_STREAM_SCORE = 0.9
+"""With the forest agreeing, a novel value needs only this fraction of the streaming threshold."""
+
+
+class SeriesScorer:
+    """Scores one series (device, field) reading by reading, or in batches."""
+
+    __slots__ = ("_features", "_stream", "forest")
+
+    def __init__(self, cfg: DetectorConfig | None = None, forest: ForestModel | None = None) -> None:
+        self._stream = StreamingDetector(cfg)
+        self.forest = forest
+        self._features = FeatureState(forest.meta.feature_window if forest else 12)
+
+    def attach(self, forest: ForestModel) -> None:
+        """Use ``forest`` from now on (after a (re)training)."""
+        self.forest = forest
+
+    def score_batch(self, ts_ms: Sequence[int], values: Sequence[float]) -> list[PointScore]:
+        """Score readings in time order; each score uses only that reading and earlier ones."""
+        stream = [self._stream.update(v) for v in values]
+        if self.forest is None:
+            for t, v in zip(ts_ms, values, strict=True):
+                self._features.update(t, v)
+            return stream
+        feats = np.array([self._features.update(t, v) for t, v in zip(ts_ms, values, strict=True)])
+        forest = self.forest.score(feats)
+        out: list[PointScore] = []
+        for p, f in zip(stream, forest.tolist(), strict=True):
+            if not p.anomalous and p.novel and f >= 1.0 and p.score >= FOREST_MIN_STREAM_SCORE:
+                p = replace(p, score=max(p.score, f), anomalous=True, detector="forest")
+            out.append(p)
+        return out
+
+    def update(self, ts_ms: int, value: float) -> PointScore:
+        return self.score_batch([ts_ms], [value])[0]
