@@ -12,8 +12,7 @@ receipt names the batch that carries it. Tables:
 - ``produced_log``: optional, every reading ever produced (tests and ground truth), never pruned.
 
 The bound (rows and optionally payload bytes) is enforced on every write; with ``drop_oldest``
-the oldest readings not yet in a batch go first (then, if only batched readings remain, the
-oldest batch); with ``drop_newest`` the new readings are refused. Either way the count of dropped
+the oldest readings go first (a sealed batch holding the oldest reading goes whole); with ``drop_newest`` the new readings are refused. Either way the count of dropped
 readings is persisted and reported. One writer process owns a buffer; calls are thread-safe.
 """
 
@@ -169,32 +168,27 @@ class Buffer:
         return self._rows > self.max_rows or (self.max_bytes is not None and self._bytes > self.max_bytes)
 
     def _enforce_bound(self) -> None:
+        """Drop the oldest readings until within the bound; when the oldest reading is in a sealed
+        batch, the whole batch goes (it cannot be resealed without it). Every reading is counted."""
         db = self._db
         while self._over():
-            excess_rows = max(self._rows - self.max_rows, 1)
-            victims = db.execute(
-                "SELECT id, size FROM readings WHERE seq IS NULL ORDER BY id LIMIT ?",
-                (max(excess_rows, 64) if self.max_bytes is not None else excess_rows,),
-            ).fetchall()
-            if victims:
-                drop: list[int] = []
-                rows, nbytes = self._rows, self._bytes
-                for rid, size in victims:
-                    if not (rows > self.max_rows or (self.max_bytes is not None and nbytes > self.max_bytes)):
-                        break
-                    drop.append(rid)
-                    rows -= 1
-                    nbytes -= size
-                db.execute(f"DELETE FROM readings WHERE id IN ({','.join(map(str, drop))})")
-                self._c["dropped"] += len(drop)
-                self._rows, self._bytes = rows, nbytes
+            limit = max(self._rows - self.max_rows, 64 if self.max_bytes is not None else 1)
+            oldest = db.execute("SELECT id, size, seq FROM readings ORDER BY id LIMIT ?", (limit,)).fetchall()
+            if oldest and oldest[0][2] is not None:
+                n, _ = self._delete_batches([oldest[0][2]])
+                self._c["dropped"] += n
                 continue
-            # only batched readings are left: give up the oldest sealed batch, counted as dropped
-            oldest = db.execute("SELECT seq FROM batches ORDER BY seq LIMIT 1").fetchone()
-            if oldest is None:  # pragma: no cover - rows > 0 always means a batch or an unbatched row
-                break
-            n, nbytes = self._delete_batches([oldest[0]])
-            self._c["dropped"] += n
+            drop: list[int] = []
+            rows, nbytes = self._rows, self._bytes
+            for rid, size, seq in oldest:
+                if seq is not None or not (rows > self.max_rows or (self.max_bytes is not None and nbytes > self.max_bytes)):
+                    break
+                drop.append(rid)
+                rows -= 1
+                nbytes -= size
+            db.execute(f"DELETE FROM readings WHERE id IN ({','.join(map(str, drop))})")
+            self._c["dropped"] += len(drop)
+            self._rows, self._bytes = rows, nbytes
 
     # ------------------------------------------------------------------ batching
     def next_batch(
