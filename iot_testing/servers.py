@@ -98,8 +98,30 @@ def _which(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
     raise ServerBinaryMissing(f"{name} not found: install the Debian package '{package}' (apt-get install -y {package})")
 
 
+_OWNER_FILE = ".owner-pid"
+
+
+def _sweep_stale_roots() -> None:
+    """Delete temp dirs left by test processes that were killed before they could clean up."""
+    for path in Path(tempfile.gettempdir()).glob("iot-testing-*"):
+        try:
+            pid = int((path / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def _make_root(kind: str, owner: str | None = None) -> Path:
+    _sweep_stale_roots()
     root = Path(tempfile.mkdtemp(prefix=f"iot-testing-{kind}-"))
+    (root / _OWNER_FILE).write_text(str(os.getpid()))
     # World-traversable so a server running as its own OS user (mosquitto, postgres) can reach it.
     os.chmod(root, 0o755)
     if owner is not None and os.geteuid() == 0:
