@@ -106,7 +106,6 @@ class InfluxStore(TimeSeriesStore):
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._schema_ready = False
 
     @staticmethod
     def _redact(url: str) -> str:
@@ -210,8 +209,8 @@ class InfluxStore(TimeSeriesStore):
     def write_lines(self, body: bytes) -> None:
         """Write a ready line-protocol body (millisecond precision) to the raw retention policy."""
         status, data = self._request("POST", self._write_path, body)
-        if status == 404 and not self._schema_ready:
-            # database or retention policy missing: a fresh database; create it and retry once
+        if status == 404 or (status == 500 and b"retention policy not found" in data):
+            # database (404) or retention policy (500) missing: a fresh database; create, retry once
             log.info("influxdb schema missing, running init_schema", extra={"db": self.db})
             self.init_schema()
             status, data = self._request("POST", self._write_path, body)
@@ -255,7 +254,6 @@ class InfluxStore(TimeSeriesStore):
                 f"GROUP BY time({bucket}), * END",
                 write=True,
             )
-        self._schema_ready = True
 
     def continuous_queries(self) -> list[str]:
         """Names of this database's continuous queries (``SHOW CONTINUOUS QUERIES``)."""
