@@ -77,7 +77,9 @@ DEFAULT_MAGNITUDE: dict[str, dict[str, float]] = {
         "battery_level": 5.0,
         "signal_strength": 8.0,
     },
-    "clock_skew": {"": 437.3},  # seconds; not a multiple of common intervals, so keys do not collide
+    # seconds ahead; within the bridge's default 300 s future tolerance, so the readings are stored
+    # (mis-stamped); beyond it the bridge rejects them as future_timestamp.
+    "clock_skew": {"": 120.3},
 }
 
 
