@@ -79,7 +79,7 @@ def mosquitto() -> Iterator[MosquittoServer]:
 
 @pytest.fixture(scope="session")
 def mosquitto_dynsec() -> Iterator[MosquittoServer]:
-    """A shared Mosquitto with dynamic security: anonymous refused; ``.admin_username``/``.admin_password``."""
+    """A shared Mosquitto with dynamic security: anonymous refused, admin in ``.admin_username/_password``."""
     server = _start(lambda: MosquittoServer(dynsec=True))
     try:
         yield server

@@ -16,7 +16,6 @@ Errors::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import json
@@ -43,8 +42,8 @@ from cloud_core.broker.mosquitto_process import (
     BrokerStartError,
     ChildProcess,
     MosquittoProcess,
-    _preexec,
     log_tail,
+    preexec_for,
     wait_until,
 )
 
@@ -61,6 +60,10 @@ __all__ = [
 ]
 
 _PORT_RETRIES = 3
+
+
+def _port_taken(log_text: str) -> bool:
+    return "already in use" in log_text.lower()
 
 
 class ServerError(RuntimeError):
@@ -95,7 +98,9 @@ def _which(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
         candidate = Path(directory) / name
         if candidate.is_file():
             return str(candidate)
-    raise ServerBinaryMissing(f"{name} not found: install the Debian package '{package}' (apt-get install -y {package})")
+    raise ServerBinaryMissing(
+        f"{name} not found: install the Debian package '{package}' (apt-get install -y {package})"
+    )
 
 
 _OWNER_FILE = ".owner-pid"
@@ -185,18 +190,24 @@ class _Server:
         for attempt in range(_PORT_RETRIES):
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._child = ChildProcess(
-                self._argv(), log_path=self.log_path, run_as=self.run_as, stop_signal=self.stop_signal,
+                self._argv(),
+                log_path=self.log_path,
+                run_as=self.run_as,
+                stop_signal=self.stop_signal,
                 cwd=self.root,
             )
             try:
                 self._child.spawn()
                 wait_until(
-                    self._ready, child=self._child, what=f"{self.kind} on {self.host}:{self.port}",
-                    timeout=self.start_timeout, error=ServerStartError,
+                    self._ready,
+                    child=self._child,
+                    what=f"{self.kind} on {self.host}:{self.port}",
+                    timeout=self.start_timeout,
+                    error=ServerStartError,
                 )
             except ServerStartError:
                 fresh = self.log_path.read_text(errors="replace")[offset:] if self.log_path.exists() else ""
-                if not self._started_once and "already in use" in fresh.lower() and attempt + 1 < _PORT_RETRIES:
+                if not self._started_once and _port_taken(fresh) and attempt + 1 < _PORT_RETRIES:
                     self._repick_ports()
                     self._on_ports_changed()
                     continue
@@ -244,7 +255,8 @@ class _Server:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.host}:{self.port}, running={self.is_running}, root={str(self.root)!r})"
+        name = type(self).__name__
+        return f"{name}({self.host}:{self.port}, running={self.is_running}, root={str(self.root)!r})"
 
 
 # --------------------------------------------------------------------------- Mosquitto
@@ -312,7 +324,7 @@ class MosquittoServer:
                 raise ServerBinaryMissing(f"{exc} (Debian package 'mosquitto')") from exc
             except BrokerStartError as exc:
                 fresh = self.log_path.read_text(errors="replace")[offset:] if self.log_path.exists() else ""
-                if not self._started_once and "already in use" in fresh.lower() and attempt + 1 < _PORT_RETRIES:
+                if not self._started_once and _port_taken(fresh) and attempt + 1 < _PORT_RETRIES:
                     self.process.port = free_port()
                     continue
                 raise ServerStartError(str(exc)) from exc
@@ -384,7 +396,8 @@ class PostgresServer(_Server):
     """PostgreSQL on a free port; initdb'd once in a temp dir; superuser ``postgres``, trust auth.
 
     Runs as the ``postgres`` OS user when the test process is root (initdb refuses root). Durability is
-    traded for speed (``fsync=off``): a graceful restart keeps the data; a ``kill()`` on a live machine does too.
+    traded for speed (``fsync=off``): a graceful restart keeps the data, and so does ``kill()`` (the OS
+    still holds the unsynced pages); only a machine crash would lose it.
     """
 
     kind = "postgres"
@@ -411,8 +424,13 @@ class PostgresServer(_Server):
     def _run(self, argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         user = pwd.getpwnam(self.run_as) if self.run_as else None
         return subprocess.run(
-            list(argv), capture_output=True, text=True, check=check, cwd=self.root, timeout=120,
-            preexec_fn=_preexec(user, None, os.getpid()) if user else None,
+            list(argv),
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd=self.root,
+            timeout=120,
+            preexec_fn=preexec_for(user, None, os.getpid()) if user else None,
             env={**os.environ, "LC_ALL": "C.UTF-8", "PGCONNECT_TIMEOUT": "5"},
         )
 
@@ -422,25 +440,54 @@ class PostgresServer(_Server):
             user = pwd.getpwnam(self.run_as)
             os.chown(self.socket_dir, user.pw_uid, user.pw_gid)
         try:
-            self._run([
-                str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
-                "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions",
-            ])
+            self._run(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.user,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            )
         except subprocess.CalledProcessError as exc:
             raise ServerStartError(f"initdb failed ({exc.returncode}):\n{exc.stdout}\n{exc.stderr}") from exc
 
     def _argv(self) -> list[str]:
         return [
-            str(self.bindir / "postgres"), "-D", str(self.data_dir), "-h", self.host, "-p", str(self.port),
-            "-k", str(self.socket_dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off", "-c", f"max_connections={self.max_connections}",
-            "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning",
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            f"max_connections={self.max_connections}",
+            "-c",
+            "shared_buffers=32MB",
+            "-c",
+            "log_min_messages=warning",
         ]
 
     def _ready(self) -> bool:
         done = subprocess.run(
             [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port), "-t", "1"],
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
         return done.returncode == 0
 
@@ -451,9 +498,29 @@ class PostgresServer(_Server):
             ServerError: psql failed (message has its stderr).
         """
         done = subprocess.run(
-            [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql],
-            capture_output=True, text=True, check=False, timeout=60,
+            [
+                str(self.bindir / "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
         if done.returncode != 0:
             raise ServerError(f"psql failed: {done.stderr.strip()}")
@@ -500,9 +567,23 @@ class RedisServer(_Server):
 
     def _argv(self) -> list[str]:
         argv = [
-            self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.root),
-            "--daemonize", "no", "--databases", "16", "--loglevel", "notice",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.root),
+            "--daemonize",
+            "no",
+            "--databases",
+            "16",
+            "--loglevel",
+            "notice",
         ]
         if self.appendonly:
             argv += ["--appendfsync", "always"]
@@ -665,4 +746,3 @@ bind-address = "{self.host}:{self.rpc_port}"
 
     def drop_database(self, name: str) -> None:
         self.query(f'DROP DATABASE "{name}"')
-

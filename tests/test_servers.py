@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -112,7 +115,9 @@ def test_mosquitto_dynsec_refuses_anonymous_and_admits_admin(mosquitto_dynsec: M
     srv = mosquitto_dynsec
     assert mqtt_connect_probe(srv.host, srv.port) == 5  # not authorised
     assert mqtt_connect_probe(srv.host, srv.port, username=srv.admin_username, password="wrong") in (4, 5)
-    assert mqtt_connect_probe(srv.host, srv.port, username=srv.admin_username, password=srv.admin_password) == 0
+    assert (
+        mqtt_connect_probe(srv.host, srv.port, username=srv.admin_username, password=srv.admin_password) == 0
+    )
 
 
 def test_mosquitto_dynsec_admin_can_use_control_api(mosquitto_dynsec: MosquittoServer) -> None:
@@ -300,9 +305,12 @@ def test_influx_url_write_and_query(influx_url: str, influxdb: InfluxServer) -> 
     assert influxdb.http_url == f"http://127.0.0.1:{influxdb.port}"
     prefix = f"influxdb://127.0.0.1:{influxdb.port}/"
     assert influx_url.startswith(prefix)
-    db = influx_url[len(prefix):]
-    influxdb.write(db, "sensor_readings,device_id=d1,sensor_type=bme280 temperature=21.5 1700000000000\n"
-                       "sensor_readings,device_id=d1,sensor_type=bme280 temperature=22.5 1700000001000")
+    db = influx_url[len(prefix) :]
+    influxdb.write(
+        db,
+        "sensor_readings,device_id=d1,sensor_type=bme280 temperature=21.5 1700000000000\n"
+        "sensor_readings,device_id=d1,sensor_type=bme280 temperature=22.5 1700000001000",
+    )
     doc = influxdb.query('SELECT mean("temperature") FROM "sensor_readings"', db)
     assert doc["results"][0]["series"][0]["values"][0][1] == 22.0
     assert _count(influxdb, db) == 2
@@ -331,3 +339,46 @@ def test_children_die_when_owner_sigterms() -> None:
         _until(lambda: not server.is_running, "broker exit")
     finally:
         server.close()
+
+
+def test_servers_die_with_a_killed_test_process(tmp_path: Path) -> None:
+    """SIGKILL of the process owning the servers (no teardown, no atexit) still stops every child."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time\n"
+        "from iot_testing import MosquittoServer, RedisServer\n"
+        "servers = [MosquittoServer(), RedisServer()]\n"
+        "for s in servers:\n"
+        "    s.start()\n"
+        "print(' '.join(str(s.pid) for s in servers), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        owner.kill()
+        owner.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie is gone for our purposes (its parent, the killed owner, cannot reap it).
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+    _until(lambda: all(gone(pid) for pid in pids), "orphaned servers to exit")
+
+
+def test_missing_binary_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iot_testing import servers
+
+    monkeypatch.setattr(servers.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(servers.Path, "is_file", lambda _self: False)
+    with pytest.raises(servers.ServerBinaryMissing, match=r"apt-get install -y redis-server"):
+        RedisServer()
+    with pytest.raises(servers.ServerBinaryMissing, match=r"apt-get install -y influxdb"):
+        InfluxServer()

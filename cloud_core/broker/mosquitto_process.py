@@ -54,6 +54,8 @@ __all__ = [
     "find_dynsec_plugin",
     "log_tail",
     "mqtt_connect_probe",
+    "preexec_for",
+    "wait_until",
     "write_dynsec_config",
 ]
 
@@ -118,7 +120,11 @@ def _stop_all_children() -> None:
 atexit.register(_stop_all_children)
 
 
-def _preexec(run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int) -> Callable[[], None]:
+def preexec_for(
+    run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int
+) -> Callable[[], None]:
+    """A ``preexec_fn``: become ``run_as`` (when given), then ask for ``death_signal`` if the parent dies."""
+
     def setup() -> None:
         if run_as is not None:
             os.setgid(run_as.pw_gid)
@@ -196,7 +202,7 @@ class ChildProcess:
                 cwd=self.cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_preexec(user, self.stop_signal if self.die_with_parent else None, os.getpid()),
+                preexec_fn=preexec_for(user, self.stop_signal if self.die_with_parent else None, os.getpid()),
             )
         with _LIVE_LOCK:
             _LIVE_CHILDREN.add(self)
@@ -273,7 +279,8 @@ def wait_until(
         if time.monotonic() > deadline:
             child.kill()
             raise error(
-                f"{what} did not answer within {timeout:g}s; log {child.log_path}:\n{log_tail(child.log_path)}"
+                f"{what} did not answer within {timeout:g}s; log {child.log_path}:\n"
+                f"{log_tail(child.log_path)}"
             )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
