@@ -1,0 +1,175 @@
+"""Side effects of accepted batches, off the ingest path: ledger rows, dead letters, device
+last_seen (one UPDATE per device per flush), the latest reading per device in the cache, and one
+event per device per flush on the cache stream for analytics.
+
+Everything here is buffered and flushed every ``effects_interval_s`` by one thread; a sink that is
+down keeps its buffer (latest/last_seen coalesce per device; ledger rows, dead letters and events are
+bounded and their overflow counted) and catches up when it is back. Readings keep flowing meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+
+import orjson
+from sqlalchemy import bindparam, update
+from sqlalchemy.engine import Engine
+
+from cloud_core.cache import Cache
+from cloud_core.models import Device
+
+from .deadletter import DeadLetterQueue
+from .ledger import Ledger, LedgerRow
+from .metrics import Metrics
+from .pipeline import Accepted
+from .settings import BridgeSettings
+
+__all__ = ["LATEST_KEY", "SideEffects"]
+
+log = logging.getLogger(__name__)
+
+LATEST_KEY = "edu:latest:{device_id}"
+
+
+class SideEffects:
+    """Buffers of what accepted batches imply, and the thread that flushes them."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        *,
+        engine: Engine,
+        cache: Cache,
+        ledger: Ledger,
+        deadletters: DeadLetterQueue,
+        metrics: Metrics,
+    ) -> None:
+        self._s = settings
+        self._engine = engine
+        self._cache = cache
+        self._ledger = ledger
+        self._dead = deadletters
+        self._m = metrics
+        self._lock = threading.Lock()
+        self._ledger_rows: list[LedgerRow] = []
+        self._last_seen: dict[str, datetime] = {}  # pending DB update
+        self._latest: dict[str, dict[str, str]] = {}  # pending cache write
+        self._events: deque[dict[str, str]] = deque()
+        self.seen_at: dict[str, float] = {}  # for the last-seen-age gauge
+        self.ledger_rows_dropped = 0
+        self.db_ok = True
+        self.cache_ok = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bridge-effects", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.flush()  # a last attempt; what fails stays unwritten (ledger rows are re-derivable)
+
+    # ---- called by the writer after a successful write -----------------------------------------
+    def accepted(self, batches: Sequence[Accepted], rows: Sequence[LedgerRow], now: datetime) -> None:
+        per_device: dict[str, list[Accepted]] = {}
+        for a in batches:
+            per_device.setdefault(a.device_id, []).append(a)
+        now_s = now.timestamp()
+        with self._lock:
+            if len(self._ledger_rows) + len(rows) > 10 * self._s.deadletter_buffer_max:
+                self.ledger_rows_dropped += len(rows)
+            else:
+                self._ledger_rows.extend(rows)
+            for device_id, group in per_device.items():
+                self._last_seen[device_id] = now
+                self.seen_at[device_id] = now_s
+                last = max((p for a in group for p in a.points), key=lambda p: p.ts_ms)
+                self._latest[device_id] = {
+                    "ts": str(last.ts_ms),
+                    "sensor_type": last.sensor_type,
+                    "location": last.location,
+                    "values": orjson.dumps(dict(last.fields)).decode(),
+                }
+                if len(self._events) >= self._s.event_buffer_max:
+                    self._m.events_dropped.inc()
+                    continue
+                self._events.append(
+                    {
+                        "device_id": device_id,
+                        "location": last.location,
+                        "seqs": orjson.dumps([a.batch.seq for a in group]).decode(),
+                        "readings": orjson.dumps(
+                            [{"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": dict(p.fields)}
+                             for a in group for p in a.points]
+                        ).decode(),
+                    }
+                )
+
+    # ---- flushing --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.wait(self._s.effects_interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        self._flush_db()
+        self._flush_cache()
+
+    def _flush_db(self) -> None:
+        with self._lock:
+            rows, self._ledger_rows = self._ledger_rows, []
+            seen, self._last_seen = self._last_seen, {}
+        try:
+            self._ledger.record(rows)
+            rows = []
+            while self._dead.flush():
+                pass
+            if seen:
+                stmt = (
+                    update(Device)
+                    .where(Device.id == bindparam("did"))  # type: ignore[arg-type]
+                    .values(last_seen=bindparam("at"))
+                )
+                with self._engine.begin() as conn:
+                    conn.execute(stmt, [{"did": d, "at": at} for d, at in seen.items()])
+                seen = {}
+            self.db_ok = True
+        except Exception as exc:  # DB down: keep what was not written, try again next round
+            if self.db_ok:
+                log.warning("metadata DB unavailable for side effects: %s", exc)
+            self.db_ok = False
+            self._m.write_failures.labels("metadata").inc()
+            with self._lock:
+                self._ledger_rows[:0] = rows
+                for d, at in seen.items():
+                    self._last_seen.setdefault(d, at)
+
+    def _flush_cache(self) -> None:
+        with self._lock:
+            latest, self._latest = self._latest, {}
+        try:
+            ttl = self._s.latest_ttl_s
+            for device_id, mapping in list(latest.items()):
+                self._cache.hset(LATEST_KEY.format(device_id=device_id), mapping, ttl_s=ttl)
+                del latest[device_id]
+            while self._events:
+                self._cache.stream_add(self._s.stream_name, self._events[0], maxlen=self._s.stream_maxlen)
+                self._events.popleft()
+            self.cache_ok = True
+        except Exception as exc:  # cache down: keep the newest per device, retry next round
+            if self.cache_ok:
+                log.warning("cache unavailable for side effects: %s", exc)
+            self.cache_ok = False
+            self._m.write_failures.labels("cache").inc()
+            with self._lock:
+                for d, mapping in latest.items():
+                    self._latest.setdefault(d, mapping)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._ledger_rows) + len(self._last_seen) + len(self._latest) + len(self._events)

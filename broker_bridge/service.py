@@ -1,0 +1,141 @@
+"""The bridge as one object: ``with Bridge(settings) as bridge: ...`` starts every thread and stops
+them cleanly; :func:`run_bridge` runs one until SIGINT/SIGTERM (the CLI, ``iotctl up`` and tests)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import TracebackType
+
+from cloud_core.cache import open_cache
+from cloud_core.core.db import create_all, make_engine
+from cloud_core.tsdb import open_tsdb
+from iot_protocol import Topics
+
+from .deadletter import DeadLetterQueue
+from .effects import SideEffects
+from .errors import ConfigError
+from .keys import KeyDirectory, parse_registry_event
+from .ledger import Ledger
+from .metrics import HttpServer, Metrics
+from .mqtt import SYS_DROPPED, MqttConsumer
+from .settings import BridgeSettings
+from .writer import Ingest
+
+__all__ = ["Bridge", "run_bridge"]
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """One bridge replica: MQTT consumer, processor, writer, side effects, metrics server."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = s = settings
+        try:
+            self.topics = Topics(s.topic_prefix)
+            self.engine = make_engine(s.db_url)
+            self.store = open_tsdb(s.tsdb_url)
+            self.cache = open_cache(s.cache_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.metrics = Metrics()
+        self.directory = KeyDirectory(self.engine, ttl_s=s.key_cache_ttl_s, retry_s=s.retry_initial_s)
+        self.ledger = Ledger(self.engine)
+        self.deadletters = DeadLetterQueue(self.engine, max_buffer=s.deadletter_buffer_max)
+        self.effects = SideEffects(s, engine=self.engine, cache=self.cache, ledger=self.ledger,
+                                   deadletters=self.deadletters, metrics=self.metrics)
+        self.mqtt = MqttConsumer(s, self.topics, on_telemetry=self._on_telemetry,
+                                 on_registry_event=self._on_registry_event, on_sys=self._on_sys)
+        self.ingest = Ingest(s, self.topics, lookup=self.directory.lookup, store=self.store, ledger=self.ledger,
+                             deadletters=self.deadletters, effects=self.effects, metrics=self.metrics,
+                             ack=self.mqtt.ack, publish=self.mqtt.publish)
+        self.metrics.watch_last_seen(lambda: dict(self.effects.seen_at))
+        self.http: HttpServer | None = None
+        self._started = False
+
+    # ---- callbacks from the MQTT thread --------------------------------------------------------
+    def _on_telemetry(self, msg: object) -> None:
+        self.ingest.submit(msg)  # type: ignore[arg-type]
+
+    def _on_registry_event(self, payload: bytes) -> None:
+        event = parse_registry_event(payload)
+        if event is not None:
+            self.directory.invalidate(event[0])
+            log.info("registry event %s", event[1], extra={"device_id": event[0]})
+
+    def _on_sys(self, topic: str, payload: bytes) -> None:
+        if topic == SYS_DROPPED:
+            try:
+                self.metrics.broker_dropped.set(float(payload))
+            except ValueError:
+                pass
+
+    # ---- readiness -----------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        if not self.mqtt.subscribed.is_set():
+            return False, self.mqtt.last_error or "not subscribed to the broker"
+        if not self.ingest.store_ok:
+            return False, "time-series store unavailable (backpressure)"
+        if self.ingest.backlog >= self.settings.max_backlog:
+            return False, "backlog full"
+        return True, ""
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> Bridge:
+        s = self.settings
+        try:
+            create_all(self.engine)
+        except Exception as exc:  # DB down or racing replicas: ingest can run without it for a while
+            log.warning("could not ensure metadata tables: %s", exc)
+        self.directory.refresh()
+        if s.metrics_port is not None:
+            self.http = HttpServer(self.metrics, self.ready, s.metrics_host, s.metrics_port)
+            self.http.start()
+        self.effects.start()
+        self.ingest.start()
+        self.mqtt.start()
+        self._started = True
+        log.info("bridge started", extra={"client_id": s.client_id, "mqtt": s.mqtt_url,
+                                          "metrics_port": self.http.port if self.http else None})
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until subscribed; raises TimeoutError naming why not."""
+        if not self.mqtt.subscribed.wait(timeout):
+            raise TimeoutError(f"bridge not subscribed after {timeout}s: {self.mqtt.last_error or 'no connection'}")
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self.ingest.stop(drain_s)
+        time.sleep(0.05)  # let the network thread send the last PUBACKs and receipts
+        self.mqtt.stop()
+        self.effects.stop()
+        if self.http is not None:
+            self.http.stop()
+        for closer in (self.store.close, self.cache.close, self.engine.dispose):
+            try:
+                closer()
+            except Exception:  # closing best-effort
+                pass
+        log.info("bridge stopped")
+
+    def __enter__(self) -> Bridge:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run_bridge(settings: BridgeSettings, *, stop: threading.Event | None = None) -> None:
+    """Run a bridge until SIGINT/SIGTERM (or ``stop`` is set)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    with Bridge(settings):
+        stop.wait()

@@ -1,0 +1,97 @@
+"""BridgeSettings: every knob of the ingest bridge, documented where it is defined.
+
+Built once at the entry point (``iotctl bridge run``, ``iotctl up``, tests) and passed down.
+Environment variables use the prefix ``EDU_BRIDGE_`` (``EDU_BRIDGE_MQTT_URL=mqtt://...``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["BridgeSettings"]
+
+
+def _default_client_id() -> str:
+    return f"edu-bridge-{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+class BridgeSettings(BaseSettings):
+    """Settings of one bridge replica. Timing constants are fields so tests set them, not patch them."""
+
+    model_config = SettingsConfigDict(env_prefix="EDU_BRIDGE_", extra="forbid", frozen=True)
+
+    # --- broker -------------------------------------------------------------------------------------
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port.")
+    mqtt_username: str | None = Field(None, description="Service-account user name (dynamic security).")
+    mqtt_password: SecretStr | None = Field(None, description="Service-account password.")
+    topic_prefix: str = Field("edu", description="Topic prefix shared with the devices.")
+    share_group: str = Field("bridge", description="MQTT 5 shared-subscription group; replicas split its load.")
+    client_id: str = Field(
+        default_factory=_default_client_id,
+        description="MQTT client id. Keep it stable per replica: a restarted replica resumes its persistent "
+        "session and receives the messages it had not acknowledged.",
+    )
+    session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps the session while away.")
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    receive_maximum: int = Field(
+        10000,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: unacknowledged messages the broker may send us. This is the "
+        "backpressure: when writes stall nothing is acknowledged and the broker stops sending at this many.",
+    )
+    # --- sinks --------------------------------------------------------------------------------------
+    db_url: str = Field("sqlite:///meta.db", description="Metadata DB: devices, dead letters, ledger.")
+    tsdb_url: str = Field("sqlite:///readings.db", description="Time-series store (influxdb://host:port/db).")
+    cache_url: str = Field("memory://", description="Latest-reading cache and event stream (redis://...).")
+    # --- batching and backpressure ------------------------------------------------------------------
+    batch_max_points: int = Field(5000, ge=1, description="Flush a write when it holds this many points...")
+    batch_max_messages: int = Field(2000, ge=1, description="...or this many messages...")
+    batch_max_delay_s: float = Field(0.05, gt=0, description="...or when its oldest message waited this long.")
+    max_backlog: int = Field(
+        20000, ge=1, description="Messages held in memory (received, not yet acknowledged) before the "
+        "bridge stops taking more from its inbox; the broker holds the rest."
+    )
+    retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
+    retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")
+    # --- verification -------------------------------------------------------------------------------
+    key_cache_ttl_s: float = Field(30.0, gt=0, description="Device directory refresh period.")
+    max_clock_skew_s: float = Field(300.0, ge=0, description="How far in the future a reading's ts may be.")
+    # --- side effects -------------------------------------------------------------------------------
+    effects_interval_s: float = Field(0.5, gt=0, description="Period of the side-effect flush (last_seen, "
+                                      "dead letters, ledger rows, latest cache, event stream).")
+    deadletter_buffer_max: int = Field(10000, ge=1, description="Dead letters held while the DB is down; "
+                                       "beyond it they are dropped and counted.")
+    event_buffer_max: int = Field(10000, ge=1, description="Stream events held while the cache is down.")
+    latest_ttl_s: int = Field(86400, ge=1, description="TTL of the latest-reading cache key per device.")
+    stream_name: str = Field("edu:readings", description="Cache stream with one event per accepted batch.")
+    stream_maxlen: int = Field(100000, ge=1, description="Approximate cap of the event stream's length.")
+    # --- observability ------------------------------------------------------------------------------
+    metrics_port: int | None = Field(9108, ge=0, le=65535, description="/health /ready /metrics; 0 = any "
+                                     "free port, None = off.")
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics server binds to.")
+    sys_topics: bool = Field(True, description="Subscribe to $SYS to export the broker's dropped-message count.")
+
+    @model_validator(mode="after")
+    def _check(self) -> BridgeSettings:
+        parts = urlsplit(self.mqtt_url)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ConfigError(f"mqtt_url {self.mqtt_url!r}: use mqtt://host:port")
+        if self.retry_max_s < self.retry_initial_s:
+            raise ConfigError("retry_max_s must be >= retry_initial_s")
+        return self
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or 1883
