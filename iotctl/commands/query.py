@@ -1,0 +1,170 @@
+"""``iotctl query``: read stored readings back from either time-series store as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+
+import orjson
+import typer
+
+from ..errors import CliError
+
+app = typer.Typer()
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def parse_duration_ms(text: str, what: str) -> int:
+    """``90s``, ``5m``, ``1h``, ``7d``, ``2w``, ``250ms`` -> milliseconds. Raises CliError."""
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) == 0:
+        raise CliError(f"bad {what} {text!r}: use a positive number and a unit, e.g. 90s, 5m, 1h, 7d, 2w")
+    return int(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def parse_time_ms(text: str, what: str) -> int:
+    """ISO 8601 (``2024-05-01T12:00:00Z``; no zone means UTC) or integer epoch ms. Raises CliError."""
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"bad {what} time {text!r}: use ISO 8601, e.g. 2024-05-01T12:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def iso_ms(ts_ms: int) -> str:
+    """ISO 8601 UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
+    dt = _EPOCH + timedelta(milliseconds=ts_ms)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    return repr(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@app.command()
+def query(
+    device: str | None = typer.Option(None, "--device", "-d", help="One device's readings (default: all devices)."),
+    field: list[str] | None = typer.Option(None, "--field", "-f", help="A field to show; repeat for more (default: all)."),
+    since: str | None = typer.Option(None, "--since", help="Readings from this long ago until now, e.g. 15m, 1h, 7d (default 1h)."),
+    start: str | None = typer.Option(None, "--start", help="Start of the range (ISO 8601, UTC unless a zone is given)."),
+    end: str | None = typer.Option(None, "--end", help="End of the range, exclusive (default: now)."),
+    window: str | None = typer.Option(None, "--window", "-w", help="Aggregate per device over windows of this length, e.g. 5m."),
+    agg: str = typer.Option("mean", "--agg", help="Aggregation per window: mean, min, max, sum, count, first, last, median."),
+    resolution: str = typer.Option("auto", "--resolution", help="raw, hourly or daily means, or auto (hourly past 7 days, daily past 90)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rows."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
+    tsdb: str | None = typer.Option(None, "--tsdb", envvar="IOTCTL_TSDB", help="Store URL: sqlite:///PATH or influxdb://HOST:PORT/DB (default: the embedded store in the state dir)."),
+) -> None:
+    """Read stored readings back as a table, CSV or JSON; times are ISO 8601 UTC."""
+    from cloud_core.paths import default_tsdb_url
+    from cloud_core.tsdb import AGGREGATES, RESOLUTIONS, StoreError, open_tsdb
+
+    # ---- arguments -----------------------------------------------------------------------------
+    if agg not in AGGREGATES:
+        raise CliError(f"bad --agg {agg!r}: use one of {', '.join(AGGREGATES)}")
+    if resolution not in RESOLUTIONS:
+        raise CliError(f"bad --resolution {resolution!r}: use one of {', '.join(RESOLUTIONS)}")
+    if since is not None and start is not None:
+        raise CliError("give either --since or --start/--end, not both")
+    now_ms = (datetime.now(UTC) - _EPOCH) // timedelta(milliseconds=1)
+    end_ms = parse_time_ms(end, "--end") if end is not None else now_ms + 1
+    if start is not None:
+        start_ms = parse_time_ms(start, "--start")
+    else:
+        start_ms = end_ms - parse_duration_ms(since or "1h", "--since")
+    if start_ms >= end_ms:
+        raise CliError(f"the start ({iso_ms(start_ms)}) is not before the end ({iso_ms(end_ms)})")
+    window_s = None
+    if window is not None:
+        window_ms = parse_duration_ms(window, "--window")
+        if window_ms % 1000:
+            raise CliError(f"bad --window {window!r}: use whole seconds")
+        window_s = window_ms // 1000
+    fields = list(field) if field else None
+
+    # ---- the store -----------------------------------------------------------------------------
+    url = tsdb or default_tsdb_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
+        raise CliError(f"no embedded store at {url[len('sqlite:///'):]}: run 'iotctl up' first or pass --tsdb URL")
+    try:
+        store = open_tsdb(url)
+    except ValueError as exc:
+        raise CliError(_one_line(exc)) from None
+    try:
+        rows = store.query(
+            device_id=device, fields=fields, start_ms=start_ms, end_ms=end_ms, window_s=window_s, agg=agg,
+            limit=limit, resolution=resolution,
+        )
+    except ValueError as exc:
+        raise CliError(_one_line(exc)) from None
+    except StoreError as exc:
+        raise CliError(f"cannot read from {store.url}: {_one_line(exc)}", exit_code=1) from None
+    finally:
+        store.close()
+    if not rows and device is not None:
+        raise CliError(f"no readings for device {device} in that range", exit_code=1)
+
+    # ---- output --------------------------------------------------------------------------------
+    names = fields or sorted({k for r in rows for k in r.values})
+    raw = any(r.sensor_type is not None for r in rows)
+    tags = ["device_id", "sensor_type", "location"] if raw else ["device_id"]
+    header = ["time", *tags, *names]
+    table = [
+        [iso_ms(r.ts_ms), r.device_id, *((r.sensor_type or "", r.location or "") if raw else ()),
+         *(r.values.get(n) for n in names)]
+        for r in rows
+    ]
+    if fmt is Format.json:
+        objs = [dict(zip(header, row, strict=True)) for row in table]
+        sys.stdout.write(orjson.dumps(objs, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        for row in table:
+            writer.writerow(row[: len(header) - len(names)] + [_fmt(v) for v in row[len(header) - len(names):]])
+    else:
+        _print_table(header, table, len(names))
+        if not rows:
+            print("no readings in that range", file=sys.stderr)
+
+
+def _print_table(header: Sequence[str], table: Sequence[Sequence[object]], n_values: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    split = len(header) - n_values
+    cells = [[str(c) for c in row[:split]] + [_fmt(v) for v in row[split:]] for row in table]  # type: ignore[arg-type]
+    t = Table(show_lines=False)
+    for i, name in enumerate(header):
+        t.add_column(name, justify="right" if i >= split else "left", no_wrap=True)
+    for row in cells:
+        t.add_row(*row)
+    # Never truncate a value: let the table be as wide as it needs, even past the terminal.
+    needed = sum(max([len(h), *(len(r[i]) for r in cells)]) + 3 for i, h in enumerate(header)) + 1
+    console = Console()
+    console.width = max(console.width, needed)
+    console.print(t)
