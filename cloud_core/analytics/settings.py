@@ -1,0 +1,33 @@
+"""Settings of the analytics worker (``EDU_ANALYTICS_*`` environment variables), built at the
+entry point and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AnalyticsSettings"]
+
+
+class AnalyticsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDU_ANALYTICS_", extra="ignore")
+
+    stream: str = Field(
+        "edu:readings", description="Cache stream of accepted readings (written by the bridge)."
+    )
+    group: str = Field("analytics", description="Consumer group: workers in one group share the load.")
+    consumer: str = Field("worker-1", description="This worker's name in the group (unique per worker).")
+    batch: int = Field(500, description="Stream entries read per call.")
+    block_ms: int = Field(1000, description="How long one read waits for new entries.")
+    cooldown_s: float = Field(3600.0, description="An episode closes after this long without anomalies.")
+    k: float = Field(4.0, description="Robust z-score threshold of the streaming detector.")
+    window: int = Field(288, description="Readings in the rolling median/IQR window.")
+    history: int = Field(4032, description="Readings in the long-run novelty envelope.")
+    models_dir: Path | None = Field(
+        None, description="Where versioned forest models live (None: streaming only)."
+    )
+    webhook_url: str | None = Field(None, description="POST each opened episode here as JSON (optional).")
+    webhook_timeout_s: float = Field(2.0, description="Timeout of one webhook POST.")
+    summary_ttl_s: float = Field(60.0, description="TTL of cached /v1/analytics/summary answers.")

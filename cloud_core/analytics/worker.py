@@ -1,0 +1,269 @@
+"""The analytics worker: reads accepted readings from the cache stream in a consumer group (so
+several workers share the load), scores each device's fields with :class:`~.ensemble.SeriesScorer`,
+groups anomalies into episodes, and for each episode stores an ``anomalies`` row, publishes it on
+the device's alerts topic, counts it in Prometheus and optionally POSTs it to a webhook.
+
+Stream entries are either one reading (``device_id``, ``sensor_type``, ``ts`` in ms, ``values`` a
+JSON object) or the bridge's batch form (``device_id`` and ``readings``, a JSON list of
+``{"ts", "sensor_type", "values"}``). Entries are acked after their episodes are stored. A
+reading not newer than the last one scored for its series (a redelivery) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from iot_protocol.topics import Topics
+
+from ..cache import Cache, CacheError, StreamEntry
+from .detectors import DetectorConfig
+from .ensemble import SeriesScorer
+from .episodes import Episode, EpisodeTracker
+from .errors import ModelError
+from .forest import ModelStore
+from .models import Anomaly
+from .settings import AnalyticsSettings
+from .summary import invalidate_summary
+
+__all__ = ["AnalyticsWorker", "Publish", "parse_entry"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], None]
+"""Publishes a payload on an MQTT topic (QoS 1), injected by whoever runs the worker."""
+
+EPISODES = Counter("edu_anomaly_episodes_total", "Anomalous episodes opened", ["detector"])
+SCORED = Counter("edu_anomaly_readings_scored_total", "Readings scored by the analytics worker")
+WEBHOOK_FAILURES = Counter("edu_anomaly_webhook_failures_total", "Webhook POSTs that failed")
+
+Reading = tuple[str, str, int, dict[str, Any]]  # device_id, sensor_type, ts_ms, values
+
+
+def parse_entry(fields: dict[str, str]) -> list[Reading]:
+    """Readings in one stream entry (either form); malformed entries give []."""
+    try:
+        device = fields["device_id"]
+        if "readings" in fields:
+            return [
+                (device, str(r.get("sensor_type", "")), int(r["ts"]), dict(r["values"]))
+                for r in orjson.loads(fields["readings"])
+            ]
+        return [
+            (device, fields.get("sensor_type", ""), int(fields["ts"]), dict(orjson.loads(fields["values"])))
+        ]
+    except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+        log.warning("skipping malformed analytics stream entry", extra={"fields": list(fields)})
+        return []
+
+
+class _Series:
+    __slots__ = ("last_ts", "row_id", "scorer", "sensor_type", "tracker")
+
+    def __init__(self, scorer: SeriesScorer, tracker: EpisodeTracker, sensor_type: str) -> None:
+        self.scorer = scorer
+        self.tracker = tracker
+        self.sensor_type = sensor_type
+        self.last_ts = -1
+        self.row_id: int | None = None
+
+
+class AnalyticsWorker:
+    """One worker of the consumer group. Not thread-safe: run it in one thread (``run``)."""
+
+    def __init__(
+        self,
+        settings: AnalyticsSettings,
+        cache: Cache,
+        engine: Engine,
+        *,
+        publish: Publish | None = None,
+        topics: Topics | None = None,
+    ) -> None:
+        self._s = settings
+        self._cache = cache
+        self._engine = engine
+        self._publish = publish
+        self._topics = topics or Topics()
+        self._cfg = DetectorConfig(window=settings.window, history=settings.history, k=settings.k)
+        self._models = ModelStore(settings.models_dir) if settings.models_dir else None
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._recovered = False
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def _get(self, device: str, field: str, sensor_type: str) -> _Series:
+        key = (device, field)
+        series = self._series.get(key)
+        if series is None:
+            forest = None
+            if self._models is not None:
+                try:
+                    forest = self._models.load(f"{device}.{field}")
+                except ModelError:
+                    forest = None
+            series = _Series(
+                SeriesScorer(self._cfg, forest),
+                EpisodeTracker(f"{device}/{field}", int(self._s.cooldown_s * 1000)),
+                sensor_type,
+            )
+            self._series[key] = series
+        return series
+
+    def handle(self, entries: Iterable[StreamEntry]) -> list[Episode]:
+        """Score the readings in ``entries``; store, publish and count episodes. Returns those opened."""
+        grouped: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        sensor: dict[tuple[str, str], str] = {}
+        devices: set[str] = set()
+        for _id, fields in entries:
+            for device, sensor_type, ts, values in parse_entry(fields):
+                devices.add(device)
+                for field, raw in values.items():
+                    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+                        continue
+                    key = (device, field)
+                    ts_list, v_list = grouped.setdefault(key, ([], []))
+                    ts_list.append(ts)
+                    v_list.append(float(raw))
+                    sensor.setdefault(key, sensor_type)
+        opened: list[Episode] = []
+        touched: dict[tuple[str, str], list[Episode]] = {}
+        for key, (ts_list, v_list) in grouped.items():
+            series = self._get(key[0], key[1], sensor[key])
+            order = sorted(range(len(ts_list)), key=ts_list.__getitem__)
+            ts_new = [ts_list[i] for i in order if ts_list[i] > series.last_ts]
+            v_new = [v_list[i] for i in order if ts_list[i] > series.last_ts]
+            # drop duplicates inside the batch too (same ts twice)
+            keep = [i for i in range(len(ts_new)) if i == 0 or ts_new[i] != ts_new[i - 1]]
+            ts_new, v_new = [ts_new[i] for i in keep], [v_new[i] for i in keep]
+            if not ts_new:
+                continue
+            series.last_ts = ts_new[-1]
+            SCORED.inc(len(ts_new))
+            for t, v, p in zip(ts_new, v_new, series.scorer.score_batch(ts_new, v_new), strict=True):
+                op, closed = series.tracker.update(t, v, p.anomalous, p.score, p.detector)
+                if closed is not None:
+                    touched.setdefault(key, []).append(closed)
+                if op is not None:
+                    opened.append(op)
+                    touched.setdefault(key, []).append(op)
+            if series.tracker.open_episode is not None:
+                eps = touched.setdefault(key, [])
+                if not any(e is series.tracker.open_episode for e in eps):
+                    eps.append(series.tracker.open_episode)
+        for key, eps in touched.items():
+            for ep in eps:
+                self._emit(key, ep, is_new=any(ep is o for o in opened))
+        for device in devices:
+            invalidate_summary(self._cache, device)
+        return opened
+
+    # ---- side effects ----------------------------------------------------------------------------
+    def _emit(self, key: tuple[str, str], ep: Episode, *, is_new: bool) -> None:
+        series = self._series[key]
+        device, field = key
+        with Session(self._engine, expire_on_commit=False) as session:
+            row = session.get(Anomaly, series.row_id) if (series.row_id is not None and not is_new) else None
+            if row is None:
+                row = Anomaly(
+                    device_id=device,
+                    field=field,
+                    sensor_type=series.sensor_type,
+                    detector=ep.detector,
+                    start_ms=ep.start_ms,
+                    end_ms=ep.end_ms,
+                    peak_ms=ep.peak_ms,
+                    peak_score=ep.peak_score,
+                    count=ep.count,
+                    values=list(ep.values),
+                )
+            row.detector, row.end_ms, row.peak_ms = ep.detector, ep.end_ms, ep.peak_ms
+            row.peak_score, row.count, row.values = ep.peak_score, ep.count, list(ep.values)
+            row.status = "closed" if ep.closed else "open"
+            session.add(row)
+            session.commit()
+            series.row_id = None if ep.closed else row.id
+            payload = row.to_public()
+        state_changed = is_new or ep.closed
+        if not state_changed:
+            return
+        if is_new:
+            EPISODES.labels(ep.detector).inc()
+        body = orjson.dumps({"state": payload["status"], **payload})
+        if self._publish is not None:
+            try:
+                self._publish(self._topics.alerts(device), body)
+            except Exception as exc:  # the alert is stored; publishing is best effort
+                log.warning("publishing alert failed: %s", exc, extra={"device_id": device})
+        if is_new and self._s.webhook_url:
+            self._post_webhook(body, device)
+
+    def _post_webhook(self, body: bytes, device: str) -> None:
+        import httpx
+
+        try:
+            r = httpx.post(
+                self._s.webhook_url or "",
+                content=body,
+                timeout=self._s.webhook_timeout_s,
+                headers={"content-type": "application/json"},
+            )
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            WEBHOOK_FAILURES.inc()
+            log.warning("alert webhook failed: %s", exc, extra={"device_id": device})
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        self._cache.ensure_group(self._s.stream, self._s.group, start="0")
+
+    def poll(self, block_ms: int | None = None) -> int:
+        """Read (own pending entries first, after a restart), handle and ack one batch. Returns entries."""
+        s = self._s
+        entries: list[StreamEntry] = []
+        if not self._recovered:
+            entries = self._cache.stream_read_group(
+                s.stream, s.group, s.consumer, count=s.batch, pending=True
+            )
+            if not entries:
+                self._recovered = True
+        if not entries:
+            entries = self._cache.stream_read_group(
+                s.stream,
+                s.group,
+                s.consumer,
+                count=s.batch,
+                block_ms=s.block_ms if block_ms is None else block_ms,
+            )
+        if entries:
+            self.handle(entries)
+            self._cache.stream_ack(s.stream, s.group, [i for i, _ in entries])
+        return len(entries)
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set; cache outages are logged and retried."""
+        self.ensure_group()
+        while not stop.is_set():
+            try:
+                self.poll()
+            except CacheError as exc:
+                log.warning("analytics stream read failed: %s", exc)
+                stop.wait(1.0)
+        self.flush()
+
+    def flush(self) -> list[Episode]:
+        """Close every open episode (at shutdown)."""
+        closed = []
+        for key, series in self._series.items():
+            ep = series.tracker.flush()
+            if ep is not None:
+                self._emit(key, ep, is_new=False)
+                closed.append(ep)
+        return closed

@@ -1,0 +1,196 @@
+"""``iotctl anomalies``: evaluate the detectors on labelled data (NAB format or a firmware_sim
+scenario) and list stored anomaly episodes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import CliError
+
+app = typer.Typer(no_args_is_help=True, help="List anomaly alerts; evaluate detectors on labelled data.")
+
+
+def _table(title: str, rows: list[tuple[str, int, int, int, float, float, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for name in ("file", "windows", "detected", "false pos.", "precision", "recall", "F1"):
+        t.add_column(name, justify="left" if name == "file" else "right")
+    for i, (k, w, d, fp, p, r, f) in enumerate(rows):
+        t.add_row(
+            k, str(w), str(d), str(fp), f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", end_section=i == len(rows) - 2
+        )
+    Console(width=140).print(t)
+
+
+def _rows(totals):  # type: ignore[no-untyped-def]
+    out = [
+        (f.key, f.windows, f.detected, f.false_positives, f.precision, f.recall, f.f1) for f in totals.files
+    ]
+    out.append(
+        (
+            "TOTAL",
+            totals.windows,
+            totals.detected,
+            totals.false_positives,
+            totals.precision,
+            totals.recall,
+            totals.f1,
+        )
+    )
+    return out
+
+
+@app.command()
+def evaluate(
+    data: Path | None = typer.Option(None, "--data", help="Folder of NAB-format CSVs (timestamp,value)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Windows JSON: {file: [[start, end], ...]}."),
+    alerts_out: Path | None = typer.Option(
+        None, "--alerts-out", help="Write the alerts raised as CSV file,timestamp."
+    ),
+    baselines: bool = typer.Option(
+        False,
+        "--baselines",
+        help="Also score the two baselines (z-score 288/k=4, IsolationForest on the learning period).",
+    ),
+    detector: str = typer.Option(
+        "ensemble", "--detector", help="ensemble | streaming | zscore288 | iforest_learning"
+    ),
+    sim_data: Path | None = typer.Option(None, "--sim-data", help="firmware_sim readings (CSV or JSONL)."),
+    sim_labels: Path | None = typer.Option(
+        None, "--sim-labels", help="firmware_sim ground truth (CSV or JSONL)."
+    ),
+) -> None:
+    """Score detectors with the event-level metric of issue 7 (see docs/anomaly.md)."""
+    from cloud_core.analytics.errors import AnalyticsError
+
+    try:
+        if sim_data is not None or sim_labels is not None:
+            if sim_data is None or sim_labels is None:
+                raise CliError("--sim-data and --sim-labels go together")
+            _evaluate_sim(sim_data, sim_labels, alerts_out)
+            return
+        if data is None or labels is None:
+            raise CliError("give --data DIR and --labels FILE (NAB format), or --sim-data and --sim-labels")
+        _evaluate_nab(data, labels, alerts_out, baselines, detector)
+    except AnalyticsError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _evaluate_nab(data: Path, labels: Path, alerts_out: Path | None, baselines: bool, detector: str) -> None:
+    from cloud_core.analytics.evaluate import DETECTORS, evaluate, load_nab
+
+    if detector not in DETECTORS:
+        raise CliError(f"unknown --detector {detector!r}: choose one of {', '.join(DETECTORS)}")
+    dataset = load_nab(data, labels)
+    result = evaluate(dataset, detector)
+    _table(f"detector: {detector}", _rows(result.totals))
+    if alerts_out is not None:
+        with alerts_out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "timestamp"])
+            w.writerows(result.alerts)
+    summary = {
+        "detector": detector,
+        "f1": round(result.totals.f1, 4),
+        "precision": round(result.totals.precision, 4),
+        "recall": round(result.totals.recall, 4),
+    }
+    if baselines:
+        for name in ("zscore288", "iforest_learning"):
+            if name == detector:
+                continue
+            b = evaluate(dataset, name)
+            _table(f"baseline: {name}", _rows(b.totals))
+            summary[f"{name}_f1"] = round(b.totals.f1, 4)
+    typer.echo(json.dumps(summary))
+
+
+def _evaluate_sim(sim_data: Path, sim_labels: Path, alerts_out: Path | None) -> None:
+    from cloud_core.analytics.simeval import evaluate_sim, load_sim_data, load_sim_labels
+
+    result = evaluate_sim(load_sim_data(sim_data), load_sim_labels(sim_labels))
+    _table("firmware_sim scenario (per device)", _rows(result.totals))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="recall by kind")
+    for c in ("kind", "windows", "detected", "recall"):
+        t.add_column(c)
+    for kind, (n, d) in sorted(result.by_kind.items()):
+        t.add_row(kind, str(n), str(d), f"{d / n:.3f}" if n else "-")
+    Console(width=140).print(t)
+    if alerts_out is not None:
+        with alerts_out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "timestamp"])
+            w.writerows(result.alerts)
+    typer.echo(
+        json.dumps(
+            {
+                "precision": round(result.totals.precision, 4),
+                "recall": round(result.totals.recall, 4),
+                "f1": round(result.totals.f1, 4),
+                "recall_by_kind": {
+                    k: round(d / n, 4) if n else None for k, (n, d) in sorted(result.by_kind.items())
+                },
+            }
+        )
+    )
+
+
+@app.command("list")
+def list_(
+    device: str | None = typer.Option(None, "--device", help="Only this device."),
+    db: str = typer.Option("sqlite:///meta.db", "--db", envvar="EDU_DB_URL", help="Metadata database URL."),
+    limit: int = typer.Option(50, "--limit"),
+) -> None:
+    """Show stored anomaly episodes, newest first."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session, col, select
+
+    from cloud_core.analytics.models import Anomaly
+    from cloud_core.core.db import make_engine
+
+    try:
+        engine = make_engine(db)
+        with Session(engine) as session:
+            stmt = select(Anomaly).order_by(col(Anomaly.start_ms).desc()).limit(limit)
+            if device:
+                stmt = stmt.where(Anomaly.device_id == device)
+            rows = list(session.exec(stmt))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"cannot read anomalies from {db}: {str(exc).splitlines()[0]} (run 'iotctl db init'?)"
+        ) from None
+
+    def fmt(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    t = Table(title=f"anomalies ({len(rows)})")
+    for c in ("id", "device", "field", "detector", "status", "start (UTC)", "end (UTC)", "peak", "readings"):
+        t.add_column(c)
+    for a in rows:
+        t.add_row(
+            str(a.id),
+            a.device_id,
+            a.field,
+            a.detector,
+            a.status,
+            fmt(a.start_ms),
+            fmt(a.end_ms),
+            f"{a.peak_score:.2f}",
+            str(a.count),
+        )
+    Console(width=160).print(t)
