@@ -67,6 +67,15 @@ def _start(make: Callable[[], S]) -> S:
     return server
 
 
+def _ensure_running(server: PostgresServer | RedisServer | InfluxServer) -> None:
+    """Bring a shared server back if an earlier test stopped it (use the factories for outages)."""
+    if not server.is_running:
+        try:
+            server.start()
+        except ServerError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[MosquittoServer]:
     """A shared Mosquitto, anonymous access allowed. Use ``topic_prefix`` to keep tests apart."""
@@ -118,6 +127,7 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def pg_url(postgres: PostgresServer) -> Iterator[str]:
     """URL of a fresh empty database, dropped after the test."""
+    _ensure_running(postgres)
     name = unique_name("test")
     url = postgres.create_database(name)
     try:
@@ -140,6 +150,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """``redis://127.0.0.1:PORT/0``, flushed (all databases) before the test."""
+    _ensure_running(redis_server)
     redis_server.flushall()
     return redis_server.url_for(0)
 
@@ -157,6 +168,7 @@ def influxdb() -> Iterator[InfluxServer]:
 @pytest.fixture
 def influx_url(influxdb: InfluxServer) -> Iterator[str]:
     """``influxdb://127.0.0.1:PORT/<fresh db>``, dropped after the test."""
+    _ensure_running(influxdb)
     name = unique_name("test")
     url = influxdb.create_database(name)
     try:

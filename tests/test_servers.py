@@ -382,3 +382,24 @@ def test_missing_binary_names_the_debian_package(monkeypatch: pytest.MonkeyPatch
         RedisServer()
     with pytest.raises(servers.ServerBinaryMissing, match=r"apt-get install -y influxdb"):
         InfluxServer()
+
+
+def test_dynsec_admin_password_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    from cloud_core.broker import BrokerStartError, MosquittoProcess
+
+    os.chmod(tmp_path, 0o755)
+    first = MosquittoProcess(tmp_path / "broker", port=free_port(), dynsec=True, admin_password="one")
+    with first:
+        pass
+    second = MosquittoProcess(tmp_path / "broker", port=free_port(), dynsec=True, admin_password="two")
+    with pytest.raises(BrokerStartError, match="created with another password"):
+        second.start()
+    assert not second.is_running
+    # Without an explicit password the saved one is reused, so a persistent data dir keeps working.
+    third = MosquittoProcess(tmp_path / "broker2", port=free_port(), dynsec=True)
+    with third:
+        password = third.admin_password
+    again = MosquittoProcess(tmp_path / "broker2", port=free_port(), dynsec=True)
+    with again:
+        assert again.admin_password == password
+        assert mqtt_connect_probe(again.host, again.port, username="admin", password=password) == 0

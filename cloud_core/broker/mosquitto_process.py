@@ -640,6 +640,17 @@ class MosquittoProcess:
             what=f"mosquitto on {self.host}:{self.port}",
             timeout=self.start_timeout,
         )
+        if self.dynsec:
+            code = mqtt_connect_probe(
+                self.host, self.port, username=self.admin_username, password=self.admin_password
+            )
+            if code != 0:
+                self.stop()
+                raise BrokerStartError(
+                    f"mosquitto refused the dynsec admin {self.admin_username!r} (CONNACK {code}): "
+                    f"{self.dynsec_path} was created with another password; pass that one, or delete "
+                    "the file to start over with a fresh admin"
+                )
 
     def stop(self) -> None:
         """SIGTERM and wait (Mosquitto saves its state on the way out); SIGKILL after ``stop_timeout``."""
