@@ -102,6 +102,7 @@ class ReceiptCollector:
 
     def __init__(self, host: str, port: int, topics: Topics) -> None:
         self.receipts: list[tuple[float, str, Receipt]] = []
+        self.on_receipt: Callable[[str], None] | None = None  # called (network thread) on each receipt
         self._topics = topics
         self._ready = threading.Event()
         self._c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rc-{uuid.uuid4().hex[:8]}",
@@ -117,6 +118,8 @@ class ReceiptCollector:
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         device_id, _ = self._topics.parse(msg.topic)
         self.receipts.append((time.time(), device_id, decode_receipt(msg.payload)))
+        if self.on_receipt is not None:
+            self.on_receipt(device_id)
 
     def stored(self, device_id: str | None = None) -> set[tuple[str, int]]:
         return {(d, s) for _, d, r in list(self.receipts) if device_id in (None, d) for s in r.stored}
