@@ -13,6 +13,7 @@ from iot_testing.servers import (
     ServerError,
     ServerStartError,
     free_port,
+    soak_scale,
     unique_name,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "ServerError",
     "ServerStartError",
     "free_port",
+    "soak_scale",
     "unique_name",
 ]

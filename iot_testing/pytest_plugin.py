@@ -16,6 +16,7 @@ Debian package to install.
     influx_url          function: "influxdb://127.0.0.1:P/test_...", a fresh database
     influx_factory      function: make() -> private started InfluxServer
     topic_prefix        function: a unique MQTT topic prefix, "test_<12 hex>"
+    soak_scale          session: float multiplier for soak tests from SOAK_SCALE (number, "ci"=1, "full"=10)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from iot_testing.servers import (
     ServerError,
     unique_name,
 )
+from iot_testing.servers import soak_scale as _soak_scale
 
 __all__ = [
     "influx_factory",
@@ -47,6 +49,7 @@ __all__ = [
     "postgres",
     "redis_server",
     "redis_url",
+    "soak_scale",
     "topic_prefix",
 ]
 
@@ -200,3 +203,9 @@ def influx_factory() -> Iterator[Callable[[], InfluxServer]]:
 def topic_prefix() -> str:
     """A unique MQTT topic prefix for this test (valid for ``iot_protocol.topics``)."""
     return unique_name("test")
+
+
+@pytest.fixture(scope="session")
+def soak_scale() -> float:
+    """Multiplier for soak tests' sizes: ``SOAK_SCALE`` as a number, ``ci`` (1, bounded) or ``full`` (10)."""
+    return _soak_scale()

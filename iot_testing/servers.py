@@ -56,6 +56,7 @@ __all__ = [
     "ServerError",
     "ServerStartError",
     "free_port",
+    "soak_scale",
     "unique_name",
 ]
 
@@ -83,6 +84,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_SOAK_WORDS = {"ci": 1.0, "full": 10.0}
+
+
+def soak_scale(default: float = 1.0) -> float:
+    """The ``SOAK_SCALE`` multiplier for soak tests: a number, or ``ci`` (1, bounded) / ``full`` (10).
+
+    Raises:
+        ValueError: SOAK_SCALE is neither a positive number nor one of those words.
+    """
+    raw = os.environ.get("SOAK_SCALE", "").strip().lower()
+    if not raw:
+        return default
+    if raw in _SOAK_WORDS:
+        return _SOAK_WORDS[raw]
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"SOAK_SCALE must be positive, got {raw!r}")
+    return value
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -403,3 +403,23 @@ def test_dynsec_admin_password_mismatch_is_a_clear_error(tmp_path: Path) -> None
     with again:
         assert again.admin_password == password
         assert mqtt_connect_probe(again.host, again.port, username="admin", password=password) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("", 1.0), ("ci", 1.0), ("CI", 1.0), ("full", 10.0), ("0.5", 0.5)]
+)
+def test_soak_scale_reads_numbers_and_words(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: float
+) -> None:
+    from iot_testing import soak_scale
+
+    monkeypatch.setenv("SOAK_SCALE", raw)
+    assert soak_scale() == expected
+
+
+def test_soak_scale_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iot_testing import soak_scale
+
+    monkeypatch.setenv("SOAK_SCALE", "-1")
+    with pytest.raises(ValueError, match="positive"):
+        soak_scale()
