@@ -248,6 +248,6 @@ def create_app(
     from .routes import config as config_routes
     from .routes import devices as device_routes
 
-    app.include_router(device_routes.router, prefix="/v1")
-    app.include_router(config_routes.router, prefix="/v1")
+    app.include_router(device_routes.router)
+    app.include_router(config_routes.router)
     return app

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from ...services.config import ConfigView
 from ..deps import ContextDep, Operator, SessionDep, Viewer
 
-router = APIRouter(tags=["config"])
+router = APIRouter(prefix="/v1", tags=["config"])
 
 
 class ConfigChange(BaseModel):

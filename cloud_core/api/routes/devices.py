@@ -14,7 +14,7 @@ from ...services.errors import EnrollmentRefused, NotFound, ServiceError
 from ...services.registry import EnrollRequest, EnrollResponse, Registration
 from ..deps import ContextDep, Operator, SessionDep, Viewer
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(prefix="/v1", tags=["devices"])
 
 
 class DeviceStatus(DevicePublic):

@@ -1,0 +1,45 @@
+"""``iotctl api``: run the cloud REST API (uvicorn) with settings from EDU_* and these options."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from iotctl.errors import CliError
+
+app = typer.Typer(help="Run the cloud REST API.")
+
+
+@app.callback(invoke_without_command=True)
+def api(
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default EDU_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Listen port (default EDU_API_PORT).")] = None,
+    events: Annotated[
+        bool, typer.Option("--events/--no-events", help="Also consume device status/health/config reports.")
+    ] = True,
+) -> None:
+    """Serve the REST API until interrupted. Settings come from EDU_* (see cloud_core/core/config.py)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from cloud_core.api import create_app
+    from cloud_core.broker.admin import BrokerAdminError
+    from cloud_core.core.config import CloudSettings
+    from cloud_core.core.logging import setup_logging
+
+    try:
+        settings = CloudSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"bad setting EDU_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+    if host is not None:
+        settings.api_host = host
+    if port is not None:
+        settings.api_port = port
+    setup_logging(settings.log_level)
+    app_ = create_app(settings, consume_events=events)
+    try:
+        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None)
+    except BrokerAdminError as exc:
+        raise CliError(f"cannot start the API: {exc}") from None
