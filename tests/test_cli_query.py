@@ -26,12 +26,18 @@ IOTCTL = str(Path(sys.executable).with_name("iotctl"))
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("IOTCTL_TSDB", "IOTCTL_DB")}
     full_env.update(env or {})
-    return subprocess.run([IOTCTL, *args], capture_output=True, text=True, timeout=60, env=full_env, check=False)
+    return subprocess.run(
+        [IOTCTL, *args], capture_output=True, text=True, timeout=60, env=full_env, check=False
+    )
 
 
 @pytest.fixture(params=["embedded", pytest.param("influxdb", marks=pytest.mark.integration)])
 def tsdb_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'readings.db'}" if request.param == "embedded" else request.getfixturevalue("influx_url")
+    url = (
+        f"sqlite:///{tmp_path / 'readings.db'}"
+        if request.param == "embedded"
+        else request.getfixturevalue("influx_url")
+    )
     store = open_tsdb(url)
     store.init_schema()
     store.write(
@@ -58,8 +64,23 @@ def test_csv_raw(tsdb_url: str) -> None:
 
 
 def test_json_aggregated_per_device(tsdb_url: str) -> None:
-    r = run("query", "--tsdb", tsdb_url, "--start", START, "--end", END, "--window", "1m", "--agg", "max",
-            "--field", "temperature", "--format", "json")
+    r = run(
+        "query",
+        "--tsdb",
+        tsdb_url,
+        "--start",
+        START,
+        "--end",
+        END,
+        "--window",
+        "1m",
+        "--agg",
+        "max",
+        "--field",
+        "temperature",
+        "--format",
+        "json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [
         {"time": iso_ms(BASE), "device_id": "dev-1", "temperature": 22.5},
@@ -79,8 +100,18 @@ def test_table_for_one_device(tsdb_url: str) -> None:
 
 def test_env_var_and_since(tsdb_url: str) -> None:
     # --resolution raw: over 30 days "auto" would read the hourly means
-    r = run("query", "--since", "30d", "--resolution", "raw", "--format", "csv", "--limit", "1",
-            env={"IOTCTL_TSDB": tsdb_url})
+    r = run(
+        "query",
+        "--since",
+        "30d",
+        "--resolution",
+        "raw",
+        "--format",
+        "csv",
+        "--limit",
+        "1",
+        env={"IOTCTL_TSDB": tsdb_url},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1:] == [f"{iso_ms(BASE + 1)},dev-1,bme280,lab 1,40.25,21.5"]
 
@@ -88,7 +119,12 @@ def test_env_var_and_since(tsdb_url: str) -> None:
 def test_auto_resolution_reads_hourly_means_for_long_ranges(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     with open_tsdb(url) as store:
-        store.write([Point("dev-1", "bme280", "lab 1", BASE + i * 60_000, {"temperature": float(i)}) for i in range(60)])
+        store.write(
+            [
+                Point("dev-1", "bme280", "lab 1", BASE + i * 60_000, {"temperature": float(i)})
+                for i in range(60)
+            ]
+        )
     r = run("query", "--tsdb", url, "--since", "30d", "--format", "csv")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1:] == [f"{iso_ms(BASE)},dev-1,bme280,lab 1,29.5"]
@@ -155,11 +191,16 @@ def test_db_init_influx_and_postgres(pg_url: str, influxdb: Any, influx_url: str
     assert r.returncode == 0, r.stderr
     db = influx_url.rsplit("/", 1)[1]
     cqs = influxdb.query("SHOW CONTINUOUS QUERIES")["results"][0]["series"]
-    assert {row[0] for s in cqs if s["name"] == db for row in s["values"]} == {"cq_hourly_avg", "cq_daily_avg"}
+    assert {row[0] for s in cqs if s["name"] == db for row in s["values"]} == {
+        "cq_hourly_avg",
+        "cq_daily_avg",
+    }
 
 
 def test_db_init_bad_url_is_one_line(tmp_path: Path) -> None:
     r = run("db", "init", "--db", "oracle://x", env={"EDU_STATE_DIR": str(tmp_path)})
     assert r.returncode != 0
     assert "Traceback" not in r.stdout + r.stderr
-    assert r.stderr.strip().splitlines() == ["error: unsupported metadata database URL 'oracle://x': use sqlite:///PATH or postgresql://..."]
+    assert r.stderr.strip().splitlines() == [
+        "error: unsupported metadata database URL 'oracle://x': use sqlite:///PATH or postgresql://..."
+    ]

@@ -37,9 +37,13 @@ def _rollup(store: TimeSeriesStore, start_ms: int, end_ms: int) -> None:
         store.backfill_rollups(start_ms, end_ms)
 
 
-def _series(device: str, n: int, *, step_ms: int = 1000, start: int = BASE, sensor: str = "bme280") -> list[Point]:
+def _series(
+    device: str, n: int, *, step_ms: int = 1000, start: int = BASE, sensor: str = "bme280"
+) -> list[Point]:
     return [
-        Point(device, sensor, "lab 1", start + i * step_ms, {"temperature": float(i + 1), "humidity": 50.0 + i})
+        Point(
+            device, sensor, "lab 1", start + i * step_ms, {"temperature": float(i + 1), "humidity": 50.0 + i}
+        )
         for i in range(n)
     ]
 
@@ -56,7 +60,8 @@ def test_line_protocol_golden_bytes() -> None:
         ]
     )
     assert body == (
-        b"sensor_readings,device_id=dev-1,location=lab\\ 1,sensor_type=bme280 temperature=21.5,humidity=40.0 1700000000123\n"
+        b"sensor_readings,device_id=dev-1,location=lab\\ 1,sensor_type=bme280 "
+        b"temperature=21.5,humidity=40.0 1700000000123\n"
         b"sensor_readings,device_id=a\\,b\\=c\\ d,location=r\\,1,sensor_type=x\\=y odd\\ key\\,\\==-0.25 5\n"
         b"sensor_readings,device_id=dev-2,sensor_type=dht22 t=1e-05 7\n"
     )
@@ -83,8 +88,12 @@ def test_line_protocol_refuses_what_influx_cannot_store(point: Point, problem: s
 def test_round_trip_is_exact(store: TimeSeriesStore) -> None:
     tricky = [0.1 + 0.2, 1e-300, 123456789.123456789, -40.0, 2.0**53, 1013.25]
     points = [
-        Point("dev-a", "bme280", "lab 1, east=2", BASE + 1, {"temperature": tricky[0], "pressure": tricky[5]}),
-        Point("dev-a", "bme280", "lab 1, east=2", BASE + 999, {"temperature": tricky[1], "pressure": tricky[2]}),
+        Point(
+            "dev-a", "bme280", "lab 1, east=2", BASE + 1, {"temperature": tricky[0], "pressure": tricky[5]}
+        ),
+        Point(
+            "dev-a", "bme280", "lab 1, east=2", BASE + 999, {"temperature": tricky[1], "pressure": tricky[2]}
+        ),
         Point("dev b,=x", "dht 22", "hall", BASE + 1, {"temperature": tricky[3], "humidity": tricky[4]}),
     ]
     store.write(points)
@@ -93,7 +102,13 @@ def test_round_trip_is_exact(store: TimeSeriesStore) -> None:
     assert got == [
         (BASE + 1, "dev b,=x", "dht 22", "hall", {"temperature": -40.0, "humidity": 2.0**53}),
         (BASE + 1, "dev-a", "bme280", "lab 1, east=2", {"temperature": 0.1 + 0.2, "pressure": 1013.25}),
-        (BASE + 999, "dev-a", "bme280", "lab 1, east=2", {"temperature": 1e-300, "pressure": 123456789.123456789}),
+        (
+            BASE + 999,
+            "dev-a",
+            "bme280",
+            "lab 1, east=2",
+            {"temperature": 1e-300, "pressure": 123456789.123456789},
+        ),
     ]
     one = store.query(device_id="dev-a", fields=["pressure"], start_ms=BASE, end_ms=BASE + 999)
     assert [(r.ts_ms, dict(r.values)) for r in one] == [(BASE + 1, {"pressure": 1013.25})]
@@ -127,8 +142,9 @@ def test_rewrite_is_idempotent_and_last_value_wins(store: TimeSeriesStore) -> No
 )
 def test_aggregation_windows(store: TimeSeriesStore, agg: str, expected: tuple[float, float]) -> None:
     store.write(_series("dev-1", 10) + _series("dev-2", 5, start=BASE + 60_000))
-    rows = store.query(device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + 3_600_000,
-                       window_s=5, agg=agg)
+    rows = store.query(
+        device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + 3_600_000, window_s=5, agg=agg
+    )
     assert [(r.ts_ms, r.device_id, dict(r.values)) for r in rows] == [
         (BASE, "dev-1", {"temperature": expected[0]}),
         (BASE + 5000, "dev-1", {"temperature": expected[1]}),
@@ -137,19 +153,28 @@ def test_aggregation_windows(store: TimeSeriesStore, agg: str, expected: tuple[f
 
 def test_aggregation_over_all_devices_is_per_device(store: TimeSeriesStore) -> None:
     store.write(_series("dev-2", 4, step_ms=15_000) + _series("dev-1", 4, step_ms=15_000))
-    rows = store.query(device_id=None, fields=None, start_ms=BASE, end_ms=BASE + 120_000, window_s=60, agg="max")
+    rows = store.query(
+        device_id=None, fields=None, start_ms=BASE, end_ms=BASE + 120_000, window_s=60, agg="max"
+    )
     assert [(r.ts_ms, r.device_id, dict(r.values)) for r in rows] == [
         (BASE, "dev-1", {"humidity": 53.0, "temperature": 4.0}),
         (BASE, "dev-2", {"humidity": 53.0, "temperature": 4.0}),
     ]
     limited = store.query(device_id=None, fields=None, start_ms=BASE, end_ms=BASE + 60_000, limit=3)
-    assert [(r.ts_ms, r.device_id) for r in limited] == [(BASE, "dev-1"), (BASE, "dev-2"), (BASE + 15_000, "dev-1")]
+    assert [(r.ts_ms, r.device_id) for r in limited] == [
+        (BASE, "dev-1"),
+        (BASE, "dev-2"),
+        (BASE + 15_000, "dev-1"),
+    ]
 
 
 def test_empty_and_bad_queries(store: TimeSeriesStore) -> None:
     store.write(_series("dev-1", 3))
     assert store.query(device_id="nobody", fields=None, start_ms=BASE, end_ms=BASE + 10_000) == []
-    assert store.query(device_id=None, fields=None, start_ms=BASE + 10_000, end_ms=BASE + 20_000, window_s=5) == []
+    assert (
+        store.query(device_id=None, fields=None, start_ms=BASE + 10_000, end_ms=BASE + 20_000, window_s=5)
+        == []
+    )
     assert store.count(device_id="nobody") == 0
     with pytest.raises(ValueError, match="aggregation"):
         store.query(device_id=None, fields=None, start_ms=BASE, end_ms=BASE + 1, window_s=5, agg="avg")
@@ -163,25 +188,43 @@ def test_rollups_hourly_daily_and_auto(store: TimeSeriesStore) -> None:
     # dev-1: one reading a minute for 2 hours; hour 0 temperatures 1..60 (mean 30.5), hour 1 61..120 (90.5)
     store.write(_series("dev-1", 120, step_ms=60_000))
     _rollup(store, BASE - DAY_MS, BASE + 2 * DAY_MS)
-    hourly = store.query(device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + DAY_MS,
-                         resolution="hourly")
+    hourly = store.query(
+        device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + DAY_MS, resolution="hourly"
+    )
     assert [(r.ts_ms, r.values["temperature"]) for r in hourly] == [
         (BASE, pytest.approx(30.5)),
         (BASE + HOUR_MS, pytest.approx(90.5)),
     ]
-    daily = store.query(device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + DAY_MS,
-                        resolution="daily")
+    daily = store.query(
+        device_id="dev-1", fields=["temperature"], start_ms=BASE, end_ms=BASE + DAY_MS, resolution="daily"
+    )
     assert [(r.ts_ms, r.values["temperature"]) for r in daily] == [(BASE, pytest.approx(60.5))]
     # auto: a 10-day range reads the hourly means, a 100-day range the daily ones, 1 day the raw readings
     start = BASE - 8 * DAY_MS
-    auto10 = store.query(device_id="dev-1", fields=["temperature"], start_ms=start, end_ms=start + 10 * DAY_MS,
-                         resolution="auto")
+    auto10 = store.query(
+        device_id="dev-1",
+        fields=["temperature"],
+        start_ms=start,
+        end_ms=start + 10 * DAY_MS,
+        resolution="auto",
+    )
     assert len(auto10) == 2
-    auto100 = store.query(device_id="dev-1", fields=["temperature"], start_ms=BASE - 98 * DAY_MS,
-                          end_ms=BASE + 2 * DAY_MS, resolution="auto")
+    auto100 = store.query(
+        device_id="dev-1",
+        fields=["temperature"],
+        start_ms=BASE - 98 * DAY_MS,
+        end_ms=BASE + 2 * DAY_MS,
+        resolution="auto",
+    )
     assert len(auto100) == 1
-    assert len(store.query(device_id="dev-1", fields=None, start_ms=BASE, end_ms=BASE + DAY_MS,
-                           resolution="auto")) == 120
+    assert (
+        len(
+            store.query(
+                device_id="dev-1", fields=None, start_ms=BASE, end_ms=BASE + DAY_MS, resolution="auto"
+            )
+        )
+        == 120
+    )
 
 
 def test_pick_resolution() -> None:
@@ -217,7 +260,9 @@ def test_embedded_reads_while_another_thread_writes(tmp_path: Any) -> None:
     t.start()
     seen = 0
     while t.is_alive():
-        seen = max(seen, len(store.query(device_id="dev-w", fields=None, start_ms=BASE, end_ms=BASE + DAY_MS)))
+        seen = max(
+            seen, len(store.query(device_id="dev-w", fields=None, start_ms=BASE, end_ms=BASE + DAY_MS))
+        )
     t.join()
     assert errors == []
     assert store.count() == 1000

@@ -66,7 +66,7 @@ class MemoryCache(Cache):
         self._expires.pop(key, None)
         found = False
         for store in (self._values, self._hashes, self._streams):
-            if store.pop(key, None) is not None:  # type: ignore[attr-defined]
+            if store.pop(key, None) is not None:
                 found = True
         return found
 

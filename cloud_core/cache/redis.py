@@ -27,11 +27,12 @@ class RedisCache(Cache):
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self._r = redis.Redis.from_url(
+            # Any: redis-py's annotations cover bytes and RESP3 replies that decode_responses rules out.
+            self._r: Any = redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
             )
             # Blocking reads need a socket timeout longer than the block itself.
-            self._rb = redis.Redis.from_url(
+            self._rb: Any = redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=MAX_BLOCK_MS / 1000 + 5, socket_connect_timeout=5
             )
         except ValueError as exc:
@@ -55,7 +56,8 @@ class RedisCache(Cache):
 
     # ---- keys ----------------------------------------------------------------------------------
     def get(self, key: str) -> str | None:
-        return self._call(lambda: self._r.get(key))  # type: ignore[return-value]
+        value: str | None = self._call(lambda: self._r.get(key))
+        return value
 
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         self._call(lambda: self._r.set(key, value, px=self._px(ttl_s)))
@@ -66,16 +68,16 @@ class RedisCache(Cache):
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(self._call(lambda: self._r.delete(*keys)))  # type: ignore[arg-type]
+        return int(self._call(lambda: self._r.delete(*keys)))
 
     def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         if ttl_s is None:
-            return int(self._call(lambda: self._r.incrby(key, amount)))  # type: ignore[arg-type]
+            return int(self._call(lambda: self._r.incrby(key, amount)))
 
         def run() -> Any:
             pipe = self._r.pipeline(transaction=True)
             pipe.incrby(key, amount)
-            pipe.pexpire(key, self._px(ttl_s), nx=True)  # type: ignore[arg-type]
+            pipe.pexpire(key, self._px(ttl_s), nx=True)
             return pipe.execute()
 
         return int(self._call(run)[0])
@@ -89,19 +91,17 @@ class RedisCache(Cache):
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(key, mapping=dict(mapping))
             if ttl_s is not None:
-                pipe.pexpire(key, self._px(ttl_s))  # type: ignore[arg-type]
+                pipe.pexpire(key, self._px(ttl_s))
             return pipe.execute()
 
         self._call(run)
 
     def hgetall(self, key: str) -> dict[str, str]:
-        return dict(self._call(lambda: self._r.hgetall(key)))  # type: ignore[arg-type]
+        return dict(self._call(lambda: self._r.hgetall(key)))
 
     # ---- streams -------------------------------------------------------------------------------
     def stream_add(self, stream: str, fields: Mapping[str, str], maxlen: int | None = None) -> str:
-        return str(
-            self._call(lambda: self._r.xadd(stream, dict(fields), maxlen=maxlen, approximate=True))  # type: ignore[arg-type]
-        )
+        return str(self._call(lambda: self._r.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)))
 
     def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
         try:
@@ -123,7 +123,9 @@ class RedisCache(Cache):
         client = self._rb if block else self._r
         try:
             reply = self._call(
-                lambda: client.xreadgroup(group, consumer, {stream: "0" if pending else ">"}, count=count, block=block)
+                lambda: client.xreadgroup(
+                    group, consumer, {stream: "0" if pending else ">"}, count=count, block=block
+                )
             )
         except CacheError as exc:
             if "NOGROUP" in str(exc):
@@ -140,10 +142,10 @@ class RedisCache(Cache):
         ids = list(ids)
         if not ids:
             return 0
-        return int(self._call(lambda: self._r.xack(stream, group, *ids)))  # type: ignore[arg-type]
+        return int(self._call(lambda: self._r.xack(stream, group, *ids)))
 
     def stream_len(self, stream: str) -> int:
-        return int(self._call(lambda: self._r.xlen(stream)))  # type: ignore[arg-type]
+        return int(self._call(lambda: self._r.xlen(stream)))
 
     def ping(self) -> None:
         self._call(self._r.ping)

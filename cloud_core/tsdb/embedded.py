@@ -85,8 +85,15 @@ _SOURCES = {
     "hourly": "(SELECT device_id, ts, sensor_type, location, field, sum / n AS value FROM readings_hourly)",
     "daily": "(SELECT device_id, ts, sensor_type, location, field, sum / n AS value FROM readings_daily)",
 }
-_SQL_AGG = {"mean": "avg(value)", "min": "min(value)", "max": "max(value)", "sum": "sum(value)",
-            "count": "count(value)", "first": "value, min(ts)", "last": "value, max(ts)"}
+_SQL_AGG = {
+    "mean": "avg(value)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "sum": "sum(value)",
+    "count": "count(value)",
+    "first": "value, min(ts)",
+    "last": "value, max(ts)",
+}
 
 
 class EmbeddedStore(TimeSeriesStore):
@@ -96,7 +103,7 @@ class EmbeddedStore(TimeSeriesStore):
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
             raise ValueError(f"bad embedded store URL {url!r}: use sqlite:///PATH")
         self.url = url
-        self.path = Path(url[len("sqlite:///"):]).expanduser()
+        self.path = Path(url[len("sqlite:///") :]).expanduser()
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -178,7 +185,9 @@ class EmbeddedStore(TimeSeriesStore):
             for name, value in p.fields.items():
                 if type(value) is not float:
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise StoreRejected(f"point {i} ({p.device_id}): field {name!r} is not a number: {value!r}")
+                        raise StoreRejected(
+                            f"point {i} ({p.device_id}): field {name!r} is not a number: {value!r}"
+                        )
                     value = float(value)
                 if value - value != 0.0:  # NaN or infinite, refused like InfluxDB does
                     raise StoreRejected(f"point {i} ({p.device_id}): field {name!r} is not finite: {value!r}")
@@ -189,7 +198,8 @@ class EmbeddedStore(TimeSeriesStore):
     def _where(
         device_id: str | None, fields: Sequence[str] | None, start_ms: int, end_ms: int | None
     ) -> tuple[str, list[object]]:
-        cond, args = ["ts >= ?"], [start_ms]
+        cond: list[str] = ["ts >= ?"]
+        args: list[object] = [start_ms]
         if end_ms is not None:
             cond.append("ts < ?")
             args.append(end_ms)
@@ -245,11 +255,14 @@ class EmbeddedStore(TimeSeriesStore):
         cur.close()
         return rows
 
-    def _query_agg(self, src: str, where: str, args: list[object], window_ms: int, agg: str) -> list[QueryRow]:
+    def _query_agg(
+        self, src: str, where: str, args: list[object], window_ms: int, agg: str
+    ) -> list[QueryRow]:
         bucket = f"ts - ts % {int(window_ms)}"
         if agg == "median":
             cur = self._select(
-                f"SELECT {bucket} AS b, device_id, field, value FROM {src}{where} ORDER BY b, device_id, field, value",
+                f"SELECT {bucket} AS b, device_id, field, value FROM {src}{where} "
+                "ORDER BY b, device_id, field, value",
                 args,
             )
             values: list[tuple[int, str, str, float]] = [
@@ -271,6 +284,8 @@ class EmbeddedStore(TimeSeriesStore):
     def count(self, *, device_id: str | None = None, start_ms: int = 0, end_ms: int | None = None) -> int:
         where, args = self._where(device_id, None, start_ms, end_ms)
         cur = self._select(
-            f"SELECT count(*) FROM (SELECT DISTINCT device_id, ts, sensor_type, location FROM readings{where})", args
+            "SELECT count(*) FROM (SELECT DISTINCT device_id, ts, sensor_type, location "
+            f"FROM readings{where})",
+            args,
         )
         return int(cur.fetchone()[0])

@@ -75,14 +75,18 @@ class InfluxStore(TimeSeriesStore):
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme != "influxdb" or not parts.hostname:
-            raise ValueError(f"bad InfluxDB URL {self._redact(url)!r}: use influxdb://[USER:PASS@]HOST:PORT/DB")
+            raise ValueError(
+                f"bad InfluxDB URL {self._redact(url)!r}: use influxdb://[USER:PASS@]HOST:PORT/DB"
+            )
         db = unquote(parts.path.lstrip("/"))
         if not db or "/" in db:
             raise ValueError(f"InfluxDB URL {self._redact(url)!r} names no database: influxdb://HOST:PORT/DB")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - {"rp", "retention", "timeout"}
         if unknown:
-            raise ValueError(f"unknown InfluxDB URL parameter(s) {sorted(unknown)}: accepted rp, retention, timeout")
+            raise ValueError(
+                f"unknown InfluxDB URL parameter(s) {sorted(unknown)}: accepted rp, retention, timeout"
+            )
         self.url = self._redact(url)
         self.host = parts.hostname
         try:
@@ -149,7 +153,9 @@ class InfluxStore(TimeSeriesStore):
                 self._drop_conn()
                 if attempt == 0:
                     continue
-                raise StoreUnavailable(f"InfluxDB at {self.host}:{self.port} closed the connection: {exc}") from exc
+                raise StoreUnavailable(
+                    f"InfluxDB at {self.host}:{self.port} closed the connection: {exc}"
+                ) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_conn()
                 reason = "timed out" if isinstance(exc, socket.timeout) else str(exc) or type(exc).__name__
@@ -189,15 +195,20 @@ class InfluxStore(TimeSeriesStore):
                 if "error" in result:
                     raise StoreError(f"InfluxDB: {result['error']}", status=status, body=str(result["error"]))
                 for s in result.get("series", ()):
-                    if series and series[-1].get("name") == s.get("name") and series[-1].get("tags") == s.get(
-                        "tags"
-                    ) and series[-1].get("columns") == s.get("columns"):
+                    if (
+                        series
+                        and series[-1].get("name") == s.get("name")
+                        and series[-1].get("tags") == s.get("tags")
+                        and series[-1].get("columns") == s.get("columns")
+                    ):
                         series[-1]["values"].extend(s.get("values", ()))  # continuation chunk
                     else:
                         s.setdefault("values", [])
                         series.append(s)
         if status >= 300:
-            raise StoreUnavailable(f"InfluxDB query failed: HTTP {status}: {self._error_text(data)}", status=status)
+            raise StoreUnavailable(
+                f"InfluxDB query failed: HTTP {status}: {self._error_text(data)}", status=status
+            )
         return series
 
     # ---- writes --------------------------------------------------------------------------------
@@ -228,9 +239,7 @@ class InfluxStore(TimeSeriesStore):
         db = _ident(self.db)
         self._influxql(f"CREATE DATABASE {db}", write=True)
         existing = {
-            row[0]: row[1]
-            for s in self._influxql(f"SHOW RETENTION POLICIES ON {db}")
-            for row in s["values"]
+            row[0]: row[1] for s in self._influxql(f"SHOW RETENTION POLICIES ON {db}") for row in s["values"]
         }
         for name, duration, default in (
             (self.rp, self.retention, True),
@@ -242,8 +251,12 @@ class InfluxStore(TimeSeriesStore):
             if default:
                 stmt += " DEFAULT"
             self._influxql(stmt, write=True)
-        have = {row[0] for s in self._influxql("SHOW CONTINUOUS QUERIES") if s.get("name") == self.db
-                for row in s["values"]}
+        have = {
+            row[0]
+            for s in self._influxql("SHOW CONTINUOUS QUERIES")
+            if s.get("name") == self.db
+            for row in s["values"]
+        }
         src = f"{db}.{_ident(self.rp)}.{_ident(MEASUREMENT)}"
         for name, (rp, measurement, bucket) in CONTINUOUS_QUERIES.items():
             if name in have:
@@ -257,8 +270,12 @@ class InfluxStore(TimeSeriesStore):
 
     def continuous_queries(self) -> list[str]:
         """Names of this database's continuous queries (``SHOW CONTINUOUS QUERIES``)."""
-        return [row[0] for s in self._influxql("SHOW CONTINUOUS QUERIES") if s.get("name") == self.db
-                for row in s["values"]]
+        return [
+            row[0]
+            for s in self._influxql("SHOW CONTINUOUS QUERIES")
+            if s.get("name") == self.db
+            for row in s["values"]
+        ]
 
     def backfill_rollups(self, start_ms: int, end_ms: int) -> None:
         """Run the continuous queries' SELECT ... INTO by hand over [start_ms, end_ms): continuous
@@ -343,7 +360,7 @@ class InfluxStore(TimeSeriesStore):
             idx = {c: i for i, c in enumerate(columns)}
             tag_idx = [idx.get(t) for t in _TAGS]
             value_cols = [
-                (i, c[len(prefix):] if (not fields and prefix and c.startswith(prefix)) else c)
+                (i, c[len(prefix) :] if (not fields and prefix and c.startswith(prefix)) else c)
                 for i, c in enumerate(columns)
                 if c != "time" and c not in _TAGS
             ]
@@ -370,14 +387,15 @@ class InfluxStore(TimeSeriesStore):
             cols = ", ".join(f"{agg}({_ident(prefix + f)}) AS {_ident(f)}" for f in fields)
         else:
             cols = f"{agg}(*)"
-        stmt = f"SELECT {cols} FROM {src}{where} GROUP BY time({int(window_s)}s), {_ident('device_id')} fill(none)"
+        group = f"GROUP BY time({int(window_s)}s), {_ident('device_id')} fill(none)"
+        stmt = f"SELECT {cols} FROM {src}{where} {group}"
         rows: list[QueryRow] = []
         strip = f"{agg}_{prefix}"
         names_seen: set[str] = set()
         for s in self._run_read(stmt):
             dev = (s.get("tags") or {}).get("device_id", "")
             columns: list[str] = s["columns"]
-            names = [c if fields else (c[len(strip):] if c.startswith(strip) else c) for c in columns]
+            names = [c if fields else (c[len(strip) :] if c.startswith(strip) else c) for c in columns]
             for v in s["values"]:
                 values = {names[i]: (None if v[i] is None else float(v[i])) for i in range(1, len(v))}
                 if all(x is None for x in values.values()):

@@ -83,7 +83,9 @@ def encode_points(points: Sequence[Point]) -> bytes:
                 key = _field(name)
             if type(value) is not float:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise StoreRejected(f"point {i} ({p.device_id}): field {name!r} is not a number: {value!r}")
+                    raise StoreRejected(
+                        f"point {i} ({p.device_id}): field {name!r} is not a number: {value!r}"
+                    )
                 value = float(value)
             if value - value != 0.0:  # NaN or infinite: InfluxDB cannot store them
                 raise StoreRejected(f"point {i} ({p.device_id}): field {name!r} is not finite: {value!r}")

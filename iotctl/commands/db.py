@@ -28,8 +28,18 @@ def _one_line(exc: BaseException) -> str:
 
 @app.command("init")
 def init(
-    db: str | None = typer.Option(None, "--db", envvar="IOTCTL_DB", help="Metadata database: sqlite:///PATH or postgresql://... (default: the embedded one in the state dir)."),
-    tsdb: str | None = typer.Option(None, "--tsdb", envvar="IOTCTL_TSDB", help="Time-series store: sqlite:///PATH or influxdb://HOST:PORT/DB (default: the embedded one)."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        envvar="IOTCTL_DB",
+        help="Metadata database: sqlite:///PATH or postgresql://... (default: embedded, in the state dir).",
+    ),
+    tsdb: str | None = typer.Option(
+        None,
+        "--tsdb",
+        envvar="IOTCTL_TSDB",
+        help="Time-series store: sqlite:///PATH or influxdb://HOST:PORT/DB (default: the embedded one).",
+    ),
 ) -> None:
     """Create the metadata tables and the time-series schema (retention policies, continuous queries)."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -42,7 +52,7 @@ def init(
     tsdb_url = tsdb or default_tsdb_url()
     for url in (db_url, tsdb_url):
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = make_engine(db_url)
     except ValueError as exc:
@@ -50,7 +60,9 @@ def init(
     try:
         create_all(engine)
     except SQLAlchemyError as exc:
-        raise CliError(f"cannot create tables in {_redact(db_url)}: {_one_line(exc.orig or exc)}", exit_code=1) from None
+        raise CliError(
+            f"cannot create tables in {_redact(db_url)}: {_one_line(exc.orig or exc)}", exit_code=1
+        ) from None
     finally:
         engine.dispose()
     typer.echo(f"metadata tables ready in {_redact(db_url)}")

@@ -22,7 +22,7 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 
 
-class Format(str, Enum):
+class Format(str, Enum):  # noqa: UP042 - typer needs a str Enum for choices
     table = "table"
     csv = "csv"
     json = "json"
@@ -67,17 +67,38 @@ def _one_line(exc: BaseException) -> str:
 
 @app.command()
 def query(
-    device: str | None = typer.Option(None, "--device", "-d", help="One device's readings (default: all devices)."),
-    field: list[str] | None = typer.Option(None, "--field", "-f", help="A field to show; repeat for more (default: all)."),
-    since: str | None = typer.Option(None, "--since", help="Readings from this long ago until now, e.g. 15m, 1h, 7d (default 1h)."),
-    start: str | None = typer.Option(None, "--start", help="Start of the range (ISO 8601, UTC unless a zone is given)."),
+    device: str | None = typer.Option(
+        None, "--device", "-d", help="One device's readings (default: all devices)."
+    ),
+    field: list[str] | None = typer.Option(
+        None, "--field", "-f", help="A field to show; repeat for more (default: all)."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Readings from this long ago until now, e.g. 15m, 1h, 7d (default 1h)."
+    ),
+    start: str | None = typer.Option(
+        None, "--start", help="Start of the range (ISO 8601, UTC unless a zone is given)."
+    ),
     end: str | None = typer.Option(None, "--end", help="End of the range, exclusive (default: now)."),
-    window: str | None = typer.Option(None, "--window", "-w", help="Aggregate per device over windows of this length, e.g. 5m."),
-    agg: str = typer.Option("mean", "--agg", help="Aggregation per window: mean, min, max, sum, count, first, last, median."),
-    resolution: str = typer.Option("auto", "--resolution", help="raw, hourly or daily means, or auto (hourly past 7 days, daily past 90)."),
+    window: str | None = typer.Option(
+        None, "--window", "-w", help="Aggregate per device over windows of this length, e.g. 5m."
+    ),
+    agg: str = typer.Option(
+        "mean", "--agg", help="Aggregation per window: mean, min, max, sum, count, first, last, median."
+    ),
+    resolution: str = typer.Option(
+        "auto",
+        "--resolution",
+        help="raw, hourly or daily means, or auto (hourly past 7 days, daily past 90).",
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rows."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
-    tsdb: str | None = typer.Option(None, "--tsdb", envvar="IOTCTL_TSDB", help="Store URL: sqlite:///PATH or influxdb://HOST:PORT/DB (default: the embedded store in the state dir)."),
+    tsdb: str | None = typer.Option(
+        None,
+        "--tsdb",
+        envvar="IOTCTL_TSDB",
+        help="Store URL: sqlite:///PATH or influxdb://HOST:PORT/DB (default: embedded, in the state dir).",
+    ),
 ) -> None:
     """Read stored readings back as a table, CSV or JSON; times are ISO 8601 UTC."""
     from cloud_core.paths import default_tsdb_url
@@ -108,16 +129,24 @@ def query(
 
     # ---- the store -----------------------------------------------------------------------------
     url = tsdb or default_tsdb_url()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
-        raise CliError(f"no embedded store at {url[len('sqlite:///'):]}: run 'iotctl up' first or pass --tsdb URL")
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().exists():
+        raise CliError(
+            f"no embedded store at {url[len('sqlite:///') :]}: run 'iotctl up' first or pass --tsdb URL"
+        )
     try:
         store = open_tsdb(url)
     except ValueError as exc:
         raise CliError(_one_line(exc)) from None
     try:
         rows = store.query(
-            device_id=device, fields=fields, start_ms=start_ms, end_ms=end_ms, window_s=window_s, agg=agg,
-            limit=limit, resolution=resolution,
+            device_id=device,
+            fields=fields,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            window_s=window_s,
+            agg=agg,
+            limit=limit,
+            resolution=resolution,
         )
     except ValueError as exc:
         raise CliError(_one_line(exc)) from None
@@ -134,8 +163,12 @@ def query(
     tags = ["device_id", "sensor_type", "location"] if raw else ["device_id"]
     header = ["time", *tags, *names]
     table = [
-        [iso_ms(r.ts_ms), r.device_id, *((r.sensor_type or "", r.location or "") if raw else ()),
-         *(r.values.get(n) for n in names)]
+        [
+            iso_ms(r.ts_ms),
+            r.device_id,
+            *((r.sensor_type or "", r.location or "") if raw else ()),
+            *(r.values.get(n) for n in names),
+        ]
         for r in rows
     ]
     if fmt is Format.json:
@@ -145,7 +178,9 @@ def query(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
         for row in table:
-            writer.writerow(row[: len(header) - len(names)] + [_fmt(v) for v in row[len(header) - len(names):]])
+            writer.writerow(
+                row[: len(header) - len(names)] + [_fmt(v) for v in row[len(header) - len(names) :]]
+            )
     else:
         _print_table(header, table, len(names))
         if not rows:
