@@ -522,3 +522,40 @@ def test_cli_errors_are_one_line(cloud: Cloud) -> None:
     assert exists
     dup = one_line_error(iotctl("devices", "register", dev(cloud.topics.prefix, "d"), cloud=cloud))
     assert "already exists" in dup
+
+
+def test_the_agents_enroll_client_gets_working_credentials(cloud: Cloud, tmp_path: Path) -> None:
+    from edge_agent.identity import enroll
+
+    device_id = dev(cloud.topics.prefix, "e")
+    identity = enroll(cloud.url, cloud.register(device_id), tmp_path / "identity")
+    assert identity.device_id == device_id
+    assert identity.cloud_public_key == public_key_from_b64(
+        cloud.enrolled(dev(cloud.topics.prefix, "f"))["cloud_public_key"]
+    )
+    assert identity.mqtt_username is not None and identity.mqtt_password is not None
+    device = mqtt_connect(
+        identity.mqtt_url, identity.mqtt_username, identity.mqtt_password, client_id=identity.client_id
+    )
+    assert device.subscribe(cloud.topics.config_desired(device_id)) == ["Granted QoS 1"]
+    device.close()
+    public = cloud.get_device(device_id)
+    assert public["key_version"] == 1 and "public_key" not in public
+
+
+def test_a_restarted_api_keeps_its_service_account_keys_and_devices(cloud: Cloud) -> None:
+    device_id = dev(cloud.topics.prefix, "r")
+    creds = cloud.enrolled(device_id)
+    server, thread, port = serve(create_app(cloud.settings))  # a second replica on the same state
+    try:
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/v1/devices/{device_id}",
+            headers={"Authorization": f"Bearer {cloud.token}"},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "active"
+        again = cloud.enrolled(dev(cloud.topics.prefix, "s"))
+        assert again["cloud_public_key"] == creds["cloud_public_key"]
+        cloud.device(creds).close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -174,7 +174,8 @@ class DynsecAdmin(BrokerAdmin):
                 ),
                 tolerate=_ALREADY,
             )
-            if self.get_client(username) is None:
+            existing = self.get_client(username)
+            if existing is None:
                 self.execute(
                     {
                         "command": "createClient",
@@ -185,12 +186,14 @@ class DynsecAdmin(BrokerAdmin):
                     tolerate=_ALREADY,
                 )
             else:
-                self.execute(
+                commands: list[dict[str, Any]] = [
                     {"command": "setClientPassword", "username": username, "password": password},
-                    {"command": "addClientRole", "username": username, "rolename": role},
                     {"command": "enableClient", "username": username},
-                    tolerate=_ALREADY,
-                )
+                ]
+                # Mosquitto 2.0 answers "Internal error" when adding a role the client already has.
+                if role not in {r.get("rolename") for r in existing.get("roles", [])}:
+                    commands.append({"command": "addClientRole", "username": username, "rolename": role})
+                self.execute(*commands)
         log.info("broker service account ready", extra={"mqtt_username": username, "topic_prefix": prefix})
 
     def provision_device(self, device_id: str, password: str, prefix: str) -> None:
