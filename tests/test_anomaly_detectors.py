@@ -65,7 +65,9 @@ def test_synthetic_spikes_drifts_stuck_and_dropouts() -> None:
             windows.append((int(ts[pos]), int(ts[pos + 31]), kind))
         pos += 1000
     ts, values = ts[keep], values[keep]
-    s = LabelledSeries("synthetic", tuple(map(str, ts.tolist())), ts, values, tuple((a, b) for a, b, _ in windows))
+    s = LabelledSeries(
+        "synthetic", tuple(map(str, ts.tolist())), ts, values, tuple((a, b) for a, b, _ in windows)
+    )
     alerts = [int(ts[i]) for i in run_detector(s)]
     score = score_alerts("synthetic", alerts, s.windows, s.learning_end_ms)
     for kind in ("spike", "stuck"):

@@ -15,7 +15,9 @@ NAB = REPO.parent / "shared/datasets/nab"
 @pytest.fixture(scope="module")
 def dataset():  # type: ignore[no-untyped-def]
     if not (NAB / "labels/combined_windows_dev.json").is_file():
-        pytest.fail(f"NAB development data missing: expected it at {NAB} (../shared/datasets/nab beside the checkout)")
+        pytest.fail(
+            f"NAB development data missing: expected it at {NAB} (../shared/datasets/nab beside the checkout)"
+        )
     return load_nab(NAB / "data", NAB / "labels/combined_windows_dev.json")
 
 

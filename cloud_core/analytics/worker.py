@@ -159,7 +159,11 @@ class AnalyticsWorker:
                 if not any(e is series.tracker.open_episode for e in eps):
                     eps.append(series.tracker.open_episode)
         for key, eps in touched.items():
-            for ep in eps:
+            unique: list[Episode] = []
+            for ep in eps:  # an episode can open and close within one batch: emit it once
+                if not any(ep is u for u in unique):
+                    unique.append(ep)
+            for ep in unique:
                 self._emit(key, ep, is_new=any(ep is o for o in opened))
         for device in devices:
             invalidate_summary(self._cache, device)
@@ -196,14 +200,16 @@ class AnalyticsWorker:
             return
         if is_new:
             EPISODES.labels(ep.detector).inc()
-        body = orjson.dumps({"state": payload["status"], **payload})
-        if self._publish is not None:
-            try:
-                self._publish(self._topics.alerts(device), body)
-            except Exception as exc:  # the alert is stored; publishing is best effort
-                log.warning("publishing alert failed: %s", exc, extra={"device_id": device})
-        if is_new and self._s.webhook_url:
-            self._post_webhook(body, device)
+        states = (["open"] if is_new else []) + (["closed"] if ep.closed else [])
+        for state in states:  # subscribers always see "open" before "closed"
+            body = orjson.dumps({**payload, "state": state, "status": state})
+            if self._publish is not None:
+                try:
+                    self._publish(self._topics.alerts(device), body)
+                except Exception as exc:  # the alert is stored; publishing is best effort
+                    log.warning("publishing alert failed: %s", exc, extra={"device_id": device})
+            if state == "open" and self._s.webhook_url:
+                self._post_webhook(body, device)
 
     def _post_webhook(self, body: bytes, device: str) -> None:
         import httpx

@@ -1,0 +1,63 @@
+"""The analytics worker against a real Redis stream: episodes stored, published, acked; summary cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from sqlmodel import Session, select
+
+from cloud_core.analytics.models import Anomaly
+from cloud_core.analytics.settings import AnalyticsSettings
+from cloud_core.analytics.worker import AnalyticsWorker
+from cloud_core.cache import open_cache
+from cloud_core.core.db import make_engine
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_scores_stream_and_stores_one_episode_per_spike(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlmodel import SQLModel
+
+    engine = make_engine(f"sqlite:///{tmp_path}/meta.db")
+    SQLModel.metadata.create_all(engine, tables=[Anomaly.__table__])  # type: ignore[attr-defined]
+    cache = open_cache(redis_url)
+    published: list[tuple[str, bytes]] = []
+    settings = AnalyticsSettings(consumer="w1", batch=200, block_ms=0, cooldown_s=600)
+    worker = AnalyticsWorker(settings, cache, engine, publish=lambda t, p: published.append((t, p)))
+    worker.ensure_group()
+    rng = np.random.default_rng(0)
+    values = 21 + rng.normal(0, 0.2, 1000)
+    values[700] = 35.0  # one spike
+    t0 = 1_700_000_000_000
+    for i, v in enumerate(values.tolist()):
+        cache.stream_add(
+            settings.stream,
+            {
+                "device_id": "dev-1",
+                "sensor_type": "bme280",
+                "ts": str(t0 + i * 60_000),
+                "values": orjson.dumps({"temperature": v}).decode(),
+            },
+        )
+    while worker.poll(block_ms=0):
+        pass
+    worker.flush()
+    with Session(engine) as s:
+        rows = list(s.exec(select(Anomaly)))
+    assert len(rows) == 1, [r.model_dump() for r in rows]
+    a = rows[0]
+    assert (a.device_id, a.field, a.detector, a.status, a.start_ms, a.values) == (
+        "dev-1",
+        "temperature",
+        "robust_z",
+        "closed",
+        t0 + 700 * 60_000,
+        [35.0],
+    )
+    assert [p[0] for p in published] == ["edu/devices/dev-1/alerts"] * 2  # opened, then closed
+    assert orjson.loads(published[0][1])["state"] == "open"
+    # everything acked: a second worker of the group gets nothing
+    other = AnalyticsWorker(AnalyticsSettings(consumer="w2", block_ms=0), cache, engine)
+    assert other.poll(block_ms=0) == 0
+    cache.close()
