@@ -59,9 +59,12 @@ def build_sensor(spec: Any) -> Sensor:
         from .sensors.simulated import SimulatedSensor
 
         return SimulatedSensor(
-            sensor_type=spec.sensor_type, fields=spec.fields, seed=spec.seed, noise=spec.noise,
+            sensor_type=spec.sensor_type,
+            fields=spec.fields,
+            seed=spec.seed,
+            noise=spec.noise,
             fail_every=spec.fail_every,
-        )  # fmt: skip
+        )
     if kind == "cpu_temp":
         from .sensors.cpu_temp import CpuTempSensor
 
@@ -108,7 +111,9 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, s: AgentSettings) -> Runtime:
-        return cls(s.sampling_interval_s, s.transmission_interval_s, s.batch_max_readings, s.heartbeat_interval_s)
+        return cls(
+            s.sampling_interval_s, s.transmission_interval_s, s.batch_max_readings, s.heartbeat_interval_s
+        )
 
     @property
     def effective_heartbeat_s(self) -> float:
@@ -171,14 +176,18 @@ class Pipeline:
             except SensorError as exc:
                 self.sensor_errors += 1
                 if self._failing.get(st) != exc.flag:  # log state changes, not every sample
-                    log.warning("sensor read failed", extra={"sensor_type": st, "flag": exc.flag, "error": str(exc)})
+                    log.warning(
+                        "sensor read failed", extra={"sensor_type": st, "flag": exc.flag, "error": str(exc)}
+                    )
                 self._failing[st] = exc.flag
                 out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (exc.flag,)))
                 continue
             except Exception as exc:  # a sensor bug must not stop the other sensors
                 self.sensor_errors += 1
                 log.exception("sensor crashed", extra={"sensor_type": st})
-                out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (f"crash:{type(exc).__name__}"[:64],)))
+                out.append(
+                    Reading(ts, st, {"quality_score": 0.0}, 0.0, (f"crash:{type(exc).__name__}"[:64],))
+                )
                 continue
             if self._failing.pop(st, None) is not None:
                 log.info("sensor recovered", extra={"sensor_type": st})
@@ -199,12 +208,16 @@ class Pipeline:
         now = _now_ms() if now_ms is None else now_ms
         n = self.runtime.batch_max_readings
         with self._lock:
-            due = [b for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq)
-                   if now_mono - sent >= self.receipt_timeout_s]  # fmt: skip
+            due = [
+                b
+                for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq)
+                if now_mono - sent >= self.receipt_timeout_s
+            ]
             new: list[PendingBatch] = []
             if fresh and len(self._inflight) < self.max_inflight:
-                b = self.buffer.next_batch(self.device_id, self.key, max_readings=n, now_ms=now,
-                                           after_id=self._fresh_after)  # fmt: skip
+                b = self.buffer.next_batch(
+                    self.device_id, self.key, max_readings=n, now_ms=now, after_id=self._fresh_after
+                )
                 self._fresh_after = self.buffer.max_id()
                 if b is not None:
                     new.append(b)
@@ -299,9 +312,13 @@ class Pipeline:
             battery=self.latest.get("battery_level"),
             signal=self.latest.get("signal_strength", wifi_signal_dbm()),
             last_seq=c["last_seq"],
-            extra={"stored": c["stored"], "rejected": c["rejected"], "inflight": self.inflight,
-                   "sensor_errors": self.sensor_errors},
-        )  # fmt: skip
+            extra={
+                "stored": c["stored"],
+                "rejected": c["rejected"],
+                "inflight": self.inflight,
+                "sensor_errors": self.sensor_errors,
+            },
+        )
 
     def close(self) -> None:
         for s in self.sensors:
@@ -312,8 +329,14 @@ class Pipeline:
 
 def _merge(rt: Runtime, new: Any, version: int) -> Runtime:
     changes: dict[str, Any] = {"config_version": version}
-    for name in ("sampling_interval_s", "transmission_interval_s", "batch_max_readings",
-                 "heartbeat_interval_s", "low_power", "calibration_offsets"):  # fmt: skip
+    for name in (
+        "sampling_interval_s",
+        "transmission_interval_s",
+        "batch_max_readings",
+        "heartbeat_interval_s",
+        "low_power",
+        "calibration_offsets",
+    ):
         value = getattr(new, name)
         if value is not None:
             changes[name] = value
@@ -357,8 +380,12 @@ class _JsonFormatter(logging.Formatter):
     _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                               "logger": record.name, "msg": record.getMessage()}  # fmt: skip
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -377,7 +404,9 @@ def setup_logging(level: str = "INFO") -> None:
 class Agent:
     """The pipeline plus MQTT: ``start()``, ``stop()``, or ``run_forever()`` until SIGTERM/SIGINT."""
 
-    def __init__(self, settings: AgentSettings, identity: Identity, sensors: Sequence[Sensor] | None = None) -> None:
+    def __init__(
+        self, settings: AgentSettings, identity: Identity, sensors: Sequence[Sensor] | None = None
+    ) -> None:
         self.settings = settings
         self.identity = identity
         self.device_id = identity.device_id
@@ -407,19 +436,22 @@ class Agent:
     def _make_client(self) -> Any:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.properties import Properties
         from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         url = urlsplit(self.settings.mqtt_url or self.identity.mqtt_url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-            raise SettingsError(f"mqtt_url {url.geturl()!r} must be mqtt://host:port or mqtts://host:port",
-                                field="mqtt_url")  # fmt: skip
+            raise SettingsError(
+                f"mqtt_url {url.geturl()!r} must be mqtt://host:port or mqtts://host:port", field="mqtt_url"
+            )
         self._host = url.hostname
         self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.identity.client_id, protocol=mqtt.MQTTv5,
+            CallbackAPIVersion.VERSION2,
+            client_id=self.identity.client_id,
+            protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
-        )  # fmt: skip
+        )
         if self.identity.mqtt_username:
             client.username_pw_set(self.identity.mqtt_username, self.identity.mqtt_password)
         if url.scheme == "mqtts":
@@ -440,13 +472,20 @@ class Agent:
             return
         self.connects += 1
         self._connected.set()
-        log.info("connected", extra={"broker": f"{self._host}:{self._port}", "session_present": _flags.session_present})
+        log.info(
+            "connected",
+            extra={"broker": f"{self._host}:{self._port}", "session_present": _flags.session_present},
+        )
         client.publish(self.topics.status(self.device_id), encode(Status("online", at=_now_ms())), 1, True)
-        client.subscribe([(self.topics.receipts(self.device_id), 1), (self.topics.config_desired(self.device_id), 1)])
+        client.subscribe(
+            [(self.topics.receipts(self.device_id), 1), (self.topics.config_desired(self.device_id), 1)]
+        )
 
     def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, reasons: Any, _props: Any) -> None:
         if any(r.is_failure for r in reasons):
-            log.error("subscription refused by the broker (ACL?)", extra={"reasons": [str(r) for r in reasons]})
+            log.error(
+                "subscription refused by the broker (ACL?)", extra={"reasons": [str(r) for r in reasons]}
+            )
             return
         self.pipeline.resend_all()
         self._ready.set()
@@ -481,12 +520,19 @@ class Agent:
         while not self._stop.is_set():
             connects = self.connects
             try:
-                self._client.connect(self._host, self._port, s.mqtt_keepalive_s, clean_start=False,
-                                     properties=self._connect_props)  # fmt: skip
+                self._client.connect(
+                    self._host,
+                    self._port,
+                    s.mqtt_keepalive_s,
+                    clean_start=False,
+                    properties=self._connect_props,
+                )
                 self._client.loop_forever(retry_first_connection=False)
             except (OSError, ValueError) as exc:  # refused, unreachable, DNS
-                log.warning("cannot reach the broker", extra={"broker": f"{self._host}:{self._port}",
-                                                              "error": str(exc)})  # fmt: skip
+                log.warning(
+                    "cannot reach the broker",
+                    extra={"broker": f"{self._host}:{self._port}", "error": str(exc)},
+                )
             self._connected.clear()
             self._ready.clear()
             if self._stop.is_set():
@@ -549,8 +595,11 @@ class Agent:
                 self._wake_pub.clear()
 
     def start(self) -> None:
-        for name, target in (("sampler", self._sampler_loop), ("publisher", self._publisher_loop),
-                             ("network", self._network_loop)):  # fmt: skip
+        for name, target in (
+            ("sampler", self._sampler_loop),
+            ("publisher", self._publisher_loop),
+            ("network", self._network_loop),
+        ):
             t = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -564,7 +613,10 @@ class Agent:
         if self._connected.is_set():
             with contextlib.suppress(Exception):
                 info = self._client.publish(
-                    self.topics.status(self.device_id), encode(Status("offline", at=_now_ms(), reason="clean")), 1, True
+                    self.topics.status(self.device_id),
+                    encode(Status("offline", at=_now_ms(), reason="clean")),
+                    1,
+                    True,
                 )
                 info.wait_for_publish(timeout_s)
         with contextlib.suppress(Exception):
@@ -602,14 +654,25 @@ def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
 
     settings = load_settings(config)
     if not Path(settings.buffer_path).exists():
-        raise SettingsError(f"no buffer at {settings.buffer_path}: the agent has not run yet", field="buffer_path")
+        raise SettingsError(
+            f"no buffer at {settings.buffer_path}: the agent has not run yet", field="buffer_path"
+        )
     buf = open_buffer(settings, readonly=True)
     try:
         st = buf.stats()
         cfg = buf.get_state(_CONFIG_STATE) or {}
     finally:
         buf.close()
-    yield from (("buffer", str(settings.buffer_path)), ("depth", st.depth), ("unbatched", st.unbatched),
-                ("unreceipted_batches", st.batches), ("bytes", st.bytes), ("produced", st.produced),
-                ("stored", st.stored), ("rejected", st.rejected), ("dropped", st.dropped),
-                ("last_seq", st.last_seq), ("config_version", cfg.get("version", 0)))  # fmt: skip
+    yield from (
+        ("buffer", str(settings.buffer_path)),
+        ("depth", st.depth),
+        ("unbatched", st.unbatched),
+        ("unreceipted_batches", st.batches),
+        ("bytes", st.bytes),
+        ("produced", st.produced),
+        ("stored", st.stored),
+        ("rejected", st.rejected),
+        ("dropped", st.dropped),
+        ("last_seq", st.last_seq),
+        ("config_version", cfg.get("version", 0)),
+    )

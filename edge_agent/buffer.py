@@ -12,7 +12,8 @@ receipt names the batch that carries it. Tables:
 - ``produced_log``: optional, every reading ever produced (tests and ground truth), never pruned.
 
 The bound (rows and optionally payload bytes) is enforced on every write; with ``drop_oldest``
-the oldest readings go first (a sealed batch holding the oldest reading goes whole); with ``drop_newest`` the new readings are refused. Either way the count of dropped
+the oldest readings go first (a sealed batch holding the oldest reading goes whole); with
+``drop_newest`` the new readings are refused. Either way the count of dropped
 readings is persisted and reported. One writer process owns a buffer; calls are thread-safe.
 """
 
@@ -115,7 +116,9 @@ class Buffer:
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30
+                )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
                 self._db.executescript(_SCHEMA)
@@ -123,7 +126,9 @@ class Buffer:
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS]
                 )
             self._c: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            rows, nbytes = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM readings").fetchone()
+            rows, nbytes = self._db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM readings"
+            ).fetchone()
         except sqlite3.Error as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from None
         self._rows: int = rows
@@ -131,7 +136,7 @@ class Buffer:
 
     # ------------------------------------------------------------------ writing
     def add(self, readings: Sequence[Reading]) -> int:
-        """Commit ``readings`` (one transaction); returns how many were kept (the rest are counted dropped)."""
+        """Commit ``readings`` in one transaction; returns how many were kept (the rest count as dropped)."""
         if not readings:
             return 0
         bodies = [reading_body(r) for r in readings]
@@ -143,7 +148,9 @@ class Buffer:
                 keep = []
                 rows, nbytes = self._rows, self._bytes
                 for b in bodies:
-                    if rows + 1 > self.max_rows or (self.max_bytes is not None and nbytes + len(b) > self.max_bytes):
+                    if rows + 1 > self.max_rows or (
+                        self.max_bytes is not None and nbytes + len(b) > self.max_bytes
+                    ):
                         break
                     keep.append(b)
                     rows += 1
@@ -152,7 +159,10 @@ class Buffer:
             ex = self._db.executemany
             if self.keep_produced_log:
                 start = self._db.execute("SELECT coalesce(max(id), 0) FROM produced_log").fetchone()[0]
-                ex("INSERT INTO produced_log(id, body) VALUES (?, ?)", [(start + i + 1, b) for i, b in enumerate(bodies)])
+                ex(
+                    "INSERT INTO produced_log(id, body) VALUES (?, ?)",
+                    [(start + i + 1, b) for i, b in enumerate(bodies)],
+                )
             ex(
                 "INSERT INTO readings(ts, size, body) VALUES (?, ?, ?)",
                 [(r.ts, len(b), b) for r, b in zip(readings, keep, strict=False)],
@@ -181,7 +191,9 @@ class Buffer:
             drop: list[int] = []
             rows, nbytes = self._rows, self._bytes
             for rid, size, seq in oldest:
-                if seq is not None or not (rows > self.max_rows or (self.max_bytes is not None and nbytes > self.max_bytes)):
+                if seq is not None or not (
+                    rows > self.max_rows or (self.max_bytes is not None and nbytes > self.max_bytes)
+                ):
                     break
                 drop.append(rid)
                 rows -= 1
@@ -207,7 +219,9 @@ class Buffer:
             if not rows:
                 return None
             seq = self._c["last_seq"] + 1
-            batch = Batch(device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, b in rows))
+            batch = Batch(
+                device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, b in rows)
+            )
             token = seal_batch(batch, key)
             self._db.execute(
                 "INSERT INTO batches(seq, batch_id, token, n, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -267,9 +281,16 @@ class Buffer:
             batches = self._db.execute("SELECT count(*) FROM batches").fetchone()[0]
             c = self._c
             return BufferStats(
-                self._rows, unbatched, batches, self._bytes,
-                c["produced"], c["dropped"], c["stored"], c["rejected"], c["last_seq"],
-            )  # fmt: skip
+                self._rows,
+                unbatched,
+                batches,
+                self._bytes,
+                c["produced"],
+                c["dropped"],
+                c["stored"],
+                c["rejected"],
+                c["last_seq"],
+            )
 
     @property
     def depth(self) -> int:
@@ -282,7 +303,9 @@ class Buffer:
     def produced_log(self) -> list[Reading]:
         """Every reading produced, in order (only when opened with ``keep_produced_log``)."""
         with self._lock:
-            return [reading_from_body(b) for (b,) in self._db.execute("SELECT body FROM produced_log ORDER BY id")]
+            return [
+                reading_from_body(b) for (b,) in self._db.execute("SELECT body FROM produced_log ORDER BY id")
+            ]
 
     def get_state(self, key: str) -> Any:
         with self._lock:
@@ -291,7 +314,9 @@ class Buffer:
 
     def set_state(self, key: str, value: Any) -> None:
         with self._lock, self._tx():
-            self._db.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, orjson.dumps(value)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, orjson.dumps(value))
+            )
 
     def close(self) -> None:
         with self._lock:

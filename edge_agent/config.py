@@ -37,13 +37,19 @@ class SimulatedSpec(_Spec):
     """A modelled environment sensor (daily sine plus seeded noise); firmware_sim uses the same class."""
 
     type: Literal["simulated"]
-    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
+    sensor_type: str = Field(
+        "environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag."
+    )
     fields: tuple[str, ...] = Field(
-        ("temperature", "humidity", "pressure"), min_length=1, description="Fields to produce (known: temperature, "
-        "humidity, pressure, battery_level, signal_strength; others get a generic 0..100 signal)."
+        ("temperature", "humidity", "pressure"),
+        min_length=1,
+        description="Fields to produce (known: temperature, "
+        "humidity, pressure, battery_level, signal_strength; others get a generic 0..100 signal).",
     )
     seed: int = Field(0, description="Noise seed: the same seed and timestamps give the same values.")
-    noise: float = Field(0.1, ge=0, le=10, description="Standard deviation of the noise, in each field's unit.")
+    noise: float = Field(
+        0.1, ge=0, le=10, description="Standard deviation of the noise, in each field's unit."
+    )
     fail_every: int = Field(0, ge=0, description="Every Nth read fails (0 = never); exercises quality flags.")
 
 
@@ -69,7 +75,9 @@ class Bme280Spec(_Spec):
     """Bosch BME280 temperature/humidity/pressure over I2C (needs the ``bme280`` extra: smbus2)."""
 
     type: Literal["bme280"]
-    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
+    sensor_type: str = Field(
+        "environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag."
+    )
     bus: int = Field(1, ge=0, description="I2C bus number (/dev/i2c-N); 1 on a Raspberry Pi.")
     address: int = Field(0x76, ge=0x03, le=0x77, description="I2C address: 0x76 (SDO low) or 0x77.")
 
@@ -87,22 +95,29 @@ class AgentSettings(BaseSettings):
     # --- where things live
     identity_dir: Path = Field(
         Path("/var/lib/edu-agent/identity"),
-        description="Directory written by `iotctl agent enroll`: device key (0600), credentials (0600), cloud key.",
+        description="Written by `iotctl agent enroll`: device key and credentials (0600), cloud key.",
     )
     buffer_path: Path = Field(
-        Path("/var/lib/edu-agent/buffer.db"), description="SQLite (WAL) file holding readings until receipted."
+        Path("/var/lib/edu-agent/buffer.db"),
+        description="SQLite (WAL) file holding readings until receipted.",
     )
     # --- MQTT
     mqtt_url: str | None = Field(
         None, description="Override the broker URL from enrollment (mqtt://host:port or mqtts://host:port)."
     )
     topic_prefix: str | None = Field(None, description="Override the topic prefix from enrollment.")
-    mqtt_keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the last will fires ~1.5x after.")
+    mqtt_keepalive_s: int = Field(
+        30, ge=5, le=3600, description="MQTT keepalive; the last will fires ~1.5x after."
+    )
     session_expiry_s: int = Field(
-        7 * 86_400, ge=0, description="MQTT 5 session expiry: how long the broker keeps our session while away."
+        7 * 86_400,
+        ge=0,
+        description="MQTT 5 session expiry: how long the broker keeps our session while away.",
     )
     # --- timing
-    sampling_interval_s: float = Field(1.0, ge=0.05, le=86_400, description="Seconds between samples of all sensors.")
+    sampling_interval_s: float = Field(
+        1.0, ge=0.05, le=86_400, description="Seconds between samples of all sensors."
+    )
     transmission_interval_s: float = Field(
         5.0, ge=0.05, le=86_400, description="Seconds between publish cycles (readings wait in the buffer)."
     )
@@ -111,13 +126,21 @@ class AgentSettings(BaseSettings):
         8, ge=1, le=1000, description="Batches published but not yet receipted, at most (caps resend work)."
     )
     receipt_timeout_s: float = Field(
-        30.0, gt=0, le=86_400, description="Resend a batch (identical bytes) if no receipt arrived after this."
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Resend a batch (identical bytes) if no receipt arrived after this.",
     )
     heartbeat_interval_s: float = Field(60.0, ge=1, le=86_400, description="Seconds between health messages.")
     backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay.")
-    backoff_max_s: float = Field(60.0, gt=0, le=86_400, description="Reconnect delay cap (doubles from initial).")
+    backoff_max_s: float = Field(
+        60.0, gt=0, le=86_400, description="Reconnect delay cap (doubles from initial)."
+    )
     backoff_jitter: float = Field(
-        0.5, ge=0, le=1, description="Random share of each delay (0.5: wait 50-100% of it), spreads a fleet's retries."
+        0.5,
+        ge=0,
+        le=1,
+        description="Random share of each delay (0.5: wait 50-100% of it), spreads a fleet's retries.",
     )
     # --- buffer
     buffer_max_rows: int = Field(500_000, ge=10, description="Readings the buffer holds at most.")
@@ -125,17 +148,21 @@ class AgentSettings(BaseSettings):
         None, ge=4096, description="Bytes of reading payload the buffer holds at most (None: rows only)."
     )
     overflow_policy: Literal["drop_oldest", "drop_newest"] = Field(
-        "drop_oldest", description="When the buffer is full: drop the oldest readings, or refuse the new one. "
-        "Either way the dropped count is persisted and reported in health."
+        "drop_oldest",
+        description="When the buffer is full: drop the oldest readings, or refuse the new one. "
+        "Either way the dropped count is persisted and reported in health.",
     )
     buffer_synchronous: Literal["normal", "full"] = Field(
         "full", description="SQLite synchronous mode: full survives power loss; normal only process crashes."
     )
     keep_produced_log: bool = Field(
-        False, description="Also log every reading produced in a table that is never pruned (tests, ground truth)."
+        False,
+        description="Also log every reading produced in a table that is never pruned (tests, ground truth).",
     )
     # --- logging
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="JSON log level (stderr).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="JSON log level (stderr)."
+    )
     # --- sensors
     sensors: tuple[SensorSpec, ...] = Field(
         min_length=1, description="Sensors to sample, as [[sensors]] tables; `type` picks the kind."
@@ -202,6 +229,6 @@ def settings_reference() -> str:
     lines = ["| setting | default | meaning |", "|---|---|---|", *rows(AgentSettings)]
     for spec in (SimulatedSpec, CpuTempSpec, CommandSpec, Bme280Spec):
         kind = spec.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        lines.append(f"| **`[[sensors]] type = \"{kind}\"`** | | {spec.__doc__ or ''} |")
+        lines.append(f'| **`[[sensors]] type = "{kind}"`** | | {spec.__doc__ or ""} |')
         lines.extend(rows(spec, "sensors."))
     return "\n".join(lines)

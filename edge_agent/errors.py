@@ -13,7 +13,14 @@ turned into a quality flag on the reading.
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "BufferError", "EnrollmentError", "IdentityError", "SensorSetupError", "SettingsError"]
+__all__ = [
+    "AgentError",
+    "BufferError",
+    "EnrollmentError",
+    "IdentityError",
+    "SensorSetupError",
+    "SettingsError",
+]
 
 
 class AgentError(Exception):
@@ -41,7 +48,7 @@ class EnrollmentError(IdentityError):
         self.retryable = status is None or status >= 500
 
 
-class BufferError(AgentError):  # noqa: A001 - shadows the builtin only inside this package's namespace
+class BufferError(AgentError):
     pass
 
 

@@ -29,7 +29,15 @@ __all__ = ["CREDENTIALS_FILE", "Identity", "enroll", "load_identity", "write_ide
 KEY_FILE = "device_key.pem"
 CREDENTIALS_FILE = "credentials.json"
 CLOUD_KEY_FILE = "cloud_public_key"
-_FIELDS = ("device_id", "mqtt_url", "mqtt_username", "mqtt_password", "client_id", "topic_prefix", "key_version")
+_FIELDS = (
+    "device_id",
+    "mqtt_url",
+    "mqtt_username",
+    "mqtt_password",
+    "client_id",
+    "topic_prefix",
+    "key_version",
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def load_identity(directory: Path | str) -> Identity:
         key = load_private_key(d / KEY_FILE)
     except FileNotFoundError as exc:
         raise IdentityError(
-            f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"
+            f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"  # noqa: E501
         ) from None
     except PermissionError as exc:
         raise IdentityError(f"cannot read identity file {exc.filename}: permission denied") from None
@@ -114,7 +122,7 @@ def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float 
     """Enroll this device with a one-time ``token``; see the module docstring.
 
     Raises:
-        EnrollmentError: the API refused (its ``detail`` as one line; used or expired token) or is unreachable.
+        EnrollmentError: the API refused (its ``detail``, one line: used or expired token) or is down.
         IdentityError: the response lacks a field.
     """
     from iot_protocol.keys import generate_private_key, public_key_b64
@@ -128,7 +136,9 @@ def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float 
             info = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = _detail(exc.read())
-        raise EnrollmentError(f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code) from None
+        raise EnrollmentError(
+            f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise EnrollmentError(f"cannot reach the enrollment API at {url}: {reason}") from None

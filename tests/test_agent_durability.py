@@ -9,6 +9,7 @@ Long variants are marked ``soak`` and scale with the SOAK_SCALE environment vari
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -89,10 +90,8 @@ class TcpProxy:
         except OSError:
             pass
         for s in (a, b):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def cut(self) -> None:
         self.up = False
@@ -123,33 +122,51 @@ class Rig:
         self.db_url = f"sqlite:///{tmp / 'meta.db'}"
         self.tsdb_url = f"sqlite:///{tmp / 'readings.db'}"
         key = register_devices(make_engine(self.db_url), [DEVICE])[DEVICE]
-        write_identity(tmp / "identity", key, {
-            "device_id": DEVICE, "mqtt_url": broker.url, "topic_prefix": prefix,
-            "cloud_public_key": public_key_b64(generate_private_key()),
-        })  # fmt: skip
+        write_identity(
+            tmp / "identity",
+            key,
+            {
+                "device_id": DEVICE,
+                "mqtt_url": broker.url,
+                "topic_prefix": prefix,
+                "cloud_public_key": public_key_b64(generate_private_key()),
+            },
+        )
         self.bridge: Bridge | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.proxy: TcpProxy | None = None
 
-    def config(self, name: str = "agent.toml", *, sampling: float = 0.05, mqtt_url: str | None = None) -> Path:
+    def config(
+        self, name: str = "agent.toml", *, sampling: float = 0.05, mqtt_url: str | None = None
+    ) -> Path:
         path = self.tmp / name
         url = f'mqtt_url = "{mqtt_url}"\n' if mqtt_url else ""
         path.write_text(
             f'identity_dir = "identity"\nbuffer_path = "buffer.db"\n{url}'
             f"sampling_interval_s = {sampling}\ntransmission_interval_s = 0.1\nbatch_max_readings = 20\n"
-            "receipt_timeout_s = 1.5\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\nheartbeat_interval_s = 5\n"
+            "receipt_timeout_s = 1.5\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\n"
+            "heartbeat_interval_s = 5\n"
             'keep_produced_log = true\nlog_level = "WARNING"\nmqtt_keepalive_s = 5\n'
             '[[sensors]]\ntype = "simulated"\nseed = 7\n'
-            '[[sensors]]\ntype = "simulated"\nsensor_type = "power"\nfields = ["battery_level", "signal_strength"]\n'
+            '[[sensors]]\ntype = "simulated"\nsensor_type = "power"\n'
+            'fields = ["battery_level", "signal_strength"]\n'
         )
         return path
 
     def start_bridge(self) -> None:
-        self.bridge = Bridge(BridgeSettings(
-            mqtt_url=self.broker.url, db_url=self.db_url, tsdb_url=self.tsdb_url, topic_prefix=self.prefix,
-            client_id=f"bridge-{self.prefix}"[:64], metrics_port=None, sys_topics=False, batch_max_delay_s=0.02,
-            effects_interval_s=0.2,
-        ))  # fmt: skip
+        self.bridge = Bridge(
+            BridgeSettings(
+                mqtt_url=self.broker.url,
+                db_url=self.db_url,
+                tsdb_url=self.tsdb_url,
+                topic_prefix=self.prefix,
+                client_id=f"bridge-{self.prefix}"[:64],
+                metrics_port=None,
+                sys_topics=False,
+                batch_max_delay_s=0.02,
+                effects_interval_s=0.2,
+            )
+        )
         self.bridge.start()
         self.bridge.wait_ready(15)
 
@@ -159,8 +176,10 @@ class Rig:
             self.bridge = None
 
     def start_agent(self, config: Path | None = None) -> None:
-        self.agent = subprocess.Popen([IOTCTL, "agent", "run", "--config", str(config or self.config())],
-                                      stderr=open(self.tmp / "agent.log", "ab"))  # fmt: skip
+        with open(self.tmp / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                [IOTCTL, "agent", "run", "--config", str(config or self.config())], stderr=log
+            )
 
     def kill_agent(self, sig: int = signal.SIGKILL) -> None:
         assert self.agent is not None
@@ -194,7 +213,11 @@ class Rig:
             self.start_bridge()
         self.start_agent(self.config("drain.toml", sampling=86_400))
         try:
-            wait_for(lambda: self.buffer_counts()[1] == 0 and self.buffer_counts()[0] > 0, timeout, "buffer drained")
+            wait_for(
+                lambda: self.buffer_counts()[1] == 0 and self.buffer_counts()[0] > 0,
+                timeout,
+                "buffer drained",
+            )
         finally:
             self.kill_agent(signal.SIGTERM)
         buf = Buffer(self.tmp / "buffer.db", keep_produced_log=True)

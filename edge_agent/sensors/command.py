@@ -27,10 +27,16 @@ class CommandSensor(Sensor):
     def read(self, now_ms: int) -> Sample:
         try:
             proc = subprocess.run(
-                self.command, capture_output=True, timeout=self.timeout_s, check=False, stdin=subprocess.DEVNULL
+                self.command,
+                capture_output=True,
+                timeout=self.timeout_s,
+                check=False,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise SensorError(f"{self.command[0]} did not finish in {self.timeout_s}s", flag="timeout") from None
+            raise SensorError(
+                f"{self.command[0]} did not finish in {self.timeout_s}s", flag="timeout"
+            ) from None
         except OSError as exc:
             raise SensorError(f"cannot run {self.command[0]}: {exc.strerror}", flag="unavailable") from None
         if proc.returncode != 0:

@@ -16,8 +16,12 @@ _DEFAULT_DIR = Path("/var/lib/edu-agent/identity")
 @app.command()
 def enroll(
     api: str = typer.Option(..., "--api", help="Cloud API base URL, e.g. https://iot.school.example"),
-    token: str = typer.Option(..., "--token", help="One-time enrollment token from `iotctl devices register`."),
-    dir: Path = typer.Option(_DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."),
+    token: str = typer.Option(
+        ..., "--token", help="One-time enrollment token from `iotctl devices register`."
+    ),
+    dir: Path = typer.Option(
+        _DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."
+    ),
 ) -> None:
     """Generate this device's key pair, enroll it with a one-time token, store the credentials."""
     from edge_agent.errors import AgentError
@@ -31,7 +35,9 @@ def enroll(
 
 
 @app.command()
-def run(config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (see agent.example.toml).")) -> None:
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (see agent.example.toml)."),
+) -> None:
     """Run the agent until SIGTERM/SIGINT (what the systemd unit starts)."""
     from edge_agent.agent import run_agent
     from edge_agent.errors import AgentError
