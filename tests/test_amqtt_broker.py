@@ -44,7 +44,7 @@ class Peer:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.results.append(str(rc))
         if str(rc) == "Success":
             self.connected.set()
@@ -110,7 +110,9 @@ def test_wrong_password_and_anonymous_are_refused(broker: tuple[AmqttBroker, Amq
         wrong.close()
 
 
-def test_deactivate_cuts_live_connection_and_refuses_reconnect(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
+def test_deactivate_cuts_live_connection_and_refuses_reconnect(
+    broker: tuple[AmqttBroker, AmqttAdmin],
+) -> None:
     b, admin = broker
     a = Peer(b.port, "dev-a", "a-pw")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,11 @@ from cloud_core.cache import Cache, CacheError, CacheUnavailable, open_cache
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
 def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    # memory:// URLs are shared per process (like one Redis), so each test takes its own name.
+    if request.param == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+    else:
+        url = request.getfixturevalue("redis_url")
     c = open_cache(url)
     yield c
     c.close()
@@ -169,3 +174,11 @@ def test_redis_down_is_cache_unavailable() -> None:
     with pytest.raises(CacheUnavailable):
         c.set("k", "v")
     c.close()
+
+
+def test_memory_caches_with_one_url_are_one_cache() -> None:
+    """In one process, components given the same memory:// URL see the same data (as with Redis)."""
+    name = f"memory://{uuid.uuid4().hex}"
+    open_cache(name).set("k", "v")
+    assert open_cache(name).get("k") == "v"
+    assert open_cache(f"memory://{uuid.uuid4().hex}").get("k") is None

@@ -88,7 +88,8 @@ class Accounts:
     def put(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None:
         salt = secrets.token_bytes(16)
         with self._lock:
-            self._accounts[username] = Account(username, salt.hex(), _hash(password, salt), publish, subscribe)
+            account = Account(username, salt.hex(), _hash(password, salt), publish, subscribe)
+            self._accounts[username] = account
             self._save()
 
     def set_disabled(self, username: str, disabled: bool) -> None:
@@ -166,7 +167,9 @@ class AmqttBroker:
     def _config(self) -> dict[str, Any]:
         plugin_conf = {"accounts_file": str(self.accounts.path)}
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10000}},
+            "listeners": {
+                "default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10000}
+            },
             "plugins": {
                 f"{__name__}.AccountsAuthPlugin": plugin_conf,
                 f"{__name__}.AccountsTopicPlugin": plugin_conf,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 from .base import Cache, CacheError, CacheUnavailable, StreamEntry
+
+_SHARED: dict[str, Cache] = {}
+_SHARED_LOCK = threading.Lock()
 
 __all__ = ["Cache", "CacheError", "CacheUnavailable", "StreamEntry", "open_cache"]
 
@@ -15,7 +20,13 @@ def open_cache(url: str) -> Cache:
     if url == "memory://" or url.startswith("memory://"):
         from .memory import MemoryCache
 
-        return MemoryCache(url)
+        # One instance per URL per process, as every client of one Redis sees the same data:
+        # the bridge, the analytics worker and the API in `iotctl up` share the event stream.
+        with _SHARED_LOCK:
+            cache = _SHARED.get(url)
+            if cache is None:
+                cache = _SHARED[url] = MemoryCache(url)
+        return cache
     if url.startswith("redis://") or url.startswith("rediss://"):
         from .redis import RedisCache
 
