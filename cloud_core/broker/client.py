@@ -44,7 +44,7 @@ def connect(
         result.append(reason)
         connected.set()
         if previous is not None:
-            previous(c, userdata, flags, reason, props)
+            previous(c, userdata, flags, reason, props)  # type: ignore[call-arg,arg-type]  # v2 signature
 
     client.on_connect = on_connect
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from .admin import BrokerAdmin, BrokerCommandFailed, BrokerUnavailable, device_topics
 from .client import connect
@@ -59,7 +60,7 @@ class DynsecAdmin(BrokerAdmin):
         self._replies: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self._subscribed = threading.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_a: self._subscribed.set()

@@ -27,79 +27,84 @@ class CloudSettings(BaseSettings):
         description="Directory for local state: embedded databases, the config-signing key, admin.token.",
     )
     db_url: str = Field(
-        "",
+        default="",
         description="Metadata database: sqlite:///PATH (embedded) or postgresql://... "
         "Empty means sqlite:///<state_dir>/meta.db.",
     )
     tsdb_url: str = Field(
-        "",
+        default="",
         description="Time-series store: sqlite:///PATH or influxdb://host:port/db. "
         "Empty means sqlite:///<state_dir>/readings.db.",
     )
     cache_url: str = Field(
-        "memory://", description="Cache / dedup / event stream: memory:// or redis://host:port/n."
+        default="memory://", description="Cache / dedup / event stream: memory:// or redis://host:port/n."
     )
     mqtt_url: str = Field(
-        "mqtt://127.0.0.1:1883", description="How cloud services reach the MQTT broker (mqtt://host:port)."
+        default="mqtt://127.0.0.1:1883",
+        description="How cloud services reach the MQTT broker (mqtt://host:port).",
     )
     public_mqtt_url: str = Field(
-        "",
+        default="",
         description="The broker URL devices are told at enrollment (one they can reach). "
         "Empty means mqtt_url.",
     )
     mqtt_username: str = Field(
-        "edu-cloud",
+        default="edu-cloud",
         description="The cloud services' MQTT service account (may publish and subscribe anything under the "
         "topic prefix, including $share subscriptions).",
     )
     mqtt_password: SecretStr | None = Field(
-        None,
+        default=None,
         description="Password of the service account. Unset: generated once and kept in "
         "<state_dir>/mqtt-service.secret (mode 0600).",
     )
     mqtt_admin_username: str | None = Field(
-        None,
+        default=None,
         description="Mosquitto dynamic-security admin user, used to provision device credentials and ACLs. "
         "Unset: the broker is unmanaged (development only: it enforces nothing).",
     )
-    mqtt_admin_password: SecretStr | None = Field(None, description="Password of mqtt_admin_username.")
-    mqtt_timeout_s: float = Field(
-        10.0, gt=0, description="Seconds to wait for a broker connect, PUBACK or reply."
+    mqtt_admin_password: SecretStr | None = Field(
+        default=None, description="Password of mqtt_admin_username."
     )
-    topic_prefix: str = Field("edu", description="Every topic lives under <prefix>/devices/<id>/...")
+    mqtt_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a broker connect, PUBACK or reply."
+    )
+    topic_prefix: str = Field(default="edu", description="Every topic lives under <prefix>/devices/<id>/...")
     config_signing_key_path: Path | None = Field(
-        None,
+        default=None,
         description="Ed25519 private key (PEM) that signs desired configs. "
         "Unset: <state_dir>/config-signing.pem, "
         "created once with mode 0600.",
     )
     enrollment_token_ttl_s: float = Field(
-        24 * 3600.0, gt=0, description="Seconds an enrollment token stays valid (one use only)."
+        default=24 * 3600.0, gt=0, description="Seconds an enrollment token stays valid (one use only)."
     )
-    api_host: str = Field("127.0.0.1", description="Address the REST API listens on.")
-    api_port: int = Field(8080, ge=0, le=65535, description="Port the REST API listens on.")
+    api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="Port the REST API listens on.")
     bootstrap_admin_username: str = Field(
-        "admin",
+        default="admin",
         description="User created at first start (no users yet); its API token is written to "
         "<state_dir>/admin.token (mode 0600).",
     )
     heartbeat_interval_s: float = Field(
-        30.0, gt=0, description="Seconds between a device's health messages that the cloud expects."
+        default=30.0, gt=0, description="Seconds between a device's health messages that the cloud expects."
     )
     stale_after_s: float = Field(
-        90.0,
+        default=90.0,
         gt=0,
         description="Silence (no heartbeat, telemetry or presence) after which an online device is stale.",
     )
     offline_after_s: float = Field(
-        300.0, gt=0, description="Silence after which a device is offline even if no last will arrived."
+        default=300.0,
+        gt=0,
+        description="Silence after which a device is offline even if no last will arrived.",
     )
     events_flush_interval_s: float = Field(
-        1.0,
+        default=1.0,
         gt=0,
         description="Seconds the device-events consumer batches presence/health updates before writing.",
     )
-    log_level: str = Field("INFO", description="Log level of the JSON logs on stderr.")
+    log_level: str = Field(default="INFO", description="Log level of the JSON logs on stderr.")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> CloudSettings:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 
 from iot_protocol import (
@@ -130,7 +131,7 @@ class DeviceEventsConsumer:
     # -- I/O -------------------------------------------------------------------------------------
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.handle(msg.topic, msg.payload, retained=bool(msg.retain))
+        self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
         if not reason.is_failure:
@@ -143,7 +144,7 @@ class DeviceEventsConsumer:
     def start(self) -> None:
         s = self._settings
         host, port = s.mqtt_host_port
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         self._client = connect(
