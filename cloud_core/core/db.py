@@ -38,6 +38,7 @@ def make_engine(url: str) -> Engine:
 def create_all(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent)."""
     from .. import models  # noqa: F401 - registers the tables on SQLModel.metadata
+    from ..analytics import models as analytics_models  # noqa: F401 - the anomalies table
 
     SQLModel.metadata.create_all(engine)
 
