@@ -16,6 +16,7 @@ Errors::
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import glob
 import json
@@ -44,6 +45,7 @@ from cloud_core.broker.mosquitto_process import (
     MosquittoProcess,
     log_tail,
     preexec_for,
+    stop_all_children,
     wait_until,
 )
 
@@ -144,9 +146,21 @@ def _sweep_stale_roots() -> None:
             pass  # alive, someone else's
 
 
+_OPEN_ROOTS: set[Path] = set()
+
+
+@atexit.register
+def _cleanup_at_exit() -> None:
+    """Stop every child still running, then delete the temp dirs nobody closed."""
+    stop_all_children()
+    for root in list(_OPEN_ROOTS):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _make_root(kind: str, owner: str | None = None) -> Path:
     _sweep_stale_roots()
     root = Path(tempfile.mkdtemp(prefix=f"iot-testing-{kind}-"))
+    _OPEN_ROOTS.add(root)
     (root / _OWNER_FILE).write_text(str(os.getpid()))
     # World-traversable so a server running as its own OS user (mosquitto, postgres) can reach it.
     os.chmod(root, 0o755)
@@ -260,6 +274,7 @@ class _Server:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            _OPEN_ROOTS.discard(self.root)
 
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
@@ -369,6 +384,7 @@ class MosquittoServer:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            _OPEN_ROOTS.discard(self.root)
 
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)

@@ -37,7 +37,6 @@ import struct
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ __all__ = [
     "log_tail",
     "mqtt_connect_probe",
     "preexec_for",
+    "stop_all_children",
     "wait_until",
     "write_dynsec_config",
 ]
@@ -105,11 +105,12 @@ DEFAULT_LIMITS = BrokerLimits()
 # --------------------------------------------------------------------------- child processes
 
 _PR_SET_PDEATHSIG = 1
-_LIVE_CHILDREN: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+_LIVE_CHILDREN: set[ChildProcess] = set()  # strong refs: an unreferenced server is still stopped at exit
 _LIVE_LOCK = threading.Lock()
 
 
-def _stop_all_children() -> None:
+def stop_all_children() -> None:
+    """Stop every child this process started and has not stopped (run at interpreter exit)."""
     with _LIVE_LOCK:
         children = list(_LIVE_CHILDREN)
     for child in children:
@@ -117,12 +118,10 @@ def _stop_all_children() -> None:
             child.terminate(timeout=5.0)
 
 
-atexit.register(_stop_all_children)
+atexit.register(stop_all_children)
 
 
-def preexec_for(
-    run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int
-) -> Callable[[], None]:
+def preexec_for(run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int) -> Callable[[], None]:
     """A ``preexec_fn``: become ``run_as`` (when given), then ask for ``death_signal`` if the parent dies."""
 
     def setup() -> None:
@@ -278,10 +277,7 @@ def wait_until(
                 return
         if time.monotonic() > deadline:
             child.kill()
-            raise error(
-                f"{what} did not answer within {timeout:g}s; log {child.log_path}:\n"
-                f"{log_tail(child.log_path)}"
-            )
+            raise error(f"{what} did not answer within {timeout:g}s; log {child.log_path}:\n{log_tail(child.log_path)}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
 
@@ -354,9 +350,7 @@ def find_dynsec_plugin() -> Path:
         "/opt/homebrew/lib/{n}",
         "/opt/homebrew/opt/mosquitto/lib/{n}",
     ]
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary:
         prefix = Path(binary).resolve().parent.parent
         patterns += [str(prefix / "lib" / "{n}"), str(prefix / "lib" / "*" / "{n}")]
@@ -641,9 +635,7 @@ class MosquittoProcess:
             timeout=self.start_timeout,
         )
         if self.dynsec:
-            code = mqtt_connect_probe(
-                self.host, self.port, username=self.admin_username, password=self.admin_password
-            )
+            code = mqtt_connect_probe(self.host, self.port, username=self.admin_username, password=self.admin_password)
             if code != 0:
                 self.stop()
                 raise BrokerStartError(
