@@ -1,0 +1,152 @@
+"""Simulator scale: one process runs N devices (default 5,000) at one reading per 10 s each over
+real MQTT connections to a private Mosquitto, with the real bridge (in a child process) sending
+the receipts that keep every device's pipeline flowing.
+
+    .venv/bin/python bench/sim_scale.py                  # 5,000 devices, ~90 s
+    .venv/bin/python bench/sim_scale.py --devices 1000 --steady 30
+
+Prints the device count, the message rate, the simulator process's CPU and memory, and as the last
+line one JSON object with ``devices_connected``, ``msgs_per_s``, ``rss_mb_peak``, ``cpu_share_one_core``.
+
+Broker limits used (stated, since defaults drop messages): iot_testing's MosquittoServer defaults
+(max_queued_messages 100000, max_inflight_messages 100), ``max_connections -1``, and the file
+descriptor limit raised to 65536 for this process and the broker it starts. CPU and RSS are the
+simulator process's own (the broker and the bridge run in other processes on the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from firmware_sim.fleet import Fleet, FleetSettings, device_key, raise_fd_limit
+from firmware_sim.registration import register_in_db
+from firmware_sim.scenario import parse_scenario
+from iot_testing.servers import MosquittoServer
+
+_BRIDGE = """
+import sys, threading, signal
+from broker_bridge import BridgeSettings, run_bridge
+s = BridgeSettings(mqtt_url=sys.argv[1], db_url=sys.argv[2], tsdb_url=sys.argv[3], topic_prefix=sys.argv[4],
+                   metrics_port=None, sys_topics=False, client_id="bench-sim-bridge")
+run_bridge(s)
+"""
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=5000)
+    ap.add_argument("--interval", type=float, default=10.0, help="seconds between readings per device")
+    ap.add_argument("--steady", type=float, default=60.0, help="seconds measured after all devices connected")
+    ap.add_argument("--no-bridge", action="store_true", help="no receipts (devices stall at their inflight cap)")
+    args = ap.parse_args()
+
+    raise_fd_limit(65536)
+    work = Path(tempfile.mkdtemp(prefix="sim-scale-"))
+    prefix = "simscale"
+    sc = parse_scenario(
+        {
+            "simulation": {
+                "name": "sim-scale",
+                "seed": 1,
+                "duration": args.steady + args.interval + 90.0,
+                "speed": 1.0,
+                "topic_prefix": prefix,
+            },
+            "devices": [
+                {
+                    "count": args.devices,
+                    "id_prefix": "s",
+                    "sampling_interval": args.interval,
+                    "transmission_interval": args.interval,
+                    "batch_max_readings": 10,
+                }
+            ],
+        }  # fmt: skip
+    )
+    plan = sc.plan()
+    keys = {d.device_id: device_key(1, d.device_id) for d in plan.devices}
+    db_url, ts_url = f"sqlite:///{work}/meta.db", f"sqlite:///{work}/readings.db"
+    t0 = time.monotonic()
+    register_in_db(db_url, plan.devices, keys)
+    print(f"registered {args.devices} devices in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+
+    with MosquittoServer(max_connections=-1) as broker:
+        bridge = None
+        if not args.no_bridge:
+            bridge = subprocess.Popen(
+                [sys.executable, "-c", _BRIDGE, broker.url, db_url, ts_url, prefix],
+                stdout=subprocess.DEVNULL, stderr=open(work / "bridge.log", "wb"),  # noqa: SIM115
+            )  # fmt: skip
+            time.sleep(2.0)
+        settings = FleetSettings(mqtt_url=broker.url, topic_prefix=prefix, connects_per_tick=200, drain_timeout_s=5)
+        fleet = Fleet(plan, settings, keys=keys)
+        state: dict[str, float] = {}
+
+        def tick(f: Fleet) -> None:
+            now = time.monotonic()
+            if "t_conn" not in state and f.connected >= args.devices:
+                state["t_conn"] = now
+                print(f"all {args.devices} connected after {now - t_start:.1f}s", file=sys.stderr)
+            # Measure from one full transmission interval after the last connect (steady state).
+            if "t_all" not in state and "t_conn" in state and now - state["t_conn"] >= args.interval + 1:
+                state.update(t_all=now, m0=f.report.mqtt_messages, c0=cpu_seconds())
+            if "t_all" in state and "t_end" not in state and now - state["t_all"] >= args.steady:
+                state.update(t_end=now, m1=f.report.mqtt_messages, c1=cpu_seconds(), conn=f.connected)
+                f.stop()
+            if int(now - t_start) % 10 == 0:
+                print(f"  t={now - t_start:5.1f}s connected={f.connected} msgs={f.report.mqtt_messages}",
+                      file=sys.stderr)  # fmt: skip
+
+        t_start = time.monotonic()
+        report = fleet.run(on_tick=tick, drain=False)
+        if bridge is not None:
+            bridge.terminate()
+            bridge.wait(10)
+    if "t_end" not in state:  # never reached the steady window: report what we had
+        state.setdefault("t_all", t_start)
+        state.setdefault("m0", 0)
+        state.setdefault("c0", 0.0)
+        state.update(t_end=time.monotonic(), m1=report.mqtt_messages, c1=cpu_seconds(), conn=report.connected_peak)
+    window = state["t_end"] - state["t_all"]
+    msgs_per_s = (state["m1"] - state["m0"]) / window if window > 0 else 0.0
+    cpu_share = (state["c1"] - state["c0"]) / window if window > 0 else 0.0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    expected = args.devices / args.interval
+    print(f"devices connected   {int(state['conn'])} / {args.devices}")
+    print(f"message rate        {msgs_per_s:.0f} msg/s (telemetry target {expected:.0f}/s + heartbeats)")
+    print(f"readings stored     {report.stored} receipted of {report.produced} produced")
+    print(f"simulator CPU       {cpu_share:.2f} of one core over {window:.0f}s")
+    print(f"simulator RSS peak  {rss_mb:.0f} MB")
+    print(
+        json.dumps(
+            {
+                "devices_connected": int(state["conn"]),
+                "devices": args.devices,
+                "msgs_per_s": round(msgs_per_s, 1),
+                "target_readings_per_s": round(expected, 1),
+                "rss_mb_peak": round(rss_mb, 1),
+                "cpu_share_one_core": round(cpu_share, 3),
+                "window_s": round(window, 1),
+                "receipted_readings": report.stored,
+                "produced_readings": report.produced,
+                "pid": os.getpid(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
