@@ -74,7 +74,7 @@ def main() -> None:
                     "batch_max_readings": 10,
                 }
             ],
-        }  # fmt: skip
+        }
     )
     plan = sc.plan()
     keys = {d.device_id: device_key(1, d.device_id) for d in plan.devices}
