@@ -111,9 +111,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, s: AgentSettings) -> Runtime:
-        return cls(
-            s.sampling_interval_s, s.transmission_interval_s, s.batch_max_readings, s.heartbeat_interval_s
-        )
+        return cls(s.sampling_interval_s, s.transmission_interval_s, s.batch_max_readings, s.heartbeat_interval_s)
 
     @property
     def effective_heartbeat_s(self) -> float:
@@ -176,18 +174,14 @@ class Pipeline:
             except SensorError as exc:
                 self.sensor_errors += 1
                 if self._failing.get(st) != exc.flag:  # log state changes, not every sample
-                    log.warning(
-                        "sensor read failed", extra={"sensor_type": st, "flag": exc.flag, "error": str(exc)}
-                    )
+                    log.warning("sensor read failed", extra={"sensor_type": st, "flag": exc.flag, "error": str(exc)})
                 self._failing[st] = exc.flag
                 out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (exc.flag,)))
                 continue
             except Exception as exc:  # a sensor bug must not stop the other sensors
                 self.sensor_errors += 1
                 log.exception("sensor crashed", extra={"sensor_type": st})
-                out.append(
-                    Reading(ts, st, {"quality_score": 0.0}, 0.0, (f"crash:{type(exc).__name__}"[:64],))
-                )
+                out.append(Reading(ts, st, {"quality_score": 0.0}, 0.0, (f"crash:{type(exc).__name__}"[:64],)))
                 continue
             if self._failing.pop(st, None) is not None:
                 log.info("sensor recovered", extra={"sensor_type": st})
@@ -404,9 +398,7 @@ def setup_logging(level: str = "INFO") -> None:
 class Agent:
     """The pipeline plus MQTT: ``start()``, ``stop()``, or ``run_forever()`` until SIGTERM/SIGINT."""
 
-    def __init__(
-        self, settings: AgentSettings, identity: Identity, sensors: Sequence[Sensor] | None = None
-    ) -> None:
+    def __init__(self, settings: AgentSettings, identity: Identity, sensors: Sequence[Sensor] | None = None) -> None:
         self.settings = settings
         self.identity = identity
         self.device_id = identity.device_id
@@ -477,15 +469,11 @@ class Agent:
             extra={"broker": f"{self._host}:{self._port}", "session_present": _flags.session_present},
         )
         client.publish(self.topics.status(self.device_id), encode(Status("online", at=_now_ms())), 1, True)
-        client.subscribe(
-            [(self.topics.receipts(self.device_id), 1), (self.topics.config_desired(self.device_id), 1)]
-        )
+        client.subscribe([(self.topics.receipts(self.device_id), 1), (self.topics.config_desired(self.device_id), 1)])
 
     def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, reasons: Any, _props: Any) -> None:
         if any(r.is_failure for r in reasons):
-            log.error(
-                "subscription refused by the broker (ACL?)", extra={"reasons": [str(r) for r in reasons]}
-            )
+            log.error("subscription refused by the broker (ACL?)", extra={"reasons": [str(r) for r in reasons]})
             return
         self.pipeline.resend_all()
         self._ready.set()
@@ -649,14 +637,30 @@ def run_agent(config: Path | str) -> None:
     Agent(settings, load_identity(settings.identity_dir)).run_forever()
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Lean entry point (``python -m edge_agent.agent --config FILE``): no CLI framework loaded.
+    ``iotctl agent run`` validates the file and then execs this, so the running agent is small."""
+    import argparse
+
+    from .errors import AgentError
+
+    ap = argparse.ArgumentParser(prog="edge-agent", description="Run the edu-platform edge agent.")
+    ap.add_argument("--config", "-c", required=True, type=Path, help="Agent TOML file.")
+    args = ap.parse_args(argv)
+    try:
+        run_agent(args.config)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
     from .config import load_settings
 
     settings = load_settings(config)
     if not Path(settings.buffer_path).exists():
-        raise SettingsError(
-            f"no buffer at {settings.buffer_path}: the agent has not run yet", field="buffer_path"
-        )
+        raise SettingsError(f"no buffer at {settings.buffer_path}: the agent has not run yet", field="buffer_path")
     buf = open_buffer(settings, readonly=True)
     try:
         st = buf.stats()
@@ -676,3 +680,7 @@ def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
         ("last_seq", st.last_seq),
         ("config_version", cfg.get("version", 0)),
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -116,19 +116,16 @@ class Buffer:
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=30
-                )
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+                self._db.execute("PRAGMA cache_size=-512")  # 512 KiB page cache: the device's RAM is small
                 self._db.executescript(_SCHEMA)
                 self._db.executemany(
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS]
                 )
             self._c: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            rows, nbytes = self._db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM readings"
-            ).fetchone()
+            rows, nbytes = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM readings").fetchone()
         except sqlite3.Error as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from None
         self._rows: int = rows
@@ -148,9 +145,7 @@ class Buffer:
                 keep = []
                 rows, nbytes = self._rows, self._bytes
                 for b in bodies:
-                    if rows + 1 > self.max_rows or (
-                        self.max_bytes is not None and nbytes + len(b) > self.max_bytes
-                    ):
+                    if rows + 1 > self.max_rows or (self.max_bytes is not None and nbytes + len(b) > self.max_bytes):
                         break
                     keep.append(b)
                     rows += 1
@@ -219,9 +214,7 @@ class Buffer:
             if not rows:
                 return None
             seq = self._c["last_seq"] + 1
-            batch = Batch(
-                device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, b in rows)
-            )
+            batch = Batch(device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, b in rows))
             token = seal_batch(batch, key)
             self._db.execute(
                 "INSERT INTO batches(seq, batch_id, token, n, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -303,9 +296,7 @@ class Buffer:
     def produced_log(self) -> list[Reading]:
         """Every reading produced, in order (only when opened with ``keep_produced_log``)."""
         with self._lock:
-            return [
-                reading_from_body(b) for (b,) in self._db.execute("SELECT body FROM produced_log ORDER BY id")
-            ]
+            return [reading_from_body(b) for (b,) in self._db.execute("SELECT body FROM produced_log ORDER BY id")]
 
     def get_state(self, key: str) -> Any:
         with self._lock:
@@ -314,9 +305,7 @@ class Buffer:
 
     def set_state(self, key: str, value: Any) -> None:
         with self._lock, self._tx():
-            self._db.execute(
-                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, orjson.dumps(value))
-            )
+            self._db.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, orjson.dumps(value)))
 
     def close(self) -> None:
         with self._lock:

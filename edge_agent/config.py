@@ -1,19 +1,23 @@
 """The agent's settings: one typed object loaded from a TOML file (``load_settings``), with every
 field documented here; ``docs/agent.md`` and ``agent.example.toml`` are written from these fields.
 
-Environment variables ``EDU_AGENT_<FIELD>`` fill fields the file leaves out (nested with ``__``).
-A bad value raises :class:`edge_agent.errors.SettingsError` naming the field, in one line.
+Environment variables ``EDU_AGENT_<FIELD>`` fill top-level fields the file leaves out. A bad value
+raises :class:`edge_agent.errors.SettingsError` naming the field, in one line.
+
+This is a plain pydantic model rather than a pydantic-settings object: on the device every MB counts
+and pydantic-settings costs about 5 MB of RSS for the one feature (environment overlay) done here in
+ten lines.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as _PydanticError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import SettingsError
 
@@ -37,9 +41,7 @@ class SimulatedSpec(_Spec):
     """A modelled environment sensor (daily sine plus seeded noise); firmware_sim uses the same class."""
 
     type: Literal["simulated"]
-    sensor_type: str = Field(
-        "environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag."
-    )
+    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
     fields: tuple[str, ...] = Field(
         ("temperature", "humidity", "pressure"),
         min_length=1,
@@ -47,9 +49,7 @@ class SimulatedSpec(_Spec):
         "humidity, pressure, battery_level, signal_strength; others get a generic 0..100 signal).",
     )
     seed: int = Field(0, description="Noise seed: the same seed and timestamps give the same values.")
-    noise: float = Field(
-        0.1, ge=0, le=10, description="Standard deviation of the noise, in each field's unit."
-    )
+    noise: float = Field(0.1, ge=0, le=10, description="Standard deviation of the noise, in each field's unit.")
     fail_every: int = Field(0, ge=0, description="Every Nth read fails (0 = never); exercises quality flags.")
 
 
@@ -75,9 +75,7 @@ class Bme280Spec(_Spec):
     """Bosch BME280 temperature/humidity/pressure over I2C (needs the ``bme280`` extra: smbus2)."""
 
     type: Literal["bme280"]
-    sensor_type: str = Field(
-        "environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag."
-    )
+    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
     bus: int = Field(1, ge=0, description="I2C bus number (/dev/i2c-N); 1 on a Raspberry Pi.")
     address: int = Field(0x76, ge=0x03, le=0x77, description="I2C address: 0x76 (SDO low) or 0x77.")
 
@@ -85,12 +83,10 @@ class Bme280Spec(_Spec):
 SensorSpec = Annotated[SimulatedSpec | CpuTempSpec | CommandSpec | Bme280Spec, Field(discriminator="type")]
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(BaseModel):
     """Everything the agent needs that is not its identity (which ``iotctl agent enroll`` writes)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDU_AGENT_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # --- where things live
     identity_dir: Path = Field(
@@ -106,18 +102,14 @@ class AgentSettings(BaseSettings):
         None, description="Override the broker URL from enrollment (mqtt://host:port or mqtts://host:port)."
     )
     topic_prefix: str | None = Field(None, description="Override the topic prefix from enrollment.")
-    mqtt_keepalive_s: int = Field(
-        30, ge=5, le=3600, description="MQTT keepalive; the last will fires ~1.5x after."
-    )
+    mqtt_keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the last will fires ~1.5x after.")
     session_expiry_s: int = Field(
         7 * 86_400,
         ge=0,
         description="MQTT 5 session expiry: how long the broker keeps our session while away.",
     )
     # --- timing
-    sampling_interval_s: float = Field(
-        1.0, ge=0.05, le=86_400, description="Seconds between samples of all sensors."
-    )
+    sampling_interval_s: float = Field(1.0, ge=0.05, le=86_400, description="Seconds between samples of all sensors.")
     transmission_interval_s: float = Field(
         5.0, ge=0.05, le=86_400, description="Seconds between publish cycles (readings wait in the buffer)."
     )
@@ -133,9 +125,7 @@ class AgentSettings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(60.0, ge=1, le=86_400, description="Seconds between health messages.")
     backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay.")
-    backoff_max_s: float = Field(
-        60.0, gt=0, le=86_400, description="Reconnect delay cap (doubles from initial)."
-    )
+    backoff_max_s: float = Field(60.0, gt=0, le=86_400, description="Reconnect delay cap (doubles from initial).")
     backoff_jitter: float = Field(
         0.5,
         ge=0,
@@ -160,9 +150,7 @@ class AgentSettings(BaseSettings):
         description="Also log every reading produced in a table that is never pruned (tests, ground truth).",
     )
     # --- logging
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="JSON log level (stderr)."
-    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="JSON log level (stderr).")
     # --- sensors
     sensors: tuple[SensorSpec, ...] = Field(
         min_length=1, description="Sensors to sample, as [[sensors]] tables; `type` picks the kind."
@@ -172,12 +160,19 @@ class AgentSettings(BaseSettings):
     def _check(self) -> AgentSettings:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        types = [s.sensor_type for s in self.sensors]
+        dup = next((t for t in types if types.count(t) > 1), None)
+        if dup is not None:  # storage keys a point on (device, sensor_type, ts): two would overwrite
+            raise ValueError(f"two sensors share sensor_type {dup!r}; give each its own")
         return self
 
 
 def _one_line(exc: _PydanticError, source: str) -> SettingsError:
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if p not in ("simulated", "cpu_temp", "command", "bme280"))
+    parts = list(first["loc"])
+    # pydantic puts the union tag after the sensor's index (sensors.1.command.timeout_s): drop it
+    parts = [p for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and i < len(parts) - 1)]
+    loc = ".".join(str(p) for p in parts)
     msg = first["msg"]
     if first["type"] == "union_tag_invalid":
         msg = "unknown sensor type: use simulated, cpu_temp, command or bme280"
@@ -207,6 +202,10 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> AgentSett
         for key in ("identity_dir", "buffer_path"):  # relative paths are relative to the file
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
+    for name in AgentSettings.model_fields:
+        env = os.environ.get(f"EDU_AGENT_{name.upper()}")
+        if env is not None and name not in data and name != "sensors":
+            data[name] = env
     data.update(overrides)
     try:
         return AgentSettings(**data)

@@ -96,7 +96,7 @@ def load_identity(directory: Path | str) -> Identity:
         key = load_private_key(d / KEY_FILE)
     except FileNotFoundError as exc:
         raise IdentityError(
-            f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"  # noqa: E501
+            f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"
         ) from None
     except PermissionError as exc:
         raise IdentityError(f"cannot read identity file {exc.filename}: permission denied") from None
@@ -136,9 +136,7 @@ def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float 
             info = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = _detail(exc.read())
-        raise EnrollmentError(
-            f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code
-        ) from None
+        raise EnrollmentError(f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise EnrollmentError(f"cannot reach the enrollment API at {url}: {reason}") from None

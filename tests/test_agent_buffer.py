@@ -29,9 +29,7 @@ def readings(start: int, n: int) -> list[Reading]:
 def drain(buf: Buffer, n: int = 10) -> list[float]:
     out = []
     while (b := buf.next_batch("dev1", KEY, max_readings=n, now_ms=T0)) is not None:
-        out += [
-            r.values["temperature"] for r in open_batch(b.token, topic_device="dev1", public_key=PUB).readings
-        ]
+        out += [r.values["temperature"] for r in open_batch(b.token, topic_device="dev1", public_key=PUB).readings]
         buf.ack([b.seq])
     return out
 
@@ -104,9 +102,7 @@ def test_fresh_cursor_takes_only_newer_readings(tmp_path: Path) -> None:
     mark = buf.max_id()
     buf.add(readings(30, 2))
     fresh = buf.next_batch("dev1", KEY, max_readings=10, now_ms=T0, after_id=mark)
-    vals = [
-        r.values["temperature"] for r in open_batch(fresh.token, topic_device="dev1", public_key=PUB).readings
-    ]  # type: ignore[union-attr]
+    vals = [r.values["temperature"] for r in open_batch(fresh.token, topic_device="dev1", public_key=PUB).readings]  # type: ignore[union-attr]
     assert vals == [30.0, 31.0]
     assert drain(buf) == [float(i) for i in range(30)]
 

@@ -136,9 +136,7 @@ class Rig:
         self.agent: subprocess.Popen[bytes] | None = None
         self.proxy: TcpProxy | None = None
 
-    def config(
-        self, name: str = "agent.toml", *, sampling: float = 0.05, mqtt_url: str | None = None
-    ) -> Path:
+    def config(self, name: str = "agent.toml", *, sampling: float = 0.05, mqtt_url: str | None = None) -> Path:
         path = self.tmp / name
         url = f'mqtt_url = "{mqtt_url}"\n' if mqtt_url else ""
         path.write_text(

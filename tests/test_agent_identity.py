@@ -61,9 +61,7 @@ def api(mosquitto_dynsec: Any, tmp_path: Path, topic_prefix: str) -> Iterator[Ap
         events_flush_interval_s=0.1,
     )
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=0, log_config=None, ws="none", lifespan="on"
-        )
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None, ws="none", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

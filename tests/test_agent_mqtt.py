@@ -117,9 +117,7 @@ def write_config(tmp: Path, **over: Any) -> Path:
     }
     body = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in fields.items())
     path = tmp / "agent.toml"
-    path.write_text(
-        f'identity_dir = "identity"\nbuffer_path = "buffer.db"\n{body}[[sensors]]\ntype = "simulated"\n'
-    )
+    path.write_text(f'identity_dir = "identity"\nbuffer_path = "buffer.db"\n{body}[[sensors]]\ntype = "simulated"\n')
     return path
 
 
@@ -180,8 +178,7 @@ def test_receipts_delete_and_missing_receipts_resend_identical_bytes(
     st = wait_for(lambda: (s := agent.pipeline.buffer.stats()).stored > 0 and s, "receipt applied")
     assert st.batches <= agent.settings.max_inflight_batches
     assert st.stored == sum(
-        len(open_batch(p, topic_device=DEVICE, public_key=raw).readings)
-        for p in {p: 0 for p in cloud.on(tele)}
+        len(open_batch(p, topic_device=DEVICE, public_key=raw).readings) for p in {p: 0 for p in cloud.on(tele)}
     )
     health = decode_health(wait_for(lambda: cloud.on(cloud.topics.health(DEVICE)), "health")[-1])
     assert health.firmware.startswith("edu-agent/") and health.produced >= health.buffer_depth
@@ -198,16 +195,12 @@ def test_config_signed_unsigned_wrong_key_older(cloud: Cloud, agent_factory: Cal
     def reports(n: int) -> list[Any]:
         return [
             decode_config_report(p)
-            for p in wait_for(
-                lambda: len(cloud.on(reported)) >= n and cloud.on(reported), f"{n} config reports"
-            )
+            for p in wait_for(lambda: len(cloud.on(reported)) >= n and cloud.on(reported), f"{n} config reports")
         ]
 
     # signed, newer: applied without a restart; the next sample follows the new interval
     produced = agent.pipeline.buffer.counters["produced"]
-    cloud.publish(
-        desired, _doc(2, sampling_interval_s=0.1, calibration_offsets={"temperature": 1.5}), retain=True
-    )
+    cloud.publish(desired, _doc(2, sampling_interval_s=0.1, calibration_offsets={"temperature": 1.5}), retain=True)
     r = reports(1)[-1]
     assert (r.version, r.status, r.error) == (2, "applied", None)
     assert agent.pipeline.runtime.sampling_interval_s == 0.1
@@ -232,9 +225,7 @@ def test_config_signed_unsigned_wrong_key_older(cloud: Cloud, agent_factory: Cal
     assert agent.pipeline.runtime.sampling_interval_s == 0.1 and agent.pipeline.runtime.config_version == 2
 
     # the applied config persists: a restarted agent starts with version 2 and the offsets
-    cloud.publish(
-        desired, _doc(2, sampling_interval_s=0.1, calibration_offsets={"temperature": 1.5}), retain=True
-    )
+    cloud.publish(desired, _doc(2, sampling_interval_s=0.1, calibration_offsets={"temperature": 1.5}), retain=True)
     agent.stop()
     again = agent_factory(sampling_interval_s=5.0)
     assert again.pipeline.runtime.config_version == 2

@@ -30,9 +30,7 @@ def test_simulated_is_deterministic_and_in_range() -> None:
 
 
 def test_command_sensor_parses_json(tmp_path: Path) -> None:
-    s = CommandSensor(
-        command=[sys.executable, "-c", 'print(\'{"temperature": 21.5, "co2": 400}\')'], sensor_type="p"
-    )
+    s = CommandSensor(command=[sys.executable, "-c", 'print(\'{"temperature": 21.5, "co2": 400}\')'], sensor_type="p")
     assert dict(s.read(NOW).values) == {"temperature": 21.5, "co2": 400.0}
     full = '{"values": {"lux": 12}, "quality": 0.5, "flags": ["estimated"]}'
     s = CommandSensor(command=[sys.executable, "-c", f"print('{full}')"], sensor_type="p")
@@ -92,9 +90,7 @@ def test_failing_sensor_becomes_a_flagged_reading_and_others_continue(tmp_path: 
 
 
 # --- BME280: the datasheet's worked example (BMP280 DS section 3.12) and a fake register map
-CAL = Calibration(
-    27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000, 75, 362, 0, 313, 50, 30
-)
+CAL = Calibration(27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000, 75, 362, 0, 313, 50, 30)
 
 
 def test_bme280_compensation_matches_the_datasheet_example() -> None:

@@ -114,9 +114,7 @@ class Bme280Sensor(Sensor):
             try:
                 from smbus2 import SMBus
             except ImportError:
-                raise SensorSetupError(
-                    "the bme280 sensor needs smbus2: pip install 'edu-platform[bme280]'"
-                ) from None
+                raise SensorSetupError("the bme280 sensor needs smbus2: pip install 'edu-platform[bme280]'") from None
             try:
                 bus = SMBus(bus)
             except OSError as exc:
@@ -128,9 +126,7 @@ class Bme280Sensor(Sensor):
         if self._cal is None:
             chip = self.bus.read_byte_data(self.address, REG_ID)
             if chip != CHIP_ID:
-                raise SensorError(
-                    f"chip id 0x{chip:02x} at 0x{self.address:02x} is not a BME280", flag="wrong_chip"
-                )
+                raise SensorError(f"chip id 0x{chip:02x} at 0x{self.address:02x} is not a BME280", flag="wrong_chip")
             a = bytes(self.bus.read_i2c_block_data(self.address, REG_CALIB_A, 26))
             b = bytes(self.bus.read_i2c_block_data(self.address, REG_CALIB_B, 7))
             self._cal = Calibration.from_registers(a, b)
@@ -140,9 +136,7 @@ class Bme280Sensor(Sensor):
         try:
             cal = self._calibration()
             self.bus.write_byte_data(self.address, REG_CTRL_HUM, OSRS_X1)  # takes effect with ctrl_meas
-            self.bus.write_byte_data(
-                self.address, REG_CTRL_MEAS, (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED
-            )
+            self.bus.write_byte_data(self.address, REG_CTRL_MEAS, (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED)
             deadline = time.monotonic() + self.measure_timeout_s
             while self.bus.read_byte_data(self.address, REG_STATUS) & 0x08:  # measuring
                 if time.monotonic() > deadline:

@@ -34,9 +34,7 @@ class CommandSensor(Sensor):
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise SensorError(
-                f"{self.command[0]} did not finish in {self.timeout_s}s", flag="timeout"
-            ) from None
+            raise SensorError(f"{self.command[0]} did not finish in {self.timeout_s}s", flag="timeout") from None
         except OSError as exc:
             raise SensorError(f"cannot run {self.command[0]}: {exc.strerror}", flag="unavailable") from None
         if proc.returncode != 0:

@@ -12,9 +12,7 @@ __all__ = ["CpuTempSensor"]
 class CpuTempSensor(Sensor):
     fields = ("cpu_temperature",)
 
-    def __init__(
-        self, *, path: Path | str = "/sys/class/thermal/thermal_zone0/temp", sensor_type: str = "cpu"
-    ):
+    def __init__(self, *, path: Path | str = "/sys/class/thermal/thermal_zone0/temp", sensor_type: str = "cpu"):
         self.path = Path(path)
         self.sensor_type = sensor_type
 
@@ -26,7 +24,5 @@ class CpuTempSensor(Sensor):
         try:
             millideg = int(raw)
         except ValueError:
-            raise SensorError(
-                f"{self.path} holds {raw[:20]!r}, not millidegrees", flag="bad_output"
-            ) from None
+            raise SensorError(f"{self.path} holds {raw[:20]!r}, not millidegrees", flag="bad_output") from None
         return Sample({"cpu_temperature": millideg / 1000.0})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -16,12 +18,8 @@ _DEFAULT_DIR = Path("/var/lib/edu-agent/identity")
 @app.command()
 def enroll(
     api: str = typer.Option(..., "--api", help="Cloud API base URL, e.g. https://iot.school.example"),
-    token: str = typer.Option(
-        ..., "--token", help="One-time enrollment token from `iotctl devices register`."
-    ),
-    dir: Path = typer.Option(
-        _DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."
-    ),
+    token: str = typer.Option(..., "--token", help="One-time enrollment token from `iotctl devices register`."),
+    dir: Path = typer.Option(_DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."),
 ) -> None:
     """Generate this device's key pair, enroll it with a one-time token, store the credentials."""
     from edge_agent.errors import AgentError
@@ -38,14 +36,25 @@ def enroll(
 def run(
     config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (see agent.example.toml)."),
 ) -> None:
-    """Run the agent until SIGTERM/SIGINT (what the systemd unit starts)."""
-    from edge_agent.agent import run_agent
+    """Run the agent until SIGTERM/SIGINT (what the systemd unit starts).
+
+    The settings are checked here (errors as one line), then this process execs the lean
+    ``python -m edge_agent.agent``: same pid, no CLI framework in memory.
+    """
+    from edge_agent.config import load_settings
     from edge_agent.errors import AgentError
+    from edge_agent.identity import load_identity
 
     try:
-        run_agent(config)
+        load_identity(load_settings(config).identity_dir)
     except AgentError as exc:
         raise CliError(str(exc)) from None
+    env = dict(os.environ)
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # fewer glibc arenas for the agent's threads: less RSS
+    argv = [sys.executable, "-m", "edge_agent.agent", "--config", str(config)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 @app.command()

@@ -1,0 +1,153 @@
+"""Footprint of the edge agent: peak RSS and CPU share of `iotctl agent run` at 1 Hz with 3 sensors
+(simulated environment, cpu_temp, command) against a private Mosquitto and the real bridge, and the
+SQLite buffer's write and drain rates on this machine.
+
+    .venv/bin/python bench/agent_footprint.py [--duration 180] [--readings 50000]
+
+Prints a table; the last line is one JSON object with rss_mb_peak, cpu_share_one_core,
+buffer_write_readings_per_s, drain_readings_per_s (and more). Targets (issue 4): < 40 MB RSS,
+< 2% of one core, drain >= 5,000 readings/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edge_agent.buffer import Buffer
+from iot_protocol import Reading, generate_private_key, public_key_b64
+
+TICK = os.sysconf("SC_CLK_TCK")
+IOTCTL = str(Path(sys.executable).with_name("iotctl"))
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def proc_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            k, v = line.split(":", 1)
+            vals[k] = int(v.split()[0]) / 1024
+    return vals["VmRSS"], vals["VmHWM"]
+
+
+def bench_buffer(tmp: Path, n: int) -> dict[str, float]:
+    key = generate_private_key()
+    buf = Buffer(tmp / "bench.db", max_rows=10 * n)  # the agent's defaults: WAL, synchronous=FULL
+    t0 = 1_750_000_000_000
+    per_tick = 3  # the sampler commits one transaction per sampling tick with one reading per sensor
+    t = time.perf_counter()
+    for i in range(n // per_tick):
+        buf.add([Reading(t0 + i * 1000, f"s{k}", {"temperature": 21.5, "humidity": 40.2}) for k in range(per_tick)])
+    write_rate = (n // per_tick) * per_tick / (time.perf_counter() - t)
+    t = time.perf_counter()
+    drained = 0
+    while (b := buf.next_batch("bench", key, max_readings=100, now_ms=t0)) is not None:
+        drained += buf.ack([b.seq])
+    drain_rate = drained / (time.perf_counter() - t)
+    buf.close()
+    return {"buffer_write_readings_per_s": round(write_rate), "drain_readings_per_s": round(drain_rate)}
+
+
+def bench_agent(tmp: Path, duration: float) -> dict[str, float]:
+    from broker_bridge import Bridge, BridgeSettings
+    from broker_bridge.testing import register_devices
+    from cloud_core.core.db import make_engine
+    from edge_agent.identity import write_identity
+    from iot_testing.servers import MosquittoServer
+
+    broker = MosquittoServer()
+    broker.start()
+    db_url = f"sqlite:///{tmp / 'meta.db'}"
+    key = register_devices(make_engine(db_url), ["bench-pi"])["bench-pi"]
+    cloud = public_key_b64(generate_private_key())
+    write_identity(
+        tmp / "identity",
+        key,
+        {"device_id": "bench-pi", "mqtt_url": broker.url, "topic_prefix": "bench", "cloud_public_key": cloud},
+    )
+    (tmp / "thermal").write_text("47250\n")
+    cfg = tmp / "agent.toml"
+    cfg.write_text(
+        'identity_dir = "identity"\nbuffer_path = "buffer.db"\nsampling_interval_s = 1.0\n'
+        'transmission_interval_s = 5.0\nheartbeat_interval_s = 30\nlog_level = "WARNING"\n'
+        '[[sensors]]\ntype = "simulated"\n'
+        f'[[sensors]]\ntype = "cpu_temp"\npath = "{tmp / "thermal"}"\n'
+        '[[sensors]]\ntype = "command"\nsensor_type = "probe"\ncommand = ["/bin/echo", "{\\"lux\\": 120}"]\n'
+    )
+    bridge = Bridge(
+        BridgeSettings(
+            mqtt_url=broker.url,
+            db_url=db_url,
+            tsdb_url=f"sqlite:///{tmp / 'r.db'}",
+            topic_prefix="bench",
+            metrics_port=None,
+            sys_topics=False,
+        )
+    )
+    bridge.start()
+    bridge.wait_ready(15)
+    agent = subprocess.Popen([IOTCTL, "agent", "run", "--config", str(cfg)])
+    try:
+        time.sleep(5)  # start-up (imports, connect) is not the steady state
+        cpu0, wall0 = proc_cpu_s(agent.pid), time.monotonic()
+        peak = 0.0
+        while time.monotonic() - wall0 < duration:
+            time.sleep(1)
+            peak = max(peak, proc_rss_mb(agent.pid)[0])
+        cpu1, wall1 = proc_cpu_s(agent.pid), time.monotonic()
+        rss_now, hwm = proc_rss_mb(agent.pid)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(15)
+        bridge.stop()
+        broker.close()
+    stored = Buffer(tmp / "buffer.db").stats().stored
+    return {
+        "rss_mb_peak": round(max(peak, hwm), 1),
+        "rss_mb_steady": round(rss_now, 1),
+        "cpu_share_one_core": round((cpu1 - cpu0) / (wall1 - wall0), 4),
+        "duration_s": round(wall1 - wall0, 1),
+        "readings_stored": stored,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION_S", 180)))
+    ap.add_argument("--readings", type=int, default=50_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="agent-bench-") as d:
+        tmp = Path(d)
+        result = {**bench_agent(tmp, args.duration), **bench_buffer(tmp, args.readings)}
+    targets = {
+        "rss_mb_peak": ("<", 40),
+        "cpu_share_one_core": ("<", 0.02),
+        "drain_readings_per_s": (">=", 5000),
+        "buffer_write_readings_per_s": (">=", 2000),
+    }
+    print(f"{'metric':<30} {'value':>12}  target")
+    for k, v in result.items():
+        op, lim = targets.get(k, ("", ""))
+        ok = "" if not op else ("ok" if (v < lim if op == "<" else v >= lim) else "MISSED")
+        print(f"{k:<30} {v:>12}  {op}{lim} {ok}")
+    result["meets_targets"] = all(
+        (result[k] < lim if op == "<" else result[k] >= lim) for k, (op, lim) in targets.items()
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
