@@ -5,13 +5,14 @@ bootstrap admin) and closes it on shutdown; nothing is built at import time."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,8 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..analytics.settings import AnalyticsSettings
 from ..broker.admin import BrokerAdmin, BrokerAdminError, open_broker_admin
 from ..broker.client import MqttPublisher, connect
+from ..cache import Cache, open_cache
 from ..core.config import CloudSettings
 from ..core.db import create_all, make_engine, session_scope
 from ..core.security import (
@@ -35,6 +38,7 @@ from ..services.config import ConfigService
 from ..services.device_events import DeviceEventsConsumer
 from ..services.errors import ServiceError
 from ..services.registry import Registry
+from ..tsdb import open_tsdb
 
 __all__ = ["AppContext", "Metrics", "create_app"]
 
@@ -111,6 +115,7 @@ class AppContext:
                 username=settings.mqtt_username,
                 password=service_password,
                 timeout_s=settings.mqtt_timeout_s,
+                protocol=settings.mqtt_protocol,
             )
         except BaseException:
             broker.close()
@@ -177,6 +182,7 @@ def create_app(
     *,
     consume_events: bool = True,
     broker_admin: BrokerAdmin | None = None,
+    analytics: AnalyticsSettings | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -185,6 +191,8 @@ def create_app(
         consume_events: run the device-events consumer (presence, health, config reports) in this process.
         broker_admin: administers broker accounts; default: from settings (dynamic security when
             ``mqtt_admin_username`` is set). ``iotctl up`` passes the embedded amqtt broker's admin.
+        analytics: when given, also run one analytics worker in this process (embedded mode); in
+            production analytics workers are their own processes in the consumer group.
     """
     settings = settings if settings is not None else CloudSettings()
     metrics = Metrics()
@@ -193,9 +201,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = AppContext.open(settings, metrics, consume_events=consume_events, broker_admin=broker_admin)
         app.state.ctx = ctx
+        app.state.tsdb = open_tsdb(settings.tsdb_url)
+        app.state.cache = open_cache(settings.cache_url)
+        worker_stop = threading.Event()
+        worker: threading.Thread | None = None
+        if analytics is not None:
+            worker = _start_analytics_worker(analytics, settings, ctx, app.state.cache, worker_stop)
         try:
             yield
         finally:
+            worker_stop.set()
+            if worker is not None:
+                worker.join(timeout=10)
+            app.state.tsdb.close()
             ctx.close()
 
     app = FastAPI(title="edu-platform cloud API", version="1", lifespan=lifespan)
@@ -245,9 +263,28 @@ def create_app(
     def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    from ..analytics import routes as analytics_routes
+    from .deps import require_role
     from .routes import config as config_routes
     from .routes import devices as device_routes
 
     app.include_router(device_routes.router)
     app.include_router(config_routes.router)
+    app.include_router(analytics_routes.router, dependencies=[Depends(require_role("viewer"))])
     return app
+
+
+def _start_analytics_worker(
+    analytics: AnalyticsSettings, settings: CloudSettings, ctx: AppContext, cache: Cache, stop: threading.Event
+) -> threading.Thread:
+    """One analytics worker on a thread, publishing alerts with the API's MQTT connection."""
+    from iot_protocol import Topics
+
+    from ..analytics.worker import AnalyticsWorker
+
+    worker = AnalyticsWorker(
+        analytics, cache, ctx.engine, publish=ctx.publisher.publish, topics=Topics(settings.topic_prefix)
+    )
+    thread = threading.Thread(target=worker.run, args=(stop,), name="analytics-worker", daemon=True)
+    thread.start()
+    return thread

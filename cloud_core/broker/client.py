@@ -12,7 +12,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from .admin import BrokerUnavailable
 
-__all__ = ["MqttPublisher", "Publisher", "connect", "publish_acked"]
+__all__ = ["MqttPublisher", "Publisher", "connect", "paho_protocol", "publish_acked"]
+
+
+def paho_protocol(version: str) -> int:
+    """paho's constant for an MQTT version setting ("5" or "3.1.1")."""
+    return mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
 
 
 def connect(
@@ -25,6 +30,7 @@ def connect(
     timeout_s: float = 10.0,
     keepalive: int = 30,
     client: mqtt.Client | None = None,
+    protocol: str = "5",
 ) -> mqtt.Client:
     """A client connected to ``host:port`` with its loop running; raises BrokerUnavailable on refusal
     or timeout. Pass ``client`` to connect one that already has its callbacks set."""
@@ -32,7 +38,7 @@ def connect(
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edu-cloud-{uuid.uuid4().hex[:12]}",
-            protocol=mqtt.MQTTv5,
+            protocol=paho_protocol(protocol),
         )
     if username is not None:
         client.username_pw_set(username, password)

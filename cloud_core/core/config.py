@@ -4,6 +4,7 @@ the entry point (``iotctl api``, ``iotctl up``, a test) and passed down; never b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,11 @@ class CloudSettings(BaseSettings):
     )
     mqtt_admin_password: SecretStr | None = Field(
         default=None, description="Password of mqtt_admin_username."
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version the cloud services speak. 5 (Mosquitto, EMQX, ...) lets several replicas "
+        "share a subscription; 3.1.1 is for the in-process amqtt fallback broker (one replica).",
     )
     mqtt_timeout_s: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a broker connect, PUBACK or reply."

@@ -28,7 +28,7 @@ from iot_protocol import (
     decode_status,
 )
 
-from ..broker.client import connect
+from ..broker.client import connect, paho_protocol
 from ..core.config import CloudSettings
 from ..core.db import session_scope
 from ..models import Device
@@ -135,7 +135,10 @@ class DeviceEventsConsumer:
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
         if not reason.is_failure:
-            client.subscribe([(self._topics.shared(self._group, k), 1) for k in _KINDS])
+            if self._settings.mqtt_protocol == "5":  # replicas share the load
+                client.subscribe([(self._topics.shared(self._group, k), 1) for k in _KINDS])
+            else:  # MQTT 3.1.1 has no shared subscriptions: one consumer
+                client.subscribe([(self._topics.all_devices(k), 1) for k in _KINDS])
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._settings.events_flush_interval_s):
@@ -144,7 +147,7 @@ class DeviceEventsConsumer:
     def start(self) -> None:
         s = self._settings
         host, port = s.mqtt_host_port
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=paho_protocol(s.mqtt_protocol))
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         self._client = connect(
