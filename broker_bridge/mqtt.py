@@ -12,6 +12,7 @@ acking their old packet id could acknowledge a different, newer message.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ __all__ = ["SYS_DROPPED", "Inbound", "MqttConsumer"]
 log = logging.getLogger(__name__)
 
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
+_PUBACK = struct.Struct("!BBH")
 
 
 @dataclass(slots=True)
@@ -62,7 +64,11 @@ class MqttConsumer:
         self._on_telemetry = on_telemetry
         self._on_registry_event = on_registry_event
         self._on_sys = on_sys
-        self._filter = topics.shared(settings.share_group, Kind.TELEMETRY)
+        self._v5 = settings.mqtt_protocol == "5"
+        # MQTT 3.1.1 (the amqtt fallback broker) has no shared subscriptions: one replica only.
+        self._filter = (
+            topics.shared(settings.share_group, Kind.TELEMETRY) if self._v5 else topics.all_devices(Kind.TELEMETRY)
+        )
         self._registry = topics.registry_events()
         self.epoch = 0
         self.connected = threading.Event()
@@ -71,13 +77,15 @@ class MqttConsumer:
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=True,
+            clean_session=None if self._v5 else False,
         )
         if settings.mqtt_username:
             pw = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
             c.username_pw_set(settings.mqtt_username, pw)
-        c.max_inflight_messages_set(1000)  # outgoing receipts
+        # Receipts: no client-side inflight cap (paho scans its whole queue per PUBACK when capped).
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(0.2, 5)
         c.on_connect = self._connected
@@ -88,12 +96,15 @@ class MqttConsumer:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._s.session_expiry_s
-        props.ReceiveMaximum = self._s.receive_maximum
-        self._client.connect_async(
-            self._s.mqtt_host, self._s.mqtt_port, self._s.keepalive_s, clean_start=False, properties=props
-        )
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._s.session_expiry_s
+            props.ReceiveMaximum = self._s.receive_maximum
+            self._client.connect_async(
+                self._s.mqtt_host, self._s.mqtt_port, self._s.keepalive_s, clean_start=False, properties=props
+            )
+        else:  # persistent session via clean_session=False, set on the client
+            self._client.connect_async(self._s.mqtt_host, self._s.mqtt_port, self._s.keepalive_s)
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -109,6 +120,23 @@ class MqttConsumer:
             return False
         return self._client.ack(msg.mid, 1) == mqtt.MQTT_ERR_SUCCESS
 
+    def ack_many(self, msgs: list[Inbound]) -> int:
+        """PUBACK ``msgs`` (in order) as one write: one wake-up of the network thread and one
+        syscall for a whole unit instead of two per message. Returns how many were acknowledged.
+
+        Relies on paho 2.x's packet queue (``_packet_queue``), which paho itself uses for PUBACKs;
+        a reconnect clears that queue, so a PUBACK can never reach a newer connection by mistake.
+        """
+        epoch = self.epoch
+        if not self.connected.is_set():
+            return 0
+        mids = [m.mid for m in msgs if m.epoch == epoch]
+        if not mids:
+            return 0
+        blob = b"".join([_PUBACK.pack(0x40, 2, mid) for mid in mids])
+        self._client._packet_queue(0x40, blob, 0, 1)
+        return len(mids)
+
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self._client.publish(topic, payload, qos=qos)
 
@@ -123,9 +151,12 @@ class MqttConsumer:
         self.connected.set()
         log.info("connected to %s:%s (session present: %s)", self._s.mqtt_host, self._s.mqtt_port,
                  flags.session_present)
-        subs = [(self._filter, SubscribeOptions(qos=1)), (self._registry, SubscribeOptions(qos=1))]
+        def opts(qos: int) -> SubscribeOptions | int:
+            return SubscribeOptions(qos=qos) if self._v5 else qos
+
+        subs = [(self._filter, opts(1)), (self._registry, opts(1))]
         if self._on_sys is not None and self._s.sys_topics:
-            subs.append((SYS_DROPPED, SubscribeOptions(qos=0)))
+            subs.append((SYS_DROPPED, opts(0)))
         client.subscribe(subs)
 
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
@@ -137,6 +168,7 @@ class MqttConsumer:
             self.subscribed.set()
 
     def _disconnected(self, _c: mqtt.Client, _ud: object, _f: object, rc: object, _p: object) -> None:
+        self.epoch += 1  # messages of the lost connection are never acked: the broker redelivers them
         self.connected.clear()
         self.subscribed.clear()
         log.warning("disconnected from broker: %s", rc)

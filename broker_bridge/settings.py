@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -32,6 +33,9 @@ class BridgeSettings(BaseSettings):
     mqtt_username: str | None = Field(None, description="Service-account user name (dynamic security).")
     mqtt_password: SecretStr | None = Field(None, description="Service-account password.")
     topic_prefix: str = Field("edu", description="Topic prefix shared with the devices.")
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version: 5 for shared subscriptions (replicas); 3.1.1 for the amqtt fallback."
+    )
     share_group: str = Field("bridge", description="MQTT 5 shared-subscription group; replicas split its load.")
     client_id: str = Field(
         default_factory=_default_client_id,
@@ -56,8 +60,8 @@ class BridgeSettings(BaseSettings):
     batch_max_messages: int = Field(2000, ge=1, description="...or this many messages...")
     batch_max_delay_s: float = Field(0.05, gt=0, description="...or when its oldest message waited this long.")
     max_backlog: int = Field(
-        20000, ge=1, description="Messages held in memory (received, not yet acknowledged) before the "
-        "bridge stops taking more from its inbox; the broker holds the rest."
+        20000, ge=1, description="Messages held in memory (received, not yet acknowledged) at most. The "
+        "broker enforces it through Receive Maximum (which must not exceed it); /ready reports a full backlog."
     )
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
     retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")
@@ -84,6 +88,8 @@ class BridgeSettings(BaseSettings):
         parts = urlsplit(self.mqtt_url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
             raise ConfigError(f"mqtt_url {self.mqtt_url!r}: use mqtt://host:port")
+        if self.receive_maximum > self.max_backlog:
+            raise ConfigError("receive_maximum must be <= max_backlog: the broker may send that many unacked")
         if self.retry_max_s < self.retry_initial_s:
             raise ConfigError("retry_max_s must be >= retry_initial_s")
         return self
