@@ -160,10 +160,12 @@ class MqttConsumer:
         client.subscribe(subs)
 
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
-        failed = [str(c) for c in codes if getattr(c, "is_failure", False)]
-        if failed[:2]:  # the telemetry or registry subscription was refused (ACL)
+        failed = [str(c) for c in codes[:2] if getattr(c, "is_failure", False)]
+        if failed:  # the telemetry or registry subscription was refused (ACL)
             self.last_error = f"subscription refused: {failed}"
             log.error(self.last_error)
+        elif len(codes) > 2 and getattr(codes[2], "is_failure", False):
+            log.warning("no access to $SYS: the broker's dropped-message count is not exported")
         if not any(getattr(c, "is_failure", False) for c in codes[:1]):
             self.subscribed.set()
 

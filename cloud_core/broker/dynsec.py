@@ -167,6 +167,9 @@ class DynsecAdmin(BrokerAdmin):
                 ("subscribePattern", f"$share/+/{filt}"),
                 ("unsubscribePattern", filt),
                 ("unsubscribePattern", f"$share/+/{filt}"),
+                # read-only broker statistics: the bridge exports Mosquitto's dropped-message count
+                ("subscribePattern", "$SYS/broker/#"),
+                ("publishClientReceive", "$SYS/broker/#"),
             ]
             self.execute(
                 *(
