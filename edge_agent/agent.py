@@ -285,7 +285,7 @@ class Pipeline:
         except ProtocolError as exc:
             return ConfigReport(doc.version, "rejected", now, str(exc))
         saved = self.buffer.get_state(_CONFIG_STATE) or {"settings": {}}
-        merged = {**saved["settings"], **new.model_dump(exclude_none=True)}
+        merged = {**saved["settings"], **new.to_dict()}
         self.buffer.set_state(_CONFIG_STATE, {"version": doc.version, "settings": merged})
         self.runtime = _merge(self.runtime, new, doc.version)
         log.info("applied desired config", extra={"version": doc.version})

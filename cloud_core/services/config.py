@@ -94,7 +94,7 @@ class ConfigService:
         previous = crud.latest_config(session, device_id=device_id)
         merged = merge_settings(dict(previous.settings) if previous else {}, changes)
         try:
-            settings = parse_settings(merged).model_dump(exclude_none=True)
+            settings = parse_settings(merged).to_dict()
         except ValidationError as exc:
             raise InvalidInput(str(exc), device_id=device_id) from None
         version = max(previous.version if previous else 0, device.desired_config_version) + 1
