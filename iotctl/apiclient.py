@@ -49,6 +49,19 @@ def resolve_token(token: str | None) -> str:
         raise CliError(f"cannot read the API token {path}: {exc.strerror}") from None
 
 
+def resolve_api(api: str) -> str:
+    """``api`` as given; but the default URL yields to ``<state dir>/api.url``, which ``iotctl up``
+    writes when it had to take another port."""
+    if api != DEFAULT_API:
+        return api
+    from cloud_core.paths import default_state_dir
+
+    try:
+        return (default_state_dir() / "api.url").read_text(encoding="utf-8").strip() or api
+    except OSError:
+        return api
+
+
 def call(
     method: str,
     path: str,
@@ -63,6 +76,7 @@ def call(
     import httpx
 
     headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
         response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s)

@@ -180,7 +180,9 @@ class Platform:
             try:
                 r = httpx.get(f"{self.api_url}/ready", timeout=2)
                 if r.status_code == 200:
-                    (self.state_dir / "api.url").write_text(self.api_url + "\n")
+                    url_file = self.state_dir / "api.url"
+                    url_file.write_text(self.api_url + "\n")
+                    self._stack.callback(url_file.unlink, missing_ok=True)
                     return
                 last = r.text
             except httpx.HTTPError as exc:
