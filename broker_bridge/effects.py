@@ -3,8 +3,10 @@ last_seen (one UPDATE per device per flush), the latest reading per device in th
 event per device per flush on the cache stream for analytics.
 
 Everything here is buffered and flushed every ``effects_interval_s`` by one thread; a sink that is
-down keeps its buffer (latest/last_seen coalesce per device; ledger rows, dead letters and events are
-bounded and their overflow counted) and catches up when it is back. Readings keep flowing meanwhile.
+down keeps its buffer (latest/last_seen coalesce per device; ledger rows, dead letters and event
+readings are bounded and their overflow counted) and catches up when it is back. Readings keep
+flowing meanwhile. Stream events: one per device per flush, covering every batch accepted since the
+last one (``seqs``, ``readings``), so a busy bridge does not make one Redis call per message.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
+from typing import Any
 from datetime import datetime
 
 import orjson
@@ -59,7 +61,9 @@ class SideEffects:
         self._ledger_rows: list[LedgerRow] = []
         self._last_seen: dict[str, datetime] = {}  # pending DB update
         self._latest: dict[str, dict[str, str]] = {}  # pending cache write
-        self._events: deque[dict[str, str]] = deque()
+        # One stream event per device per flush: {device_id, location, seqs, readings} (JSON strings).
+        self._events: dict[str, dict[str, Any]] = {}
+        self._event_readings = 0
         self.seen_at: dict[str, float] = {}  # for the last-seen-age gauge
         self.ledger_rows_dropped = 0
         self.db_ok = True
@@ -96,20 +100,18 @@ class SideEffects:
                     "location": last.location,
                     "values": orjson.dumps(dict(last.fields)).decode(),
                 }
-                if len(self._events) >= self._s.event_buffer_max:
-                    self._m.events_dropped.inc()
-                    continue
-                self._events.append(
-                    {
-                        "device_id": device_id,
-                        "location": last.location,
-                        "seqs": orjson.dumps([a.batch.seq for a in group]).decode(),
-                        "readings": orjson.dumps(
-                            [{"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": dict(p.fields)}
-                             for a in group for p in a.points]
-                        ).decode(),
-                    }
-                )
+                ev = self._events.get(device_id)
+                if ev is None:
+                    if self._event_readings >= self._s.event_buffer_max:
+                        self._m.events_dropped.inc(sum(len(a.points) for a in group))
+                        continue
+                    ev = self._events[device_id] = {"location": last.location, "seqs": [], "readings": []}
+                ev["seqs"].extend(a.batch.seq for a in group)
+                for a in group:
+                    ev["readings"].extend(
+                        {"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": p.fields} for p in a.points
+                    )
+                    self._event_readings += len(a.points)
 
     # ---- flushing --------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -152,14 +154,24 @@ class SideEffects:
     def _flush_cache(self) -> None:
         with self._lock:
             latest, self._latest = self._latest, {}
+        events: dict[str, dict[str, Any]] = {}
         try:
             ttl = self._s.latest_ttl_s
             for device_id, mapping in list(latest.items()):
                 self._cache.hset(LATEST_KEY.format(device_id=device_id), mapping, ttl_s=ttl)
                 del latest[device_id]
-            while self._events:
-                self._cache.stream_add(self._s.stream_name, self._events[0], maxlen=self._s.stream_maxlen)
-                self._events.popleft()
+            with self._lock:
+                events, self._events, self._event_readings = self._events, {}, 0
+            while events:
+                device_id, ev = next(iter(events.items()))
+                fields = {
+                    "device_id": device_id,
+                    "location": ev["location"],
+                    "seqs": orjson.dumps(ev["seqs"]).decode(),
+                    "readings": orjson.dumps(ev["readings"]).decode(),
+                }
+                self._cache.stream_add(self._s.stream_name, fields, maxlen=self._s.stream_maxlen)
+                del events[device_id]
             self.cache_ok = True
         except Exception as exc:  # cache down: keep the newest per device, retry next round
             if self.cache_ok:
@@ -169,6 +181,13 @@ class SideEffects:
             with self._lock:
                 for d, mapping in latest.items():
                     self._latest.setdefault(d, mapping)
+                for d, ev in events.items():  # older first, then what arrived meanwhile
+                    newer = self._events.get(d)
+                    if newer is not None:
+                        ev["seqs"].extend(newer["seqs"])
+                        ev["readings"].extend(newer["readings"])
+                    self._events[d] = ev
+                    self._event_readings += len(ev["readings"]) - (len(newer["readings"]) if newer else 0)
 
     def pending(self) -> int:
         with self._lock:

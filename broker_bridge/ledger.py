@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, text, tuple_
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -28,6 +28,17 @@ __all__ = ["DeviceLedger", "Ledger", "LedgerRow", "compute_ledger", "missing_ran
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
+_PG_KNOWN = text(
+    "SELECT l.device_id, l.seq, l.payload_sha256 FROM batch_ledger l "
+    "JOIN unnest(CAST(:d AS text[]), CAST(:s AS bigint[])) AS q(device_id, seq) "
+    "ON l.device_id = q.device_id AND l.seq = q.seq"
+)
+_PG_RECORD = text(
+    "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, rejected_readings, stored_at) "
+    "SELECT * FROM unnest(CAST(:device_id AS text[]), CAST(:seq AS bigint[]), CAST(:batch_id AS text[]), "
+    "CAST(:payload_sha256 AS text[]), CAST(:readings AS integer[]), CAST(:rejected_readings AS integer[]), "
+    "CAST(:stored_at AS timestamptz[])) ON CONFLICT DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +82,23 @@ class Ledger:
                     ask.append(pair)
                 else:
                     out[pair] = h
-        if ask:
-            with Session(self._engine) as session:
-                for i in range(0, len(ask), _CHUNK):
-                    chunk = ask[i : i + _CHUNK]
-                    stmt = select(BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256).where(
-                        tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk)
-                    )
-                    for device_id, seq, h in session.exec(stmt):
-                        out[(device_id, seq)] = h
+        if not ask:
+            return out
+        if self._engine.dialect.name == "postgresql":
+            # One constant statement (prepared once by the server) whatever the number of pairs.
+            with self._engine.connect() as conn:
+                rows = conn.execute(_PG_KNOWN, {"d": [p[0] for p in ask], "s": [p[1] for p in ask]})
+                for device_id, seq, h in rows:
+                    out[(device_id, seq)] = h
+            return out
+        with Session(self._engine) as session:
+            for i in range(0, len(ask), _CHUNK):
+                chunk = ask[i : i + _CHUNK]
+                stmt = select(BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256).where(
+                    tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk)
+                )
+                for device_id, seq, h in session.exec(stmt):
+                    out[(device_id, seq)] = h
         return out
 
     def known_in_memory(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
@@ -102,12 +121,15 @@ class Ledger:
             }
             for r in rows
         ]
-        dialect = self._engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        if self._engine.dialect.name == "postgresql":
+            # One statement per flush: arrays unnested server-side, far cheaper than executemany.
+            cols = {k: [v[k] for v in values] for k in values[0]}
+            with self._engine.begin() as conn:
+                conn.execute(_PG_RECORD, cols)
+            return
+        stmt = sqlite.insert(BatchLedger).on_conflict_do_nothing()  # executemany: compiled once, cached
         with self._engine.begin() as conn:
-            for i in range(0, len(values), _CHUNK):
-                stmt = insert(BatchLedger).values(values[i : i + _CHUNK]).on_conflict_do_nothing()
-                conn.execute(stmt)
+            conn.execute(stmt, values)
 
 
 def missing_ranges(seqs: Iterable[int], *, first: int, last: int) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .keys import KeyDirectory, parse_registry_event
 from .ledger import Ledger
 from .metrics import HttpServer, Metrics
-from .mqtt import SYS_DROPPED, MqttConsumer
+from .mqtt import SYS_DROPPED, Inbound, MqttConsumer
 from .settings import BridgeSettings
 from .writer import Ingest
 
@@ -47,18 +47,21 @@ class Bridge:
         self.deadletters = DeadLetterQueue(self.engine, max_buffer=s.deadletter_buffer_max)
         self.effects = SideEffects(s, engine=self.engine, cache=self.cache, ledger=self.ledger,
                                    deadletters=self.deadletters, metrics=self.metrics)
-        self.mqtt = MqttConsumer(s, self.topics, on_telemetry=self._on_telemetry,
-                                 on_registry_event=self._on_registry_event, on_sys=self._on_sys)
         self.ingest = Ingest(s, self.topics, lookup=self.directory.lookup, store=self.store, ledger=self.ledger,
                              deadletters=self.deadletters, effects=self.effects, metrics=self.metrics,
-                             ack=self.mqtt.ack, publish=self.mqtt.publish)
+                             ack=self._ack, publish=self._publish)
+        self.mqtt = MqttConsumer(s, self.topics, on_telemetry=self.ingest.submit,
+                                 on_registry_event=self._on_registry_event, on_sys=self._on_sys)
         self.metrics.watch_last_seen(lambda: dict(self.effects.seen_at))
         self.http: HttpServer | None = None
         self._started = False
 
-    # ---- callbacks from the MQTT thread --------------------------------------------------------
-    def _on_telemetry(self, msg: object) -> None:
-        self.ingest.submit(msg)  # type: ignore[arg-type]
+    # ---- callbacks ------------------------------------------------------------------------------
+    def _ack(self, msgs: list[Inbound]) -> int:
+        return self.mqtt.ack_many(msgs)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.mqtt.publish(topic, payload)
 
     def _on_registry_event(self, payload: bytes) -> None:
         event = parse_registry_event(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from typing import Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -42,6 +43,13 @@ class BridgeSettings(BaseSettings):
         description="MQTT client id. Keep it stable per replica: a restarted replica resumes its persistent "
         "session and receives the messages it had not acknowledged.",
     )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT 5 (Receive Maximum, session expiry) or 3.1.1. Mosquitto serves shared subscriptions "
+        "and persistent sessions to both; with 3.1.1 the broker's max_inflight_messages bounds the backlog "
+        "and persistent_client_expiration the session. 3.1.1 costs paho far less CPU per message "
+        "(docs/performance.md).",
+    )
     session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps the session while away.")
     keepalive_s: int = Field(30, ge=5, le=65535)
     receive_maximum: int = Field(
@@ -62,6 +70,10 @@ class BridgeSettings(BaseSettings):
     max_backlog: int = Field(
         20000, ge=1, description="Messages held in memory (received, not yet acknowledged) at most. The "
         "broker enforces it through Receive Maximum (which must not exceed it); /ready reports a full backlog."
+    )
+    receipt_interval_s: float = Field(
+        0.1, ge=0, description="Receipts are cumulative per device: at most one publish per device per this "
+        "interval, naming every batch written since (0 = one per device per write)."
     )
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
     retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")

@@ -1,25 +1,28 @@
 """From received messages to durable points and acknowledgements.
 
-Two threads:
+The MQTT network thread runs each message through :func:`pipeline.process` as it arrives
+(:meth:`Ingest.submit`) and appends the outcome to the open *unit*; a unit closes when it holds
+``batch_max_points`` points or ``batch_max_messages`` messages. One **writer** thread takes closed
+units, or the open one once its oldest message has waited ``batch_max_delay_s``, so batches grow
+with the load: it decides duplicates/replays against the ledger, writes the new points to the
+time-series store in one call (retrying every failure with backoff, the messages staying
+unacknowledged), then acknowledges the unit's messages in arrival order, publishes one cumulative
+receipt per device, and hands dead letters and side effects on.
 
-* the **processor** drains the inbox, runs each message through :func:`pipeline.process` and groups
-  the outcomes into *units* closed by size (points, messages) or age;
-* the **writer** takes one unit at a time: decides duplicates/replays against the ledger, writes the
-  new points to the time-series store in one call (retrying every failure with backoff, the messages
-  staying unacknowledged), then acknowledges the unit's messages in arrival order, publishes one
-  cumulative receipt per device, and hands dead letters and side effects on.
+Verification runs on the network thread on purpose: PyNaCl releases the GIL while it verifies, and
+with a second busy Python thread each release would cost a GIL hand-off (milliseconds under load).
 
-The unit queue is bounded by ``max_backlog`` messages: when the store is down, the processor stops
-taking messages, nothing is acknowledged, and the broker stops sending at Receive Maximum.
+Backpressure: nothing is acknowledged until its write succeeds, so when the store is down the
+broker stops sending at Receive Maximum and holds the rest; the backlog never exceeds it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,15 +61,16 @@ class Backoff:
 
 @dataclass(slots=True)
 class Unit:
-    """Messages processed together: one store write, then their acks in arrival order."""
+    """Messages written together: one store write, then their acks in arrival order. An outcome of
+    None means the registry could not be read yet; the writer processes it again before writing."""
 
-    items: list[tuple[Inbound, Accepted | Rejected]] = field(default_factory=list)
+    items: list[tuple[Inbound, Accepted | Rejected | None]] = field(default_factory=list)
     points: int = 0
-    opened: float = field(default_factory=time.monotonic)
+    opened: float = 0.0
 
 
 class Ingest:
-    """The processor and writer threads around an inbox filled by the MQTT network thread."""
+    """Per-message processing on the network thread, and the writer thread."""
 
     def __init__(
         self,
@@ -79,7 +83,7 @@ class Ingest:
         deadletters: DeadLetterQueue,
         effects: SideEffects,
         metrics: Metrics,
-        ack: Callable[[Inbound], bool],
+        ack: Callable[[list[Inbound]], int],
         publish: Callable[[str, bytes], None],
     ) -> None:
         self._s = settings
@@ -92,128 +96,137 @@ class Ingest:
         self._m = metrics
         self._ack = ack
         self._publish = publish
-        self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
-        units = max(1, settings.max_backlog // settings.batch_max_messages)
-        self._units: queue.Queue[Unit | None] = queue.Queue(maxsize=units)
+        self._skew_ms = int(settings.max_clock_skew_s * 1000)
+        self._cond = threading.Condition(threading.Lock())
+        self._current = Unit()
+        self._closed: deque[Unit] = deque()
+        self._closing = False  # no new messages are taken (they stay unacknowledged)
         self._stop = threading.Event()
         self._drain_deadline = float("inf")
         self._pending = 0  # received, not yet acknowledged (or given up on)
-        self._pending_lock = threading.Lock()
         self._schema_ready = False
+        self._receipts: dict[str, tuple[list[int], list[Rejection]]] = {}
+        self._receipts_at = 0.0
         self.store_ok = True
         self.units_written = 0
-        self._threads = [
-            threading.Thread(target=self._process_loop, name="bridge-processor", daemon=True),
-            threading.Thread(target=self._write_loop, name="bridge-writer", daemon=True),
-        ]
+        self._thread = threading.Thread(target=self._write_loop, name="bridge-writer", daemon=True)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
 
     def stop(self, drain_s: float = 5.0) -> None:
-        """Finish what is in hand for up to ``drain_s`` (written and acked), then stop. What is
-        left is not acknowledged; the broker redelivers it to this session or another replica."""
+        """Take no more messages; write and acknowledge what is in hand for up to ``drain_s``, then
+        stop. What is left is not acknowledged: the broker redelivers it (this session or another)."""
         self._drain_deadline = time.monotonic() + drain_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self._stop.set()
-        for t in self._threads:
-            t.join(drain_s + 5)
-
-    def submit(self, msg: Inbound) -> None:
-        """Called by the MQTT network thread for every telemetry message."""
-        with self._pending_lock:
-            self._pending += 1
-        self._inbox.put(msg)
+        self._thread.join(drain_s + 5)
 
     @property
     def backlog(self) -> int:
         return self._pending
 
-    def _done(self, n: int) -> None:
-        with self._pending_lock:
-            self._pending -= n
-            self._m.backlog.set(self._pending)
-
-    # ---- processor -----------------------------------------------------------------------------
-    def _lookup_retrying(self, device_id: str) -> DeviceKey | None:
-        backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
-        while True:
-            try:
-                return self._lookup(device_id)
-            except DirectoryUnavailable as exc:
-                if self._stop.is_set():
-                    raise
-                delay = backoff.next()
-                log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc,
-                            extra={"device_id": device_id})
-                time.sleep(delay)
-
-    def _process_loop(self) -> None:
+    # ---- network thread ------------------------------------------------------------------------
+    def submit(self, msg: Inbound) -> None:
+        """Process one telemetry message (called by the MQTT network thread)."""
+        if self._closing:
+            return
+        outcome: Accepted | Rejected | None
+        try:
+            outcome = process(msg.topic, msg.payload, topics=self._topics, lookup=self._lookup,
+                              now_ms=int(msg.received * 1000), max_skew_ms=self._skew_ms)
+        except DirectoryUnavailable:
+            outcome = None
         s = self._s
-        skew_ms = int(s.max_clock_skew_s * 1000)
-        unit = Unit()
-        m_recv, m_readings = self._m.messages_received, self._m.readings_received
-        while True:
-            if self._stop.is_set():
-                if unit.items:
-                    self._units.put(unit)
-                self._units.put(None)
-                return
-            timeout = s.batch_max_delay_s if not unit.items else max(0.0, unit.opened + s.batch_max_delay_s -
-                                                                      time.monotonic())
-            try:
-                msg = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                msg = None
-            if msg is not None:
-                if not unit.items:
-                    unit.opened = time.monotonic()
-                try:
-                    outcome = process(msg.topic, msg.payload, topics=self._topics, lookup=self._lookup_retrying,
-                                      now_ms=int(msg.received * 1000), max_skew_ms=skew_ms)
-                except DirectoryUnavailable:
-                    continue  # stopping while the registry is down: left unacknowledged
-                m_recv.inc()
-                if type(outcome) is Accepted:
-                    m_readings.inc(len(outcome.batch.readings))
-                    unit.points += len(outcome.points)
-                unit.items.append((msg, outcome))
-            if unit.items and (
-                unit.points >= s.batch_max_points
-                or len(unit.items) >= s.batch_max_messages
-                or time.monotonic() - unit.opened >= s.batch_max_delay_s
-            ):
-                self._hand_over(unit)
-                unit = Unit()
-
-    def _hand_over(self, unit: Unit) -> None:
-        while True:
-            try:
-                self._units.put(unit, timeout=0.2)
-                return
-            except queue.Full:
-                if self._stop.is_set() and time.monotonic() > self._drain_deadline:
-                    return  # abandoned: not acknowledged, redelivered later
+        self._m.messages_received.inc()
+        npoints = 0
+        if type(outcome) is Accepted:
+            self._m.readings_received.inc(len(outcome.batch.readings))
+            npoints = len(outcome.points)
+        with self._cond:
+            u = self._current
+            if not u.items:
+                u.opened = time.monotonic()
+                self._cond.notify()  # the writer starts timing this unit
+            u.items.append((msg, outcome))
+            u.points += npoints
+            self._pending += 1
+            if u.points >= s.batch_max_points or len(u.items) >= s.batch_max_messages:
+                self._closed.append(u)
+                self._current = Unit()
+                self._cond.notify()
 
     # ---- writer --------------------------------------------------------------------------------
+    def _next_unit(self) -> Unit | None:
+        """The next unit to write, or None when stopping with nothing left. Sends due receipts
+        while it waits."""
+        linger = self._s.batch_max_delay_s
+        while True:
+            with self._cond:
+                if self._closed:
+                    return self._closed.popleft()
+                cur = self._current
+                if cur.items:
+                    wait = cur.opened + linger - time.monotonic()
+                    if wait <= 0 or self._closing:
+                        self._current = Unit()
+                        return cur
+                elif self._closing:
+                    self._flush_receipts(force=True)
+                    return None
+                else:
+                    wait = 0.5
+                if self._receipts:
+                    wait = min(wait, max(0.0, self._receipts_at + self._s.receipt_interval_s - time.monotonic()))
+                self._cond.wait(wait)
+            self._flush_receipts(force=False)
+
     def _write_loop(self) -> None:
         while True:
-            try:
-                unit = self._units.get(timeout=0.2)
-            except queue.Empty:
-                if self._stop.is_set() and time.monotonic() > self._drain_deadline:
-                    return
-                continue
+            unit = self._next_unit()
             if unit is None:
                 return
+            if self._stop.is_set() and time.monotonic() > self._drain_deadline:
+                return  # abandoned: not acknowledged, redelivered later
             try:
+                self._resolve_deferred(unit)
                 self._write_unit(unit)
             except _Abandoned:
                 return
-            except Exception:  # a bug: keep running, messages stay unacknowledged and are redelivered
+            except Exception:  # a bug: keep running; these messages stay unacknowledged until reconnect
                 log.exception("unexpected error writing a unit; its messages stay unacknowledged")
                 self._done(len(unit.items))
+
+    def _done(self, n: int) -> None:
+        with self._cond:
+            self._pending -= n
+        self._m.backlog.set(self._pending)
+
+    def _resolve_deferred(self, unit: Unit) -> None:
+        """Process again the messages whose device the registry could not tell (DB down)."""
+        for i, (msg, outcome) in enumerate(unit.items):
+            if outcome is not None:
+                continue
+            backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
+            while True:
+                try:
+                    o = process(msg.topic, msg.payload, topics=self._topics, lookup=self._lookup,
+                                now_ms=int(msg.received * 1000), max_skew_ms=self._skew_ms)
+                    break
+                except DirectoryUnavailable as exc:
+                    if self._stop.is_set() and time.monotonic() > self._drain_deadline:
+                        raise _Abandoned from None
+                    delay = backoff.next()
+                    log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc,
+                                extra={"device_id": exc.device_id})
+                    time.sleep(delay)
+            if type(o) is Accepted:
+                self._m.readings_received.inc(len(o.batch.readings))
+                unit.points += len(o.points)
+            unit.items[i] = (msg, o)
 
     def _decide(self, unit: Unit) -> tuple[list[Point], dict[int, str]]:
         """Points to write, and per item index the decision ``new``/``duplicate``/``replayed``."""
@@ -261,6 +274,7 @@ class Ingest:
             self._m.write_failures.labels("tsdb").inc()
             if self._stop.is_set() and time.monotonic() > self._drain_deadline:
                 raise _Abandoned
+            self._flush_receipts(force=True)  # what earlier writes stored is receipted meanwhile
             delay = backoff.next()
             log.warning("time-series write of %d points failed, retrying in %.2fs: %s", len(points), delay, err)
             time.sleep(delay)
@@ -286,7 +300,7 @@ class Ingest:
 
     def _finish(self, unit: Unit, decisions: dict[int, str], store_rejected: set[int]) -> None:
         now = datetime.now(UTC)
-        receipts: dict[str, tuple[list[int], list[Rejection]]] = {}
+        receipts = self._receipts
         stored_msgs = stored_readings = 0
         accepted: list[Accepted] = []
         ledger_rows: list[LedgerRow] = []
@@ -322,20 +336,28 @@ class Ingest:
                 assert type(o) is Rejected
                 self._reject(msg, o, now, receipts)
         # Acknowledge in arrival order, only now that the points are durable.
-        for msg, _ in unit.items:
-            if msg.epoch >= 0:
-                self._ack(msg)
+        self._ack([msg for msg, _ in unit.items if msg.epoch >= 0])
+        self._flush_receipts(force=False)
+        self._m.messages_stored.inc(stored_msgs)
+        self._m.readings_stored.inc(stored_readings)
+        self._effects.accepted(accepted, ledger_rows, now)
+        self.units_written += 1
+        self._done(len(unit.items))
+
+    def _flush_receipts(self, *, force: bool) -> None:
+        """Publish the pending receipts, one per device covering every batch written since its last
+        one, at most every ``receipt_interval_s`` (fewer publishes under load; never before the write)."""
+        now = time.monotonic()
+        if not self._receipts or (not force and now - self._receipts_at < self._s.receipt_interval_s):
+            return
+        receipts, self._receipts = self._receipts, {}
+        self._receipts_at = now
         for device_id, (stored, rejected) in receipts.items():
             try:
                 self._publish(self._topics.receipts(device_id), encode(Receipt(tuple(stored), tuple(rejected))))
                 self._m.receipts.inc()
             except Exception as exc:  # receipts are advisory: the device resends and we ack again
                 log.warning("receipt to %s not sent: %s", device_id, exc, extra={"device_id": device_id})
-        self._m.messages_stored.inc(stored_msgs)
-        self._m.readings_stored.inc(stored_readings)
-        self._effects.accepted(accepted, ledger_rows, now)
-        self.units_written += 1
-        self._done(len(unit.items))
 
     def _reject(self, msg: Inbound, o: Rejected, now: datetime,
                 receipts: dict[str, tuple[list[int], list[Rejection]]]) -> None:
