@@ -61,3 +61,45 @@ def test_worker_scores_stream_and_stores_one_episode_per_spike(redis_url: str, t
     other = AnalyticsWorker(AnalyticsSettings(consumer="w2", block_ms=0), cache, engine)
     assert other.poll(block_ms=0) == 0
     cache.close()
+
+
+def test_worker_command_runs_in_its_own_process_and_stops_on_sigterm(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`iotctl anomalies worker`, as a production deployment runs it, stores an episode from the stream."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = f"sqlite:///{tmp_path}/meta.db"
+    cache = open_cache(redis_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iotctl", "anomalies", "worker", "--cache-url", redis_url, "--db", db,
+         "--metrics-port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        rng = np.random.default_rng(1)
+        values = 21 + rng.normal(0, 0.2, 600)
+        values[500] = 35.0
+        t0 = 1_700_000_000_000
+        for i, v in enumerate(values.tolist()):
+            fields = {"device_id": "dev-9", "sensor_type": "bme280", "ts": str(t0 + i * 60_000),
+                      "values": orjson.dumps({"temperature": v}).decode()}  # fmt: skip
+            cache.stream_add("edu:readings", fields)
+        engine = make_engine(db)
+        deadline = time.monotonic() + 60
+        rows: list[Anomaly] = []
+        while time.monotonic() < deadline and not rows:
+            time.sleep(0.5)
+            try:
+                with Session(engine) as s:
+                    rows = list(s.exec(select(Anomaly)))
+            except Exception:  # the worker has not created the table yet
+                rows = []
+        assert [(a.device_id, a.start_ms) for a in rows] == [("dev-9", t0 + 500 * 60_000)]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -147,10 +147,15 @@ def _evaluate_sim(sim_data: Path, sim_labels: Path, alerts_out: Path | None) -> 
 @app.command("list")
 def list_(
     device: str | None = typer.Option(None, "--device", help="Only this device."),
-    db: str = typer.Option("sqlite:///meta.db", "--db", envvar="EDU_DB_URL", help="Metadata database URL."),
+    db: str | None = typer.Option(
+        None, "--db", envvar="EDU_DB_URL", help="Metadata database URL (default: the state dir's meta.db)."
+    ),
     limit: int = typer.Option(50, "--limit"),
 ) -> None:
     """Show stored anomaly episodes, newest first."""
+    from cloud_core.paths import default_db_url
+
+    db = db or default_db_url()
     from datetime import UTC, datetime
 
     from rich.console import Console
@@ -194,3 +199,57 @@ def list_(
             str(a.count),
         )
     Console(width=160).print(t)
+
+
+@app.command("worker")
+def worker(
+    cache_url: str = typer.Option(..., "--cache-url", envvar="EDU_CACHE_URL", help="redis://HOST:PORT/DB"),
+    db: str | None = typer.Option(None, "--db", envvar="EDU_DB_URL", help="Metadata DB where episodes are stored."),
+    mqtt_url: str | None = typer.Option(
+        None, "--mqtt-url", envvar="EDU_MQTT_URL", help="Publish alerts on <prefix>/devices/<id>/alerts here."
+    ),
+    mqtt_username: str | None = typer.Option(None, "--mqtt-username", envvar="EDU_MQTT_USERNAME"),
+    mqtt_password: str | None = typer.Option(None, "--mqtt-password", envvar="EDU_MQTT_PASSWORD"),
+    topic_prefix: str = typer.Option("edu", "--topic-prefix", envvar="EDU_TOPIC_PREFIX"),
+    metrics_port: int = typer.Option(9110, "--metrics-port", help="Prometheus /metrics port (0: none)."),
+) -> None:
+    """Run one analytics worker of the consumer group until SIGINT/SIGTERM (settings: EDU_ANALYTICS_*)."""
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from cloud_core.analytics.settings import AnalyticsSettings
+    from cloud_core.analytics.worker import AnalyticsWorker
+    from cloud_core.broker.admin import BrokerAdminError
+    from cloud_core.broker.client import MqttPublisher, connect
+    from cloud_core.cache import open_cache
+    from cloud_core.core.config import parse_mqtt_url
+    from cloud_core.core.db import create_all, make_engine
+    from cloud_core.core.logging import setup_logging
+    from cloud_core.paths import default_db_url
+    from iot_protocol import Topics
+
+    setup_logging("INFO")
+    try:
+        cache = open_cache(cache_url)
+        engine = make_engine(db or default_db_url())
+        create_all(engine)
+        publisher = None
+        if mqtt_url:
+            host, port = parse_mqtt_url(mqtt_url)
+            publisher = MqttPublisher(connect(host, port, username=mqtt_username, password=mqtt_password))
+    except (ValueError, BrokerAdminError) as exc:
+        raise CliError(str(exc)) from None
+    if metrics_port:
+        start_http_server(metrics_port, addr="0.0.0.0")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    analytics = AnalyticsWorker(
+        AnalyticsSettings(), cache, engine,
+        publish=publisher.publish if publisher else None, topics=Topics(topic_prefix),
+    )  # fmt: skip
+    analytics.run(stop)
+    if publisher is not None:
+        publisher.close()
