@@ -2,23 +2,24 @@
 field documented here; ``docs/agent.md`` and ``agent.example.toml`` are written from these fields.
 
 Environment variables ``EDU_AGENT_<FIELD>`` fill top-level fields the file leaves out. A bad value
-raises :class:`edge_agent.errors.SettingsError` naming the field, in one line.
+raises :class:`edge_agent.errors.SettingsError` naming the field, in one line, e.g.
+``agent.toml: sensors[1].timeout_s: must be a number > 0 and <= 300, got 'x'``.
 
-This is a plain pydantic model rather than a pydantic-settings object: on the device every MB counts
-and pydantic-settings costs about 5 MB of RSS for the one feature (environment overlay) done here in
-ten lines.
+Frozen dataclasses checked by the small ``_schema`` layer, not pydantic(-settings) as elsewhere in
+the project: on the device every MB counts, and pydantic costs about 11 MB of RSS (docs/agent.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic import ValidationError as _PydanticError
-
+from ._schema import Invalid, build, describe, format_default, rule_of, setting
 from .errors import SettingsError
 
 __all__ = [
@@ -31,152 +32,144 @@ __all__ = [
     "load_settings",
     "settings_reference",
 ]
+# ruff's RUF009 cannot tell that setting() is dataclasses.field() with metadata (and Path is immutable)
+_STATE = Path("/var/lib/edu-agent")
+_THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SimulatedSpec(_Spec):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimulatedSpec:
     """A modelled environment sensor (daily sine plus seeded noise); firmware_sim uses the same class."""
 
     type: Literal["simulated"]
-    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
-    fields: tuple[str, ...] = Field(
+    sensor_type: str = setting("environment", "InfluxDB sensor_type tag.", min_len=1, max_len=64)
+    fields: tuple[str, ...] = setting(
         ("temperature", "humidity", "pressure"),
-        min_length=1,
-        description="Fields to produce (known: temperature, "
+        "Fields to produce (known: temperature, "
         "humidity, pressure, battery_level, signal_strength; others get a generic 0..100 signal).",
+        min_len=1,
     )
-    seed: int = Field(0, description="Noise seed: the same seed and timestamps give the same values.")
-    noise: float = Field(0.1, ge=0, le=10, description="Standard deviation of the noise, in each field's unit.")
-    fail_every: int = Field(0, ge=0, description="Every Nth read fails (0 = never); exercises quality flags.")
+    seed: int = setting(0, "Noise seed: the same seed and timestamps give the same values.")
+    noise: float = setting(0.1, "Standard deviation of the noise, in each field's unit.", ge=0, le=10)
+    fail_every: int = setting(0, "Every Nth read fails (0 = never); exercises quality flags.", ge=0)
 
 
-class CpuTempSpec(_Spec):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuTempSpec:
     """The SoC temperature from Linux thermal sysfs (millidegrees C)."""
 
     type: Literal["cpu_temp"]
-    sensor_type: str = Field("cpu", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
-    path: Path = Field(Path("/sys/class/thermal/thermal_zone0/temp"), description="sysfs file to read.")
+    sensor_type: str = setting("cpu", "InfluxDB sensor_type tag.", min_len=1, max_len=64)
+    path: Path = setting(_THERMAL, "sysfs file to read.")  # noqa: RUF009 (see _STATE)
 
 
-class CommandSpec(_Spec):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandSpec:
     """Runs a program each sample; its stdout is a JSON object of field -> number, or
     ``{"values": {...}, "quality": 0..1, "flags": [...]}``."""
 
     type: Literal["command"]
-    sensor_type: str = Field(min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
-    command: tuple[str, ...] = Field(min_length=1, description="argv of the program (no shell).")
-    timeout_s: float = Field(5.0, gt=0, le=300, description="Kill the program and flag the read after this.")
+    sensor_type: str = setting(description="InfluxDB sensor_type tag.", min_len=1, max_len=64)
+    command: tuple[str, ...] = setting(description="argv of the program (no shell).", min_len=1)
+    timeout_s: float = setting(5.0, "Kill the program and flag the read after this.", gt=0, le=300)
 
 
-class Bme280Spec(_Spec):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bme280Spec:
     """Bosch BME280 temperature/humidity/pressure over I2C (needs the ``bme280`` extra: smbus2)."""
 
     type: Literal["bme280"]
-    sensor_type: str = Field("environment", min_length=1, max_length=64, description="InfluxDB sensor_type tag.")
-    bus: int = Field(1, ge=0, description="I2C bus number (/dev/i2c-N); 1 on a Raspberry Pi.")
-    address: int = Field(0x76, ge=0x03, le=0x77, description="I2C address: 0x76 (SDO low) or 0x77.")
+    sensor_type: str = setting("environment", "InfluxDB sensor_type tag.", min_len=1, max_len=64)
+    bus: int = setting(1, "I2C bus number (/dev/i2c-N); 1 on a Raspberry Pi.", ge=0)
+    address: int = setting(0x76, "I2C address: 0x76 (SDO low) or 0x77.", ge=0x03, le=0x77)
 
 
-SensorSpec = Annotated[SimulatedSpec | CpuTempSpec | CommandSpec | Bme280Spec, Field(discriminator="type")]
+SensorSpec = SimulatedSpec | CpuTempSpec | CommandSpec | Bme280Spec
+"""One ``[[sensors]]`` table; its ``type`` picks the kind."""
 
 
-class AgentSettings(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSettings:
     """Everything the agent needs that is not its identity (which ``iotctl agent enroll`` writes)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
     # --- where things live
-    identity_dir: Path = Field(
-        Path("/var/lib/edu-agent/identity"),
-        description="Written by `iotctl agent enroll`: device key and credentials (0600), cloud key.",
+    identity_dir: Path = setting(  # noqa: RUF009 (see _STATE)
+        _STATE / "identity",
+        "Written by `iotctl agent enroll`: device key and credentials (0600), cloud key.",
     )
-    buffer_path: Path = Field(
-        Path("/var/lib/edu-agent/buffer.db"),
-        description="SQLite (WAL) file holding readings until receipted.",
+    buffer_path: Path = setting(  # noqa: RUF009 (see _STATE)
+        _STATE / "buffer.db", "SQLite (WAL) file holding readings until receipted."
     )
     # --- MQTT
-    mqtt_url: str | None = Field(
-        None, description="Override the broker URL from enrollment (mqtt://host:port or mqtts://host:port)."
+    mqtt_url: str | None = setting(
+        None, "Override the broker URL from enrollment (mqtt://host:port or mqtts://host:port)."
     )
-    topic_prefix: str | None = Field(None, description="Override the topic prefix from enrollment.")
-    mqtt_keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the last will fires ~1.5x after.")
-    session_expiry_s: int = Field(
-        7 * 86_400,
-        ge=0,
-        description="MQTT 5 session expiry: how long the broker keeps our session while away.",
+    topic_prefix: str | None = setting(None, "Override the topic prefix from enrollment.")
+    mqtt_keepalive_s: int = setting(30, "MQTT keepalive; the last will fires ~1.5x after.", ge=5, le=3600)
+    session_expiry_s: int = setting(
+        7 * 86_400, "MQTT 5 session expiry: how long the broker keeps our session while away.", ge=0
     )
     # --- timing
-    sampling_interval_s: float = Field(1.0, ge=0.05, le=86_400, description="Seconds between samples of all sensors.")
-    transmission_interval_s: float = Field(
-        5.0, ge=0.05, le=86_400, description="Seconds between publish cycles (readings wait in the buffer)."
+    sampling_interval_s: float = setting(1.0, "Seconds between samples of all sensors.", ge=0.05, le=86_400)
+    transmission_interval_s: float = setting(
+        5.0, "Seconds between publish cycles (readings wait in the buffer).", ge=0.05, le=86_400
     )
-    batch_max_readings: int = Field(100, ge=1, le=1000, description="Readings per batch at most.")
-    max_inflight_batches: int = Field(
-        8, ge=1, le=1000, description="Batches published but not yet receipted, at most (caps resend work)."
+    batch_max_readings: int = setting(100, "Readings per batch at most.", ge=1, le=1000)
+    max_inflight_batches: int = setting(
+        8, "Batches published but not yet receipted, at most (caps resend work).", ge=1, le=1000
     )
-    receipt_timeout_s: float = Field(
-        30.0,
-        gt=0,
-        le=86_400,
-        description="Resend a batch (identical bytes) if no receipt arrived after this.",
+    receipt_timeout_s: float = setting(
+        30.0, "Resend a batch (identical bytes) if no receipt arrived after this.", gt=0, le=86_400
     )
-    heartbeat_interval_s: float = Field(60.0, ge=1, le=86_400, description="Seconds between health messages.")
-    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay.")
-    backoff_max_s: float = Field(60.0, gt=0, le=86_400, description="Reconnect delay cap (doubles from initial).")
-    backoff_jitter: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Random share of each delay (0.5: wait 50-100% of it), spreads a fleet's retries.",
+    heartbeat_interval_s: float = setting(60.0, "Seconds between health messages.", ge=1, le=86_400)
+    backoff_initial_s: float = setting(1.0, "First reconnect delay.", gt=0, le=3600)
+    backoff_max_s: float = setting(60.0, "Reconnect delay cap (doubles from initial).", gt=0, le=86_400)
+    backoff_jitter: float = setting(
+        0.5, "Random share of each delay (0.5: wait 50-100% of it), spreads a fleet's retries.", ge=0, le=1
     )
     # --- buffer
-    buffer_max_rows: int = Field(500_000, ge=10, description="Readings the buffer holds at most.")
-    buffer_max_bytes: int | None = Field(
-        None, ge=4096, description="Bytes of reading payload the buffer holds at most (None: rows only)."
+    buffer_max_rows: int = setting(500_000, "Readings the buffer holds at most.", ge=10)
+    buffer_max_bytes: int | None = setting(
+        None, "Bytes of reading payload the buffer holds at most (unset: rows only).", ge=4096
     )
-    overflow_policy: Literal["drop_oldest", "drop_newest"] = Field(
+    overflow_policy: Literal["drop_oldest", "drop_newest"] = setting(
         "drop_oldest",
-        description="When the buffer is full: drop the oldest readings, or refuse the new one. "
+        "When the buffer is full: drop the oldest readings, or refuse the new one. "
         "Either way the dropped count is persisted and reported in health.",
     )
-    buffer_synchronous: Literal["normal", "full"] = Field(
-        "full", description="SQLite synchronous mode: full survives power loss; normal only process crashes."
+    buffer_synchronous: Literal["normal", "full"] = setting(
+        "full", "SQLite synchronous mode: full survives power loss; normal only process crashes."
     )
-    keep_produced_log: bool = Field(
-        False,
-        description="Also log every reading produced in a table that is never pruned (tests, ground truth).",
+    keep_produced_log: bool = setting(
+        False, "Also log every reading produced in a table that is never pruned (tests, ground truth)."
     )
     # --- logging
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="JSON log level (stderr).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "JSON log level (stderr).")
     # --- sensors
-    sensors: tuple[SensorSpec, ...] = Field(
-        min_length=1, description="Sensors to sample, as [[sensors]] tables; `type` picks the kind."
+    sensors: tuple[SensorSpec, ...] = setting(
+        description="Sensors to sample, as [[sensors]] tables; `type` picks the kind.", min_len=1
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> AgentSettings:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be >= backoff_initial_s")
-        types = [s.sensor_type for s in self.sensors]
-        dup = next((t for t in types if types.count(t) > 1), None)
-        if dup is not None:  # storage keys a point on (device, sensor_type, ts): two would overwrite
-            raise ValueError(f"two sensors share sensor_type {dup!r}; give each its own")
-        return self
+
+def _cross_check(s: AgentSettings) -> None:
+    """Rules that involve more than one field."""
+    if s.backoff_max_s < s.backoff_initial_s:
+        raise Invalid("backoff_max_s", f"must be >= backoff_initial_s ({s.backoff_initial_s:g})")
+    types = [x.sensor_type for x in s.sensors]
+    dup = next((i for i, t in enumerate(types) if t in types[:i]), None)
+    if dup is not None:  # storage keys a point on (device, sensor_type, ts): two would overwrite
+        raise Invalid(f"sensors[{dup}].sensor_type", f"two sensors share sensor_type {types[dup]!r}; give each its own")
 
 
-def _one_line(exc: _PydanticError, source: str) -> SettingsError:
-    first = exc.errors()[0]
-    parts = list(first["loc"])
-    # pydantic puts the union tag after the sensor's index (sensors.1.command.timeout_s): drop it
-    parts = [p for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and i < len(parts) - 1)]
-    loc = ".".join(str(p) for p in parts)
-    msg = first["msg"]
-    if first["type"] == "union_tag_invalid":
-        msg = "unknown sensor type: use simulated, cpu_temp, command or bme280"
-    return SettingsError(f"{source}: {loc or 'settings'}: {msg}", field=loc)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _from_env(name: str, raw: str) -> Any:
+    """An environment string for top-level field ``name``; numbers are parsed by the schema."""
+    if typing.get_type_hints(AgentSettings)[name] is bool:
+        low = raw.strip().lower()
+        return True if low in _TRUE else False if low in _FALSE else raw
+    return raw
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> AgentSettings:
@@ -202,32 +195,44 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> AgentSett
         for key in ("identity_dir", "buffer_path"):  # relative paths are relative to the file
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
-    for name in AgentSettings.model_fields:
-        env = os.environ.get(f"EDU_AGENT_{name.upper()}")
-        if env is not None and name not in data and name != "sensors":
-            data[name] = env
+    from_env: dict[str, str] = {}
+    for f in dataclasses.fields(AgentSettings):
+        var = f"EDU_AGENT_{f.name.upper()}"
+        env = os.environ.get(var)
+        if env is not None and f.name not in data and f.name != "sensors":
+            data[f.name] = _from_env(f.name, env)
+            from_env[f.name] = var
     data.update(overrides)
+    for key in overrides:
+        from_env.pop(key, None)
     try:
-        return AgentSettings(**data)
-    except _PydanticError as exc:
-        raise _one_line(exc, source) from None
+        settings: AgentSettings = build(AgentSettings, data)
+        _cross_check(settings)
+    except Invalid as exc:
+        origin = f" (from {from_env[exc.path]})" if exc.path in from_env else ""
+        raise SettingsError(f"{source}: {exc}{origin}", field=exc.path) from None
+    return settings
 
 
 def settings_reference() -> str:
-    """Markdown table of every setting (top level and per sensor type), from the field descriptions."""
+    """Markdown table of every setting (top level and per sensor type): default, what it accepts and
+    what it means, from the field definitions above."""
 
-    def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    def rows(cls: type[Any], prefix: str = "") -> list[str]:
+        hints = typing.get_type_hints(cls)
         out = []
-        for name, f in model.model_fields.items():
-            if name == "sensors" or (name == "type" and prefix):
+        for f in dataclasses.fields(cls):
+            if f.name == "sensors" or (f.name == "type" and prefix):
                 continue
-            default = "required" if f.is_required() else repr(f.default)
-            out.append(f"| `{prefix}{name}` | `{default}` | {f.description or ''} |")
+            rule = rule_of(f)
+            accepts = describe(hints[f.name], rule)
+            out.append(f"| `{prefix}{f.name}` | `{format_default(f)}` | {accepts} | {rule.description} |")
         return out
 
-    lines = ["| setting | default | meaning |", "|---|---|---|", *rows(AgentSettings)]
+    lines = ["| setting | default | accepts | meaning |", "|---|---|---|---|", *rows(AgentSettings)]
     for spec in (SimulatedSpec, CpuTempSpec, CommandSpec, Bme280Spec):
-        kind = spec.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-        lines.append(f'| **`[[sensors]] type = "{kind}"`** | | {spec.__doc__ or ""} |')
-        lines.extend(rows(spec, "sensors."))
+        kind = typing.get_args(typing.get_type_hints(spec)["type"])[0]
+        doc = " ".join((spec.__doc__ or "").split())
+        lines.append(f'| **`[[sensors]] type = "{kind}"`** | | | {doc} |')
+        lines.extend(rows(spec, "sensors[]."))
     return "\n".join(lines)
