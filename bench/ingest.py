@@ -387,9 +387,11 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=200, help="devices publishing")
     ap.add_argument("--replicas", type=int, default=2, help="bridge processes on the shared subscription")
     ap.add_argument("--latency-s", type=float, default=10.0, help="(d) seconds of half-load traffic")
-    ap.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol")
+    ap.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol (3.1.1: one replica)")
     ap.add_argument("--skip-raw", action="store_true", help="skip (a) and (b); ratios then use LIMITS.md's figures")
     args = ap.parse_args()
+    if args.protocol == "3.1.1" and args.replicas > 1:
+        ap.error("--protocol 3.1.1 subscribes without sharing (the amqtt fallback): use --replicas 1")
 
     rows: list[tuple[str, str, str]] = []
     out: dict[str, Any] = {"replicas": args.replicas, "devices": args.devices, "protocol": args.protocol}

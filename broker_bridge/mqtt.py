@@ -174,7 +174,10 @@ class MqttConsumer:
         self.epoch += 1  # messages of the lost connection are never acked: the broker redelivers them
         self.connected.clear()
         self.subscribed.clear()
-        log.warning("disconnected from broker: %s", rc)
+        if getattr(rc, "is_failure", True):
+            log.warning("disconnected from broker: %s", rc)
+        else:
+            log.info("disconnected from broker: %s", rc)
 
     def _message(self, client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
         raw_topic: bytes = msg._topic  # bytes: a non-UTF-8 topic must not raise here

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from typing import Literal
-from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -35,20 +34,14 @@ class BridgeSettings(BaseSettings):
     mqtt_password: SecretStr | None = Field(None, description="Service-account password.")
     topic_prefix: str = Field("edu", description="Topic prefix shared with the devices.")
     mqtt_protocol: Literal["5", "3.1.1"] = Field(
-        "5", description="MQTT version: 5 for shared subscriptions (replicas); 3.1.1 for the amqtt fallback."
+        "5", description="MQTT version: 5 for shared subscriptions (replicas); 3.1.1 for the amqtt fallback "
+        "(one replica, plain subscription; the broker's inflight limit then bounds the backlog)."
     )
     share_group: str = Field("bridge", description="MQTT 5 shared-subscription group; replicas split its load.")
     client_id: str = Field(
         default_factory=_default_client_id,
         description="MQTT client id. Keep it stable per replica: a restarted replica resumes its persistent "
         "session and receives the messages it had not acknowledged.",
-    )
-    mqtt_protocol: Literal["5", "3.1.1"] = Field(
-        "5",
-        description="MQTT 5 (Receive Maximum, session expiry) or 3.1.1. Mosquitto serves shared subscriptions "
-        "and persistent sessions to both; with 3.1.1 the broker's max_inflight_messages bounds the backlog "
-        "and persistent_client_expiration the session. 3.1.1 costs paho far less CPU per message "
-        "(docs/performance.md).",
     )
     session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps the session while away.")
     keepalive_s: int = Field(30, ge=5, le=65535)
