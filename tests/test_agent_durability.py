@@ -200,7 +200,7 @@ class Rig:
             db.close()
         return (produced[0] if produced else 0), depth
 
-    def produced_more_than(self, n: int, timeout: float = 20) -> int:
+    def produced_more_than(self, n: int, timeout: float = 60) -> int:
         return wait_for(lambda: (p := self.buffer_counts()[0]) > n and p, timeout, f"agent producing > {n}")
 
     def drain_and_check(self, timeout: float = 60) -> int:
