@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_OWN_PACKAGES = {"iotctl", "iot_protocol", "edge_agent", "broker_bridge", "cloud_core", "firmware_sim", "iot_testing"}
+
+
 class LazyGroup(TyperGroup):
     """A group whose sub-commands are Typer apps imported on first use."""
 
@@ -71,5 +74,16 @@ def main() -> None:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        # A command imported a package this install lacks (e.g. a cloud command on an edge-only
+        # Raspberry Pi). Our own modules missing would be a packaging bug: keep that traceback.
+        if not exc.name or exc.name.split(".")[0] in _OWN_PACKAGES:
+            raise
+        print(
+            f"error: this command needs the Python package {exc.name!r}, which is not installed: "
+            "pip install 'edu-platform[all]'",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
