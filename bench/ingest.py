@@ -25,6 +25,7 @@ its default (10,000). Prints a table, then one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import shutil
@@ -102,8 +103,9 @@ class RawPublisher:
     def __init__(self, host: str, port: int, *, window: int = 2000, client_id: str = "bench-pub") -> None:
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(_packet(0x10, _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60)
-                                  + _str(client_id.encode())))
+        self.sock.sendall(
+            _packet(0x10, _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _str(client_id.encode()))
+        )
         ack = self._recv_exact(4)
         if ack[0] != 0x20 or ack[3] != 0:
             raise RuntimeError(f"CONNACK refused: {ack!r}")
@@ -181,12 +183,43 @@ def bench_mosquitto(n: int) -> tuple[float, dict[str, float]]:
     broker = MosquittoServer(**BROKER_LIMITS)
     broker.start()
     try:
-        sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t",
-                                "bench/raw", "-C", str(n), "-i", "bench-sub"], stdout=subprocess.DEVNULL)
+        sub = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-h",
+                broker.host,
+                "-p",
+                str(broker.port),
+                "-q",
+                "1",
+                "-t",
+                "bench/raw",
+                "-C",
+                str(n),
+                "-i",
+                "bench-sub",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         line = b"x" * 199 + b"\n"
-        pub = subprocess.Popen(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t",
-                                "bench/raw", "-l", "-i", "bench-pubraw"], stdin=subprocess.PIPE)
+        pub = subprocess.Popen(
+            [
+                "mosquitto_pub",
+                "-h",
+                broker.host,
+                "-p",
+                str(broker.port),
+                "-q",
+                "1",
+                "-t",
+                "bench/raw",
+                "-l",
+                "-i",
+                "bench-pubraw",
+            ],
+            stdin=subprocess.PIPE,
+        )
         meter = CpuMeter({"mosquitto": broker.pid or 0, "mosquitto_pub": pub.pid, "mosquitto_sub": sub.pid})
         t0 = time.monotonic()
         assert pub.stdin is not None
@@ -210,13 +243,20 @@ def bench_influx(influx: InfluxServer, n_points: int) -> tuple[float, dict[str, 
         for conns in (1, 2):
             db = f"raw_{batch}_{conns}"
             influx.query(f'CREATE DATABASE "{db}"')
-            points = [Point(f"dev{i % 1000}", "bme280", "room", base + i, {"temperature": 21.5, "humidity": 40.0,
-                                                                          "pressure": 1013.2, "quality_score": 0.9})
-                      for i in range(n_points)]
+            points = [
+                Point(
+                    f"dev{i % 1000}",
+                    "bme280",
+                    "room",
+                    base + i,
+                    {"temperature": 21.5, "humidity": 40.0, "pressure": 1013.2, "quality_score": 0.9},
+                )
+                for i in range(n_points)
+            ]
             bodies = [encode_points(points[i : i + batch]) for i in range(0, n_points, batch)]
             path = f"/write?db={db}&precision=ms"
 
-            def worker(mine: list[bytes]) -> None:
+            def worker(mine: list[bytes], path: str = path) -> None:
                 c = http.client.HTTPConnection(influx.host, influx.port, timeout=60)
                 for body in mine:
                     while True:
@@ -250,8 +290,9 @@ class Bridges:
             port = free_port()
             log = open(log_dir / f"bridge{i}.log", "ab")  # noqa: SIM115 - closed with the process
             e = {**env, "EDU_BRIDGE_CLIENT_ID": f"bench-bridge-{i}", "EDU_BRIDGE_METRICS_PORT": str(port)}
-            self.procs.append(subprocess.Popen([iotctl, "bridge", "run", "--log-level", "WARNING"], env=e,
-                                               stdout=log, stderr=log))
+            self.procs.append(
+                subprocess.Popen([iotctl, "bridge", "run", "--log-level", "WARNING"], env=e, stdout=log, stderr=log)
+            )
             self.ports.append(port)
 
     def _metric(self, port: int, name: str) -> float:
@@ -295,7 +336,9 @@ def wait(pred: Callable[[], bool], timeout: float, what: str, interval: float = 
         time.sleep(interval)
 
 
-def signed_messages(topics: Topics, keys: dict[str, Any], per_msg: int, n_msgs: int, ts0: int) -> list[tuple[str, bytes]]:
+def signed_messages(
+    topics: Topics, keys: dict[str, Any], per_msg: int, n_msgs: int, ts0: int
+) -> list[tuple[str, bytes]]:
     devices = list(keys)
     out = []
     for k in range(n_msgs):
@@ -305,9 +348,18 @@ def signed_messages(topics: Topics, keys: dict[str, Any], per_msg: int, n_msgs: 
     return out
 
 
-def run_bridge_phase(name: str, *, broker: MosquittoServer, env: dict[str, str], replicas: int, log_dir: Path,
-                     messages: list[tuple[str, bytes]], per_msg: int, store_url: str,
-                     server_pids: dict[str, int]) -> tuple[float, dict[str, float], int]:
+def run_bridge_phase(
+    name: str,
+    *,
+    broker: MosquittoServer,
+    env: dict[str, str],
+    replicas: int,
+    log_dir: Path,
+    messages: list[tuple[str, bytes]],
+    per_msg: int,
+    store_url: str,
+    server_pids: dict[str, int],
+) -> tuple[float, dict[str, float], int]:
     bridges = Bridges(replicas, env, log_dir)
     try:
         wait(bridges.ready, 60, "bridges ready")
@@ -333,8 +385,16 @@ def run_bridge_phase(name: str, *, broker: MosquittoServer, env: dict[str, str],
     return total / dt, cpu, counted
 
 
-def run_latency_phase(*, broker: MosquittoServer, env: dict[str, str], replicas: int, log_dir: Path,
-                      messages: list[tuple[str, bytes]], rate_msgs: float, topics: Topics) -> tuple[float, float]:
+def run_latency_phase(
+    *,
+    broker: MosquittoServer,
+    env: dict[str, str],
+    replicas: int,
+    log_dir: Path,
+    messages: list[tuple[str, bytes]],
+    rate_msgs: float,
+    topics: Topics,
+) -> tuple[float, float]:
     bridges = Bridges(replicas, env, log_dir)
     rc = ReceiptCollector(broker.host, broker.port, topics)
     try:
@@ -387,7 +447,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=200, help="devices publishing")
     ap.add_argument("--replicas", type=int, default=2, help="bridge processes on the shared subscription")
     ap.add_argument("--latency-s", type=float, default=10.0, help="(d) seconds of half-load traffic")
-    ap.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol (3.1.1: one replica)")
+    ap.add_argument(
+        "--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol (3.1.1: one replica)"
+    )
     ap.add_argument("--skip-raw", action="store_true", help="skip (a) and (b); ratios then use LIMITS.md's figures")
     args = ap.parse_args()
     if args.protocol == "3.1.1" and args.replicas > 1:
@@ -412,8 +474,9 @@ def main() -> None:
         ix_rate, ix_detail = (410_000.0, {}) if args.skip_raw else bench_influx(influx, args.influx_points)
         out["influx_points_per_s"] = round(ix_rate)
         out["influx_detail"] = ix_detail
-        rows.append(("raw InfluxDB line protocol (best of batch x connections)", f"{ix_rate:,.0f} points/s",
-                     str(ix_detail)))
+        rows.append(
+            ("raw InfluxDB line protocol (best of batch x connections)", f"{ix_rate:,.0f} points/s", str(ix_detail))
+        )
 
         db_url = pg.create_database("bench")
         engine = make_engine(db_url)
@@ -440,9 +503,17 @@ def main() -> None:
         print("(c) bridge, 50 readings per message ...", file=sys.stderr)
         influx.query('CREATE DATABASE "bridge50"')
         url50 = influx.url_for("bridge50")
-        r50, cpu50, n50 = run_bridge_phase("b50", broker=broker, env={**base_env, "EDU_BRIDGE_TSDB_URL": url50},
-                                           replicas=args.replicas, log_dir=log_dir, messages=msgs50, per_msg=50,
-                                           store_url=url50, server_pids=server_pids)
+        r50, cpu50, n50 = run_bridge_phase(
+            "b50",
+            broker=broker,
+            env={**base_env, "EDU_BRIDGE_TSDB_URL": url50},
+            replicas=args.replicas,
+            log_dir=log_dir,
+            messages=msgs50,
+            per_msg=50,
+            store_url=url50,
+            server_pids=server_pids,
+        )
         out["bridge_batch50_readings_per_s"] = round(r50)
         out["bridge_batch50_stored"] = n50
         out["bridge_batch50_expected"] = len(msgs50) * 50
@@ -451,9 +522,17 @@ def main() -> None:
         print("(c) bridge, 1 reading per message ...", file=sys.stderr)
         influx.query('CREATE DATABASE "bridge1"')
         url1 = influx.url_for("bridge1")
-        r1, cpu1, n1 = run_bridge_phase("s1", broker=broker, env={**base_env, "EDU_BRIDGE_TSDB_URL": url1},
-                                        replicas=args.replicas, log_dir=log_dir, messages=msgs1, per_msg=1,
-                                        store_url=url1, server_pids=server_pids)
+        r1, cpu1, n1 = run_bridge_phase(
+            "s1",
+            broker=broker,
+            env={**base_env, "EDU_BRIDGE_TSDB_URL": url1},
+            replicas=args.replicas,
+            log_dir=log_dir,
+            messages=msgs1,
+            per_msg=1,
+            store_url=url1,
+            server_pids=server_pids,
+        )
         out["bridge_single_msgs_per_s"] = round(r1)
         out["bridge_single_stored"] = n1
         out["bridge_single_expected"] = len(msgs1)
@@ -464,20 +543,30 @@ def main() -> None:
         n_lat = max(50, int(rate * args.latency_s))
         msgsl = signed_messages(topics, keysl, 50, n_lat, ts0)
         influx.query('CREATE DATABASE "bridgelat"')
-        p50, p99 = run_latency_phase(broker=broker, env={**base_env, "EDU_BRIDGE_TSDB_URL": influx.url_for("bridgelat")},
-                                     replicas=args.replicas, log_dir=log_dir, messages=msgsl, rate_msgs=rate,
-                                     topics=topics)
+        lat_env = {**base_env, "EDU_BRIDGE_TSDB_URL": influx.url_for("bridgelat")}
+        p50, p99 = run_latency_phase(
+            broker=broker,
+            env=lat_env,
+            replicas=args.replicas,
+            log_dir=log_dir,
+            messages=msgsl,
+            rate_msgs=rate,
+            topics=topics,
+        )
         out["latency_p50_ms"] = round(p50, 1)
         out["latency_p99_ms"] = round(p99, 1)
         out["latency_load_readings_per_s"] = round(rate * 50)
-        rows.append((f"publish -> receipt at half load ({rate * 50:,.0f} readings/s, 50/msg)",
-                     f"p50 {p50:.0f} ms, p99 {p99:.0f} ms", ""))
+        rows.append(
+            (
+                f"publish -> receipt at half load ({rate * 50:,.0f} readings/s, 50/msg)",
+                f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
+                "",
+            )
+        )
     finally:
         for s in servers:
-            try:
+            with contextlib.suppress(Exception):
                 s.close()
-            except Exception:  # noqa: BLE001 - best-effort cleanup
-                pass
 
     out["ratio_batch50_to_influx"] = round(out["bridge_batch50_readings_per_s"] / out["influx_points_per_s"], 3)
     out["ratio_single_to_mosquitto"] = round(out["bridge_single_msgs_per_s"] / out["mosquitto_qos1_msgs_per_s"], 3)
@@ -485,8 +574,11 @@ def main() -> None:
     print(f"{'stage'.ljust(width)}  {'result':<40}  cores used per process")
     for a, b, c in rows:
         print(f"{a.ljust(width)}  {b:<40}  {c}")
-    print(f"ratios: batch50/influx {out['ratio_batch50_to_influx']}, single/mosquitto {out['ratio_single_to_mosquitto']}"
-          f" (targets >= 0.4 and >= 0.3); p99 {out['latency_p99_ms']} ms (target < 1000)")
+    print(
+        f"ratios: batch50/influx {out['ratio_batch50_to_influx']}, "
+        f"single/mosquitto {out['ratio_single_to_mosquitto']}"
+        f" (targets >= 0.4 and >= 0.3); p99 {out['latency_p99_ms']} ms (target < 1000)"
+    )
     print(orjson.dumps(out).decode())
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, update

@@ -23,7 +23,8 @@ class _LastSeenCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "bridge_device_last_seen_age_seconds", "Seconds since each device's last accepted batch.",
+            "bridge_device_last_seen_age_seconds",
+            "Seconds since each device's last accepted batch.",
             labels=["device_id"],
         )
         now = time.time()
@@ -39,29 +40,36 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.messages_received = Counter("bridge_messages_received", "Telemetry messages received.", registry=r)
         self.readings_received = Counter("bridge_readings_received", "Readings in verified batches.", registry=r)
-        self.messages_stored = Counter("bridge_messages_stored", "Batches durably stored and acknowledged.",
-                                       registry=r)
+        self.messages_stored = Counter("bridge_messages_stored", "Batches durably stored and acknowledged.", registry=r)
         self.readings_stored = Counter("bridge_readings_stored", "Readings durably stored.", registry=r)
-        self.rejected = Counter("bridge_rejected", "Rejected messages or readings, by reason.", ["reason"],
-                                registry=r)
-        self.duplicates = Counter("bridge_duplicates", "Redelivered batches already stored (acked again).",
-                                  registry=r)
-        self.batch_points = Histogram("bridge_write_batch_points", "Points per time-series write.",
-                                      buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000), registry=r)
-        self.write_latency = Histogram("bridge_write_latency_seconds", "Duration of successful writes.",
-                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-                                       registry=r)
-        self.write_failures = Counter("bridge_write_failures", "Failed write attempts (retried).", ["sink"],
-                                      registry=r)
+        self.rejected = Counter("bridge_rejected", "Rejected messages or readings, by reason.", ["reason"], registry=r)
+        self.duplicates = Counter("bridge_duplicates", "Redelivered batches already stored (acked again).", registry=r)
+        self.batch_points = Histogram(
+            "bridge_write_batch_points",
+            "Points per time-series write.",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+            registry=r,
+        )
+        self.write_latency = Histogram(
+            "bridge_write_latency_seconds",
+            "Duration of successful writes.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.write_failures = Counter("bridge_write_failures", "Failed write attempts (retried).", ["sink"], registry=r)
         self.backlog = Gauge("bridge_backlog_messages", "Messages received and not yet acknowledged.", registry=r)
         self.receipts = Counter("bridge_receipts_sent", "Receipt messages published.", registry=r)
-        self.deadletters_dropped = Counter("bridge_deadletters_dropped",
-                                           "Dead letters lost because the buffer was full while the DB was down.",
-                                           registry=r)
-        self.events_dropped = Counter("bridge_events_dropped", "Stream events dropped while the cache was down.",
-                                      registry=r)
-        self.broker_dropped = Gauge("bridge_broker_dropped_messages",
-                                    "Broker's $SYS/broker/publish/messages/dropped (all clients).", registry=r)
+        self.deadletters_dropped = Counter(
+            "bridge_deadletters_dropped",
+            "Dead letters lost because the buffer was full while the DB was down.",
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "bridge_events_dropped", "Stream events dropped while the cache was down.", registry=r
+        )
+        self.broker_dropped = Gauge(
+            "bridge_broker_dropped_messages", "Broker's $SYS/broker/publish/messages/dropped (all clients).", registry=r
+        )
         self.connected = Gauge("bridge_mqtt_connected", "1 while connected to the broker.", registry=r)
 
     def watch_last_seen(self, last_seen: Callable[[], dict[str, float]]) -> None:

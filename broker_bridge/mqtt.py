@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -35,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
 _PUBACK = struct.Struct("!BBH")
+_U16 = struct.Struct("!H")
 
 
 @dataclass(slots=True)
@@ -75,7 +75,7 @@ class MqttConsumer:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.last_error: str | None = None
-        c = mqtt.Client(
+        c = _LeanClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
@@ -91,7 +91,7 @@ class MqttConsumer:
         c.reconnect_delay_set(0.2, 5)
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
-        c.on_message = self._message
+        c.on_raw_publish = self._message
         c.on_subscribe = self._subscribed
         self._client = c
 
@@ -150,8 +150,10 @@ class MqttConsumer:
         self.epoch += 1
         self.last_error = None
         self.connected.set()
-        log.info("connected to %s:%s (session present: %s)", self._s.mqtt_host, self._s.mqtt_port,
-                 flags.session_present)
+        log.info(
+            "connected to %s:%s (session present: %s)", self._s.mqtt_host, self._s.mqtt_port, flags.session_present
+        )
+
         def opts(qos: int) -> SubscribeOptions | int:
             return SubscribeOptions(qos=qos) if self._v5 else qos
 
@@ -179,21 +181,58 @@ class MqttConsumer:
         else:
             log.info("disconnected from broker: %s", rc)
 
-    def _message(self, client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
-        raw_topic: bytes = msg._topic  # bytes: a non-UTF-8 topic must not raise here
-        topic = raw_topic.decode("utf-8", "replace")
-        if topic.startswith("$SYS/"):
-            if self._on_sys is not None:
-                self._on_sys(topic, msg.payload)
-            return
-        if topic == self._registry:
-            try:
-                self._on_registry_event(msg.payload)
-            finally:
-                if msg.qos:
-                    client.ack(msg.mid, msg.qos)
-            return
-        if msg.qos == 0:  # nothing to acknowledge; still processed
-            self._on_telemetry(Inbound(0, -1, topic, msg.payload, time.time()))
-            return
-        self._on_telemetry(Inbound(msg.mid, self.epoch, topic, msg.payload, time.time()))
+    def _message(self, topic_raw: bytes, mid: int, qos: int, payload: bytes) -> None:
+        topic = topic_raw.decode("utf-8", "replace")  # a non-UTF-8 topic must not raise here
+        try:
+            if topic.startswith("$SYS/"):
+                if self._on_sys is not None:
+                    self._on_sys(topic, payload)
+                return
+            if topic == self._registry:
+                try:
+                    self._on_registry_event(payload)
+                finally:
+                    if qos:
+                        self._client.ack(mid, qos)
+                return
+            if qos == 0:  # nothing to acknowledge; still processed
+                self._on_telemetry(Inbound(0, -1, topic, payload, time.time()))
+                return
+            self._on_telemetry(Inbound(mid, self.epoch, topic, payload, time.time()))
+        except Exception:  # a bug; the message stays unacknowledged, the network thread lives on
+            log.exception("error handling a message on %s", topic[:200])
+
+
+class _LeanClient(mqtt.Client):
+    """paho's client with a lean PUBLISH handler: the bridge needs topic, packet id, QoS and payload,
+    not an MQTTMessage with parsed MQTT 5 properties (paho's Properties cost more CPU than the rest of
+    the packet handling). Overrides paho 2.x's ``_handle_publish`` (pinned < 3); QoS 2, which the
+    bridge never subscribes with, still goes to paho."""
+
+    on_raw_publish: Callable[[bytes, int, int, bytes], None]
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if qos == 2:
+            return super()._handle_publish()  # type: ignore[no-any-return]
+        packet = self._in_packet["packet"]
+        (slen,) = _U16.unpack_from(packet, 0)
+        pos = 2 + slen
+        topic = bytes(packet[2:pos])
+        mid = 0
+        if qos:
+            (mid,) = _U16.unpack_from(packet, pos)
+            pos += 2
+        if self._protocol == mqtt.MQTTv5:  # skip the properties: a variable byte integer length, then them
+            length, shift = 0, 0
+            while True:
+                b = packet[pos]
+                pos += 1
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            pos += length
+        self.on_raw_publish(topic, mid, qos, bytes(packet[pos:]))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS

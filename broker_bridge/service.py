@@ -3,6 +3,7 @@ them cleanly; :func:`run_bridge` runs one until SIGINT/SIGTERM (the CLI, ``iotct
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -45,13 +46,33 @@ class Bridge:
         self.directory = KeyDirectory(self.engine, ttl_s=s.key_cache_ttl_s, retry_s=s.retry_initial_s)
         self.ledger = Ledger(self.engine)
         self.deadletters = DeadLetterQueue(self.engine, max_buffer=s.deadletter_buffer_max)
-        self.effects = SideEffects(s, engine=self.engine, cache=self.cache, ledger=self.ledger,
-                                   deadletters=self.deadletters, metrics=self.metrics)
-        self.ingest = Ingest(s, self.topics, lookup=self.directory.lookup, store=self.store, ledger=self.ledger,
-                             deadletters=self.deadletters, effects=self.effects, metrics=self.metrics,
-                             ack=self._ack, publish=self._publish)
-        self.mqtt = MqttConsumer(s, self.topics, on_telemetry=self.ingest.submit,
-                                 on_registry_event=self._on_registry_event, on_sys=self._on_sys)
+        self.effects = SideEffects(
+            s,
+            engine=self.engine,
+            cache=self.cache,
+            ledger=self.ledger,
+            deadletters=self.deadletters,
+            metrics=self.metrics,
+        )
+        self.ingest = Ingest(
+            s,
+            self.topics,
+            lookup=self.directory.lookup,
+            store=self.store,
+            ledger=self.ledger,
+            deadletters=self.deadletters,
+            effects=self.effects,
+            metrics=self.metrics,
+            ack=self._ack,
+            publish=self._publish,
+        )
+        self.mqtt = MqttConsumer(
+            s,
+            self.topics,
+            on_telemetry=self.ingest.submit,
+            on_registry_event=self._on_registry_event,
+            on_sys=self._on_sys,
+        )
         self.metrics.watch_last_seen(lambda: dict(self.effects.seen_at))
         self.http: HttpServer | None = None
         self._started = False
@@ -71,10 +92,8 @@ class Bridge:
 
     def _on_sys(self, topic: str, payload: bytes) -> None:
         if topic == SYS_DROPPED:
-            try:
+            with contextlib.suppress(ValueError):
                 self.metrics.broker_dropped.set(float(payload))
-            except ValueError:
-                pass
 
     # ---- readiness -----------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -101,8 +120,10 @@ class Bridge:
         self.ingest.start()
         self.mqtt.start()
         self._started = True
-        log.info("bridge started", extra={"client_id": s.client_id, "mqtt": s.mqtt_url,
-                                          "metrics_port": self.http.port if self.http else None})
+        log.info(
+            "bridge started",
+            extra={"client_id": s.client_id, "mqtt": s.mqtt_url, "metrics_port": self.http.port if self.http else None},
+        )
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -121,10 +142,8 @@ class Bridge:
         if self.http is not None:
             self.http.stop()
         for closer in (self.store.close, self.cache.close, self.engine.dispose):
-            try:
+            with contextlib.suppress(Exception):  # closing is best-effort
                 closer()
-            except Exception:  # closing best-effort
-                pass
         log.info("bridge stopped")
 
     def __enter__(self) -> Bridge:

@@ -34,8 +34,9 @@ class BridgeSettings(BaseSettings):
     mqtt_password: SecretStr | None = Field(None, description="Service-account password.")
     topic_prefix: str = Field("edu", description="Topic prefix shared with the devices.")
     mqtt_protocol: Literal["5", "3.1.1"] = Field(
-        "5", description="MQTT version: 5 for shared subscriptions (replicas); 3.1.1 for the amqtt fallback "
-        "(one replica, plain subscription; the broker's inflight limit then bounds the backlog)."
+        "5",
+        description="MQTT version: 5 for shared subscriptions (replicas); 3.1.1 for the amqtt fallback "
+        "(one replica, plain subscription; the broker's inflight limit then bounds the backlog).",
     )
     share_group: str = Field("bridge", description="MQTT 5 shared-subscription group; replicas split its load.")
     client_id: str = Field(
@@ -61,12 +62,16 @@ class BridgeSettings(BaseSettings):
     batch_max_messages: int = Field(2000, ge=1, description="...or this many messages...")
     batch_max_delay_s: float = Field(0.05, gt=0, description="...or when its oldest message waited this long.")
     max_backlog: int = Field(
-        20000, ge=1, description="Messages held in memory (received, not yet acknowledged) at most. The "
-        "broker enforces it through Receive Maximum (which must not exceed it); /ready reports a full backlog."
+        20000,
+        ge=1,
+        description="Messages held in memory (received, not yet acknowledged) at most. The "
+        "broker enforces it through Receive Maximum (which must not exceed it); /ready reports a full backlog.",
     )
     receipt_interval_s: float = Field(
-        0.1, ge=0, description="Receipts are cumulative per device: at most one publish per device per this "
-        "interval, naming every batch written since (0 = one per device per write)."
+        0.1,
+        ge=0,
+        description="Receipts are cumulative per device: at most one publish per device per this "
+        "interval, naming every batch written since (0 = one per device per write).",
     )
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
     retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")
@@ -74,17 +79,23 @@ class BridgeSettings(BaseSettings):
     key_cache_ttl_s: float = Field(30.0, gt=0, description="Device directory refresh period.")
     max_clock_skew_s: float = Field(300.0, ge=0, description="How far in the future a reading's ts may be.")
     # --- side effects -------------------------------------------------------------------------------
-    effects_interval_s: float = Field(0.5, gt=0, description="Period of the side-effect flush (last_seen, "
-                                      "dead letters, ledger rows, latest cache, event stream).")
-    deadletter_buffer_max: int = Field(10000, ge=1, description="Dead letters held while the DB is down; "
-                                       "beyond it they are dropped and counted.")
+    effects_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="Period of the side-effect flush (last_seen, "
+        "dead letters, ledger rows, latest cache, event stream).",
+    )
+    deadletter_buffer_max: int = Field(
+        10000, ge=1, description="Dead letters held while the DB is down; beyond it they are dropped and counted."
+    )
     event_buffer_max: int = Field(10000, ge=1, description="Stream events held while the cache is down.")
     latest_ttl_s: int = Field(86400, ge=1, description="TTL of the latest-reading cache key per device.")
     stream_name: str = Field("edu:readings", description="Cache stream with one event per accepted batch.")
     stream_maxlen: int = Field(100000, ge=1, description="Approximate cap of the event stream's length.")
     # --- observability ------------------------------------------------------------------------------
-    metrics_port: int | None = Field(9108, ge=0, le=65535, description="/health /ready /metrics; 0 = any "
-                                     "free port, None = off.")
+    metrics_port: int | None = Field(
+        9108, ge=0, le=65535, description="/health /ready /metrics; 0 = any free port, None = off."
+    )
     metrics_host: str = Field("127.0.0.1", description="Address the metrics server binds to.")
     sys_topics: bool = Field(True, description="Subscribe to $SYS to export the broker's dropped-message count.")
 

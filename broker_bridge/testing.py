@@ -16,7 +16,17 @@ from sqlalchemy.engine import Engine
 
 from cloud_core.core.db import create_all, session_scope
 from cloud_core.models import Device
-from iot_protocol import Batch, Kind, Reading, Receipt, Topics, decode_receipt, generate_private_key, public_key_b64, seal_batch
+from iot_protocol import (
+    Batch,
+    Kind,
+    Reading,
+    Receipt,
+    Topics,
+    decode_receipt,
+    generate_private_key,
+    public_key_b64,
+    seal_batch,
+)
 
 __all__ = ["Publisher", "ReceiptCollector", "make_batch", "register_devices", "sealed", "wait_for"]
 
@@ -33,8 +43,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, *, interval: float = 
         time.sleep(interval)
 
 
-def register_devices(engine: Engine, ids: Iterable[str], *, location: str = "lab",
-                     status: str = "active") -> dict[str, Ed25519PrivateKey]:
+def register_devices(
+    engine: Engine, ids: Iterable[str], *, location: str = "lab", status: str = "active"
+) -> dict[str, Ed25519PrivateKey]:
     """Create the tables (if needed) and one Device row per id with a fresh key pair."""
     create_all(engine)
     keys = {}
@@ -42,13 +53,22 @@ def register_devices(engine: Engine, ids: Iterable[str], *, location: str = "lab
         for device_id in ids:
             key = generate_private_key()
             keys[device_id] = key
-            session.add(Device(id=device_id, status=status, public_key=public_key_b64(key), location=location,
-                               key_version=1))
+            session.add(
+                Device(id=device_id, status=status, public_key=public_key_b64(key), location=location, key_version=1)
+            )
     return keys
 
 
-def make_batch(device_id: str, seq: int, n: int = 1, *, ts0: int | None = None, step_ms: int = 1,
-               values: dict[str, float] | None = None, sensor_type: str = "bme280") -> Batch:
+def make_batch(
+    device_id: str,
+    seq: int,
+    n: int = 1,
+    *,
+    ts0: int | None = None,
+    step_ms: int = 1,
+    values: dict[str, float] | None = None,
+    sensor_type: str = "bme280",
+) -> Batch:
     """A batch of ``n`` readings with distinct timestamps ``ts0 + seq*n*step + i*step``."""
     base = (ts0 if ts0 is not None else int(time.time() * 1000) - 3_600_000) + seq * n * step_ms
     vals = values or {"temperature": 21.5, "humidity": 40.0, "pressure": 1013.2}
@@ -64,8 +84,11 @@ class Publisher:
     """A QoS1 MQTT 5 publisher that can wait until the broker has acknowledged everything."""
 
     def __init__(self, host: str, port: int, *, client_id: str | None = None) -> None:
-        self._c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
-                              protocol=MQTTProtocolVersion.MQTTv5)
+        self._c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self._c.max_inflight_messages_set(1000)
         self._c.max_queued_messages_set(0)
         self._lock = threading.Lock()
@@ -105,8 +128,9 @@ class ReceiptCollector:
         self.on_receipt: Callable[[str], None] | None = None  # called (network thread) on each receipt
         self._topics = topics
         self._ready = threading.Event()
-        self._c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rc-{uuid.uuid4().hex[:8]}",
-                              protocol=MQTTProtocolVersion.MQTTv5)
+        self._c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"rc-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+        )
         self._c.on_message = self._on_message
         self._c.on_subscribe = lambda *_a: self._ready.set()
         self._c.on_connect = lambda c, *_a: c.subscribe(topics.all_devices(Kind.RECEIPTS), qos=1)

@@ -136,8 +136,14 @@ class Ingest:
             return
         outcome: Accepted | Rejected | None
         try:
-            outcome = process(msg.topic, msg.payload, topics=self._topics, lookup=self._lookup,
-                              now_ms=int(msg.received * 1000), max_skew_ms=self._skew_ms)
+            outcome = process(
+                msg.topic,
+                msg.payload,
+                topics=self._topics,
+                lookup=self._lookup,
+                now_ms=int(msg.received * 1000),
+                max_skew_ms=self._skew_ms,
+            )
         except DirectoryUnavailable:
             outcome = None
         s = self._s
@@ -213,15 +219,22 @@ class Ingest:
             backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
             while True:
                 try:
-                    o = process(msg.topic, msg.payload, topics=self._topics, lookup=self._lookup,
-                                now_ms=int(msg.received * 1000), max_skew_ms=self._skew_ms)
+                    o = process(
+                        msg.topic,
+                        msg.payload,
+                        topics=self._topics,
+                        lookup=self._lookup,
+                        now_ms=int(msg.received * 1000),
+                        max_skew_ms=self._skew_ms,
+                    )
                     break
                 except DirectoryUnavailable as exc:
                     if self._stop.is_set() and time.monotonic() > self._drain_deadline:
                         raise _Abandoned from None
                     delay = backoff.next()
-                    log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc,
-                                extra={"device_id": exc.device_id})
+                    log.warning(
+                        "registry unavailable, retrying in %.1fs: %s", delay, exc, extra={"device_id": exc.device_id}
+                    )
                     time.sleep(delay)
             if type(o) is Accepted:
                 self._m.readings_received.inc(len(o.batch.readings))
@@ -294,8 +307,10 @@ class Ingest:
                     self._write_points(list(o.points))
                 except StoreError as exc2:
                     rejected_by_store.add(i)
-                    unit.items[i] = (unit.items[i][0], Rejected(o.device_id, "store_rejected", str(exc2), o.sha256,
-                                                                o.batch.seq))
+                    unit.items[i] = (
+                        unit.items[i][0],
+                        Rejected(o.device_id, "store_rejected", str(exc2), o.sha256, o.batch.seq),
+                    )
         self._finish(unit, decisions, rejected_by_store)
 
     def _finish(self, unit: Unit, decisions: dict[int, str], store_rejected: set[int]) -> None:
@@ -309,8 +324,13 @@ class Ingest:
             if type(o) is Accepted:
                 d = decisions[i]
                 if d == "replayed":
-                    o2 = Rejected(o.device_id, REPLAYED_SEQ, f"seq {o.batch.seq} is stored with another payload",
-                                  o.sha256, o.batch.seq)
+                    o2 = Rejected(
+                        o.device_id,
+                        REPLAYED_SEQ,
+                        f"seq {o.batch.seq} is stored with another payload",
+                        o.sha256,
+                        o.batch.seq,
+                    )
                     self._reject(msg, o2, now, receipts)
                     continue
                 r = receipts.setdefault(o.device_id, ([], []))
@@ -323,11 +343,15 @@ class Ingest:
                     continue
                 for p in o.problems:
                     m_rej.labels(p.reason).inc()
-                    self._dead_letter(DeadLetter(o.device_id, msg.topic, p.reason, p.detail, o.batch.seq, p.index,
-                                                 now, o.sha256, None))
+                    self._dead_letter(
+                        DeadLetter(
+                            o.device_id, msg.topic, p.reason, p.detail, o.batch.seq, p.index, now, o.sha256, None
+                        )
+                    )
                 self._ledger.remember(o.device_id, o.batch.seq, o.sha256)
-                ledger_rows.append(LedgerRow(o.device_id, o.batch.seq, o.batch.batch_id, o.sha256, len(o.points),
-                                             len(o.problems), now))
+                ledger_rows.append(
+                    LedgerRow(o.device_id, o.batch.seq, o.batch.batch_id, o.sha256, len(o.points), len(o.problems), now)
+                )
                 stored_msgs += 1
                 stored_readings += len(o.points)
                 if o.points:
@@ -359,15 +383,20 @@ class Ingest:
             except Exception as exc:  # receipts are advisory: the device resends and we ack again
                 log.warning("receipt to %s not sent: %s", device_id, exc, extra={"device_id": device_id})
 
-    def _reject(self, msg: Inbound, o: Rejected, now: datetime,
-                receipts: dict[str, tuple[list[int], list[Rejection]]]) -> None:
+    def _reject(
+        self, msg: Inbound, o: Rejected, now: datetime, receipts: dict[str, tuple[list[int], list[Rejection]]]
+    ) -> None:
         self._m.rejected.labels(o.reason).inc()
-        self._dead_letter(DeadLetter(o.device_id, msg.topic, o.reason, o.detail, o.seq, None, now, o.sha256,
-                                     msg.payload))
+        self._dead_letter(
+            DeadLetter(o.device_id, msg.topic, o.reason, o.detail, o.seq, None, now, o.sha256, msg.payload)
+        )
         if o.seq is not None and o.device_id is not None:
             receipts.setdefault(o.device_id, ([], []))[1].append(Rejection(o.seq, o.reason))
-        log.info("rejected message: %s", o.reason,
-                 extra={"device_id": o.device_id, "seq": o.seq, "reason": o.reason, "topic": msg.topic[:200]})
+        log.info(
+            "rejected message: %s",
+            o.reason,
+            extra={"device_id": o.device_id, "seq": o.seq, "reason": o.reason, "topic": msg.topic[:200]},
+        )
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         if not self._dead.put(letter):

@@ -63,8 +63,15 @@ def env(mosquitto_factory, pg_url: str, influx_url: str, redis_url: str, topic_p
         gone.status = "inactive"
         s.add(gone)
         s.commit()
-    settings = BridgeSettings(mqtt_url=broker.url, db_url=pg_url, tsdb_url=influx_url, cache_url=redis_url,
-                              topic_prefix=topic_prefix, client_id=f"bridge-{topic_prefix}", **fast_settings())
+    settings = BridgeSettings(
+        mqtt_url=broker.url,
+        db_url=pg_url,
+        tsdb_url=influx_url,
+        cache_url=redis_url,
+        topic_prefix=topic_prefix,
+        client_id=f"bridge-{topic_prefix}",
+        **fast_settings(),
+    )
     store = open_tsdb(influx_url)
     yield Env(broker, settings, Topics(topic_prefix), engine, store, keys)
     store.close()
@@ -111,8 +118,11 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
         assert orjson.loads(latest["values"])["temperature"] == 21.5
         wait_for(lambda: cache.stream_len("edu:readings") > 0, 10, what="stream events")
         with Session(env.engine) as s:
-            wait_for(lambda: s.exec(select(Device.last_seen).where(Device.id == "dev1")).one() is not None, 10,
-                     what="last_seen")
+            wait_for(
+                lambda: s.exec(select(Device.last_seen).where(Device.id == "dev1")).one() is not None,
+                10,
+                what="last_seen",
+            )
         rc.close()
         cache.close()
 
@@ -127,13 +137,19 @@ def test_each_rejection_reason_is_dead_lettered_counted_and_receipted(env: Env) 
     t = env.topics.telemetry
     first = make_batch("dev0", 1, 2, ts0=now - 60_000)
     replay = make_batch("dev0", 1, 2, ts0=now - 30_000)  # same seq, other payload
-    partial = Batch("dev1", "p", 1, now, (
-        Reading(now - 10, "bme280", {"temperature": 20.0}),
-        Reading(now + 3_600_000, "bme280", {"temperature": 20.0}),
-        Reading(1_000, "bme280", {"temperature": 20.0}),
-        Reading(now - 9, "bme280", {"humidity": 150.0}),
-        Reading(now - 8, "bme280", {"temperature": 20.0}, quality=2.0),
-    ))
+    partial = Batch(
+        "dev1",
+        "p",
+        1,
+        now,
+        (
+            Reading(now - 10, "bme280", {"temperature": 20.0}),
+            Reading(now + 3_600_000, "bme280", {"temperature": 20.0}),
+            Reading(1_000, "bme280", {"temperature": 20.0}),
+            Reading(now - 9, "bme280", {"humidity": 150.0}),
+            Reading(now - 8, "bme280", {"temperature": 20.0}, quality=2.0),
+        ),
+    )
     whole = [
         (t("dev2"), b"\xff\xfe garbage", "bad_envelope"),
         (t("dev2"), _raw(b"{oops", env.keys["dev2"], "dev2"), "bad_json"),
@@ -158,8 +174,9 @@ def test_each_rejection_reason_is_dead_lettered_counted_and_receipted(env: Env) 
             pub.publish(t("dev0"), sealed(replay, k0))
             pub.wait_acked()
         expected = {reason: 1 for _, _, reason in whole}
-        expected.update({"replayed_seq": 1, "future_timestamp": 1, "stale_timestamp": 1, "out_of_range": 1,
-                         "bad_quality": 1})
+        expected.update(
+            {"replayed_seq": 1, "future_timestamp": 1, "stale_timestamp": 1, "out_of_range": 1, "bad_quality": 1}
+        )
         wait_for(lambda: dead_letters(env.engine) == expected, 20, what=f"dead letters {expected}")
         for reason, n in expected.items():
             assert bridge.metrics.rejected.labels(reason)._value.get() == n
@@ -221,8 +238,11 @@ def test_fuzzed_garbage_interleaved_with_valid_batches(env: Env) -> None:
             for payload, _ in stream:
                 pub.publish(env.topics.telemetry("dev1"), payload)
             pub.wait_acked()
-        wait_for(lambda: bridge.metrics.messages_received._value.get() == 80 and bridge.ingest.backlog == 0, 30,
-                 what="all 80 processed")
+        wait_for(
+            lambda: bridge.metrics.messages_received._value.get() == 80 and bridge.ingest.backlog == 0,
+            30,
+            what="all 80 processed",
+        )
         wait_for(lambda: sum(dead_letters(env.engine).values()) == 40, 20, what="40 dead letters")
         assert env.store.count() == 120
         assert bridge.metrics.readings_stored._value.get() == 120

@@ -31,9 +31,17 @@ def _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix, 
     keys = register_devices(engine, ["a", "b"])
     topics = Topics(topic_prefix)
     settings = BridgeSettings(
-        mqtt_url=broker.url, db_url=pg_url, tsdb_url=tsdb_url, cache_url=redis_url, topic_prefix=topic_prefix,
-        client_id=f"bridge-{topic_prefix}", batch_max_delay_s=0.02, retry_initial_s=0.1, retry_max_s=0.5,
-        effects_interval_s=0.1, metrics_port=0,
+        mqtt_url=broker.url,
+        db_url=pg_url,
+        tsdb_url=tsdb_url,
+        cache_url=redis_url,
+        topic_prefix=topic_prefix,
+        client_id=f"bridge-{topic_prefix}",
+        batch_max_delay_s=0.02,
+        retry_initial_s=0.1,
+        retry_max_s=0.5,
+        effects_interval_s=0.1,
+        metrics_port=0,
     )
     store = open_tsdb(tsdb_url)
     seq = {"a": 0, "b": 0}
@@ -88,8 +96,14 @@ def _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix, 
 def test_influx_outage_nothing_acked_then_everything_arrives(
     mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix
 ) -> None:
-    _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix,
-            float(os.environ.get("BRIDGE_OUTAGE_S", "3")))
+    _outage(
+        mosquitto_factory,
+        influx_factory,
+        pg_url,
+        redis_url,
+        topic_prefix,
+        float(os.environ.get("BRIDGE_OUTAGE_S", "3")),
+    )
 
 
 @pytest.mark.soak

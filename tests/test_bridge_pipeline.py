@@ -27,8 +27,9 @@ NOW = int(time.time() * 1000)
 
 
 def run(payload: bytes, device: str = "d1", topic: str | None = None) -> Accepted | Rejected:
-    return process(topic or TOPICS.telemetry(device), payload, topics=TOPICS, lookup=DEVICES.get, now_ms=NOW,
-                   max_skew_ms=60_000)
+    return process(
+        topic or TOPICS.telemetry(device), payload, topics=TOPICS, lookup=DEVICES.get, now_ms=NOW, max_skew_ms=60_000
+    )
 
 
 def reason(payload: bytes, device: str = "d1", topic: str | None = None) -> str:
@@ -76,8 +77,10 @@ def test_every_whole_message_reason_is_distinct() -> None:
     # signed as d1 (kid) but the payload names d2
     forged = _signed_raw(make_batch("d2", 1, 1, ts0=NOW).to_json().__repr__().encode())
     assert reason(forged) in ("bad_json", "device_mismatch")
-    body = b'{"v":1,"device_id":"d2","batch_id":"b","seq":1,"sent_at":1,"readings":[{"ts":%d,' \
-           b'"sensor_type":"x","values":{"temperature":1.0}}]}' % NOW
+    body = (
+        b'{"v":1,"device_id":"d2","batch_id":"b","seq":1,"sent_at":1,"readings":[{"ts":%d,'
+        b'"sensor_type":"x","values":{"temperature":1.0}}]}' % NOW
+    )
     assert reason(_signed_raw(body)) == "device_mismatch"
     assert reason(sealed(good, KEY), topic="t/devices/d1/health") == "bad_topic"
     assert reason(sealed(good, KEY), topic="elsewhere/d1") == "bad_topic"
@@ -96,7 +99,11 @@ def test_invalid_readings_are_reported_by_index_and_the_rest_kept() -> None:
     out = run(seal_batch(Batch("d1", "b", 3, NOW, readings), KEY))
     assert isinstance(out, Accepted)
     assert [(p.index, p.reason) for p in out.problems] == [
-        (1, "future_timestamp"), (2, "stale_timestamp"), (3, "out_of_range"), (4, "out_of_range"), (5, "bad_quality")
+        (1, "future_timestamp"),
+        (2, "stale_timestamp"),
+        (3, "out_of_range"),
+        (4, "out_of_range"),
+        (5, "bad_quality"),
     ]
     assert [p.ts_ms for p in out.points] == [NOW - 5, NOW - 1]
 
@@ -145,10 +152,15 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["v", "device_id", "batch_id", "seq", "sent_at", "readings", "x"]),
-                       json_values, max_size=7),
-       st.lists(st.dictionaries(st.sampled_from(["ts", "sensor_type", "values", "quality", "flags"]), json_values,
-                                max_size=5), max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(["v", "device_id", "batch_id", "seq", "sent_at", "readings", "x"]), json_values, max_size=7
+    ),
+    st.lists(
+        st.dictionaries(st.sampled_from(["ts", "sensor_type", "values", "quality", "flags"]), json_values, max_size=5),
+        max_size=3,
+    ),
+)
 def test_fuzz_signed_garbage_is_rejected_or_accepted_never_raises(obj: dict, readings: list) -> None:
     import orjson
 

@@ -21,9 +21,18 @@ def setup(mosquitto_factory, pg_url, influx_url, topic_prefix):
     broker = mosquitto_factory(max_queued_messages=1_000_000, max_inflight_messages=1000)
     engine = make_engine(pg_url)
     keys = register_devices(engine, ["a", "b"])
-    settings = BridgeSettings(mqtt_url=broker.url, db_url=pg_url, tsdb_url=influx_url, cache_url="memory://",
-                              topic_prefix=topic_prefix, client_id=f"bridge-{topic_prefix}", batch_max_delay_s=0.02,
-                              effects_interval_s=0.1, metrics_port=0, key_cache_ttl_s=3600)
+    settings = BridgeSettings(
+        mqtt_url=broker.url,
+        db_url=pg_url,
+        tsdb_url=influx_url,
+        cache_url="memory://",
+        topic_prefix=topic_prefix,
+        client_id=f"bridge-{topic_prefix}",
+        batch_max_delay_s=0.02,
+        effects_interval_s=0.1,
+        metrics_port=0,
+        key_cache_ttl_s=3600,
+    )
     yield broker, engine, keys, settings, Topics(topic_prefix)
     engine.dispose()
 

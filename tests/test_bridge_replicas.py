@@ -36,8 +36,9 @@ class Replica:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([IOTCTL, "bridge", "run", "--log-level", "WARNING"], env=self.env,
-                                         stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [IOTCTL, "bridge", "run", "--log-level", "WARNING"], env=self.env, stdout=log, stderr=log
+            )
 
     def ready(self) -> bool:
         try:
@@ -84,8 +85,9 @@ def test_three_replicas_one_killed_and_restarted_exact_counts(
     }
     replicas = [Replica(f"bridge-{topic_prefix}-{i}", env, tmp_path) for i in range(3)]
     per_device = 150
-    messages = [(topics.telemetry(d), sealed(make_batch(d, s, 4), keys[d]))
-                for s in range(1, per_device + 1) for d in devices]
+    messages = [
+        (topics.telemetry(d), sealed(make_batch(d, s, 4), keys[d])) for s in range(1, per_device + 1) for d in devices
+    ]
     store = open_tsdb(influx_url)
     rc = ReceiptCollector(broker.host, broker.port, topics)
     try:

@@ -27,7 +27,9 @@ def run(
         None, "--mqtt-password", envvar="EDU_BRIDGE_MQTT_PASSWORD", help="Service-account password."
     ),
     db_url: str | None = typer.Option(None, "--db-url", help="Metadata DB: sqlite:///PATH or postgresql://..."),
-    tsdb_url: str | None = typer.Option(None, "--tsdb-url", help="Readings: sqlite:///PATH or influxdb://HOST:PORT/DB."),
+    tsdb_url: str | None = typer.Option(
+        None, "--tsdb-url", help="Readings: sqlite:///PATH or influxdb://HOST:PORT/DB."
+    ),
     cache_url: str | None = typer.Option(None, "--cache-url", help="memory:// or redis://HOST:PORT/DB."),
     topic_prefix: str | None = typer.Option(None, "--topic-prefix", help="Topic prefix (default edu)."),
     share_group: str | None = typer.Option(None, "--share-group", help="Shared-subscription group of the replicas."),
