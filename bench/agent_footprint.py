@@ -109,6 +109,8 @@ def bench_agent(tmp: Path, duration: float) -> dict[str, float]:
             peak = max(peak, proc_rss_mb(agent.pid)[0])
         cpu1, wall1 = proc_cpu_s(agent.pid), time.monotonic()
         rss_now, hwm = proc_rss_mb(agent.pid)
+        # the agent must not load pydantic (~11 MB): its compiled core would be mapped
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(15)
@@ -121,6 +123,7 @@ def bench_agent(tmp: Path, duration: float) -> dict[str, float]:
         "cpu_share_one_core": round((cpu1 - cpu0) / (wall1 - wall0), 4),
         "duration_s": round(wall1 - wall0, 1),
         "readings_stored": stored,
+        "pydantic_loaded": "pydantic_core" in maps,
     }
 
 
