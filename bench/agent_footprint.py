@@ -145,7 +145,7 @@ def main() -> None:
     for k, v in result.items():
         op, lim = targets.get(k, ("", ""))
         ok = "" if not op else ("ok" if (v < lim if op == "<" else v >= lim) else "MISSED")
-        print(f"{k:<30} {v:>12}  {op}{lim} {ok}")
+        print(f"{k:<30} {v!s:>12}  {op}{lim} {ok}")
     result["meets_targets"] = all(
         (result[k] < lim if op == "<" else result[k] >= lim) for k, (op, lim) in targets.items()
     )
