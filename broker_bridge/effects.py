@@ -6,7 +6,9 @@ Everything here is buffered and flushed every ``effects_interval_s`` by one thre
 down keeps its buffer (latest/last_seen coalesce per device; ledger rows, dead letters and event
 readings are bounded and their overflow counted) and catches up when it is back. Readings keep
 flowing meanwhile. Stream events: one per device per flush, covering every batch accepted since the
-last one (``seqs``, ``readings``), so a busy bridge does not make one Redis call per message.
+last one, so a busy bridge does not make one Redis call per message. Fields (strings):
+``device_id``, ``location``, ``seqs`` (JSON list of batch seqs) and ``readings`` (JSON list of
+``{"ts", "sensor_type", "values"}``), the form cloud_core.analytics.worker.parse_entry reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from cloud_core.cache import Cache
 from cloud_core.models import Device
+from cloud_core.tsdb.base import Point
 
 from .deadletter import DeadLetterQueue
 from .ledger import Ledger, LedgerRow
@@ -35,6 +38,14 @@ __all__ = ["LATEST_KEY", "SideEffects"]
 log = logging.getLogger(__name__)
 
 LATEST_KEY = "edu:latest:{device_id}"
+
+
+def _ts(p: Point) -> int:
+    return p.ts_ms
+
+
+def _reading(p: Point) -> dict[str, object]:
+    return {"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": p.fields}
 
 
 class SideEffects:
@@ -59,7 +70,7 @@ class SideEffects:
         self._lock = threading.Lock()
         self._ledger_rows: list[LedgerRow] = []
         self._last_seen: dict[str, datetime] = {}  # pending DB update
-        self._latest: dict[str, dict[str, str]] = {}  # pending cache write
+        self._latest: dict[str, Point] = {}  # pending cache write: newest reading per device
         # One stream event per device per flush: {device_id, location, seqs, readings} (JSON strings).
         self._events: dict[str, dict[str, Any]] = {}
         self._event_readings = 0
@@ -92,24 +103,21 @@ class SideEffects:
             for device_id, group in per_device.items():
                 self._last_seen[device_id] = now
                 self.seen_at[device_id] = now_s
-                last = max((p for a in group for p in a.points), key=lambda p: p.ts_ms)
-                self._latest[device_id] = {
-                    "ts": str(last.ts_ms),
-                    "sensor_type": last.sensor_type,
-                    "location": last.location,
-                    "values": orjson.dumps(dict(last.fields)).decode(),
-                }
+                # readings of a batch are in time order: compare each batch's last one only
+                last = max((a.points[-1] for a in group), key=_ts)
+                prev = self._latest.get(device_id)
+                if prev is None or last.ts_ms >= prev.ts_ms:
+                    self._latest[device_id] = last
                 ev = self._events.get(device_id)
                 if ev is None:
                     if self._event_readings >= self._s.event_buffer_max:
                         self._m.events_dropped.inc(sum(len(a.points) for a in group))
                         continue
                     ev = self._events[device_id] = {"location": last.location, "seqs": [], "readings": []}
-                ev["seqs"].extend(a.batch.seq for a in group)
+                readings = ev["readings"]
                 for a in group:
-                    ev["readings"].extend(
-                        {"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": p.fields} for p in a.points
-                    )
+                    ev["seqs"].append(a.batch.seq)
+                    readings.extend(a.points)  # serialized by orjson at flush time, no per-reading work here
                     self._event_readings += len(a.points)
 
     # ---- flushing --------------------------------------------------------------------------------
@@ -156,7 +164,13 @@ class SideEffects:
         events: dict[str, dict[str, Any]] = {}
         try:
             ttl = self._s.latest_ttl_s
-            for device_id, mapping in list(latest.items()):
+            for device_id, p in list(latest.items()):
+                mapping = {
+                    "ts": str(p.ts_ms),
+                    "sensor_type": p.sensor_type,
+                    "location": p.location,
+                    "values": orjson.dumps(p.fields).decode(),
+                }
                 self._cache.hset(LATEST_KEY.format(device_id=device_id), mapping, ttl_s=ttl)
                 del latest[device_id]
             with self._lock:
@@ -167,7 +181,7 @@ class SideEffects:
                     "device_id": device_id,
                     "location": ev["location"],
                     "seqs": orjson.dumps(ev["seqs"]).decode(),
-                    "readings": orjson.dumps(ev["readings"]).decode(),
+                    "readings": orjson.dumps([_reading(p) for p in ev["readings"]]).decode(),
                 }
                 self._cache.stream_add(self._s.stream_name, fields, maxlen=self._s.stream_maxlen)
                 del events[device_id]
@@ -178,8 +192,8 @@ class SideEffects:
             self.cache_ok = False
             self._m.write_failures.labels("cache").inc()
             with self._lock:
-                for d, mapping in latest.items():
-                    self._latest.setdefault(d, mapping)
+                for d, p in latest.items():
+                    self._latest.setdefault(d, p)
                 for d, ev in events.items():  # older first, then what arrived meanwhile
                     newer = self._events.get(d)
                     if newer is not None:

@@ -117,6 +117,18 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
         latest = cache.hgetall(LATEST_KEY.format(device_id="dev0"))
         assert orjson.loads(latest["values"])["temperature"] == 21.5
         wait_for(lambda: cache.stream_len("edu:readings") > 0, 10, what="stream events")
+        from cloud_core.analytics.worker import parse_entry
+
+        cache.ensure_group("edu:readings", "t", start="0")
+        parsed: list = []
+
+        def read_all() -> bool:
+            entries = cache.stream_read_group("edu:readings", "t", "c", count=1000)
+            parsed.extend(r for _, fields in entries for r in parse_entry(fields))
+            return len(parsed) >= 300
+
+        wait_for(read_all, 10, what="300 readings on the analytics stream")
+        assert len(parsed) == 300 and parsed[0][3]["temperature"] == 21.5
         with Session(env.engine) as s:
             wait_for(
                 lambda: s.exec(select(Device.last_seen).where(Device.id == "dev1")).one() is not None,
