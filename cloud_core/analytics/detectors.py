@@ -31,6 +31,7 @@ __all__ = [
 
 IQR_TO_SIGMA = 1.349  # IQR of a normal distribution in standard deviations
 P80_TO_SIGMA = 2.563  # 10%-90% spread of a normal distribution in standard deviations
+PLATEAU_TOLERANCE = 0.1  # a run within this many rolling sigmas of a known plateau is that plateau
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,10 @@ class DetectorConfig:
         min_points: no score until this many values have been seen (cold start).
         stuck_min_run: shortest run of identical values that can count as stuck.
         stuck_alpha: a run is stuck when the chance of it, at the series' own repeat rate, is below this.
+        plateaus: values remembered as the series' own plateaus (a full battery, saturated humidity):
+            once a value has had a stuck-length run, later runs at it are normal. 0 turns this off.
+        jump_k: robust z-score of the step from the previous reading above which a reading jumped
+            (a one-reading spike inside the usual range); gated by novelty of the step size.
     """
 
     window: int = 288
@@ -54,6 +59,8 @@ class DetectorConfig:
     min_points: int = 30
     stuck_min_run: int = 5
     stuck_alpha: float = 1e-5
+    plateaus: int = 64
+    jump_k: float = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +118,13 @@ class SortedWindow:
 class RobustZ:
     """Rolling-median / IQR z-score gated by the long-run envelope. See the module docstring."""
 
-    __slots__ = ("_cfg", "_hist", "_win")
+    __slots__ = ("_cfg", "_hist", "_win", "scale")
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self._cfg = cfg
         self._win = SortedWindow(cfg.window)
         self._hist = SortedWindow(cfg.history)
+        self.scale = 0.0  # the rolling robust scale used for the last score
 
     def update(self, value: float) -> tuple[float, bool]:
         """Score ``value`` against what came before it, then remember it. Returns (z, novel)."""
@@ -128,6 +136,7 @@ class RobustZ:
             scale = win.robust_scale()
             floor = 1e-9 * (1.0 + abs(median))
             scale = scale if scale > floor else floor
+            self.scale = scale
             z = (value - median) / scale
             hs = self._hist.sorted
             i = int(self._cfg.envelope_q * len(hs))
@@ -167,9 +176,12 @@ class Ewma:
 class Stuck:
     """Improbably long runs of identical values, judged by the series' own repeat rate."""
 
-    __slots__ = ("_alpha", "_last", "_min_run", "_n", "_repeats", "_run")
+    __slots__ = ("_alpha", "_in_stuck", "_last", "_max_plateaus", "_min_run", "_n", "_plateaus", "_repeats", "_run")
 
     def __init__(self, cfg: DetectorConfig) -> None:
+        self._max_plateaus = cfg.plateaus
+        self._plateaus: dict[float, None] = {}  # insertion-ordered: the oldest is forgotten first
+        self._in_stuck = False
         self._min_run = cfg.stuck_min_run
         self._alpha = cfg.stuck_alpha
         self._last: float | None = None
@@ -177,32 +189,78 @@ class Stuck:
         self._repeats = 0
         self._n = 0
 
-    def update(self, value: float) -> tuple[int, bool]:
-        """Returns (current run length, stuck). The repeat rate learns only from non-stuck runs."""
+    def update(self, value: float, tolerance: float = 0.0) -> tuple[int, bool]:
+        """Returns (current run length, stuck). The repeat rate learns only from non-stuck runs; a run
+        within ``tolerance`` of a remembered plateau is not stuck."""
         if value == self._last:
             self._run += 1
         else:
+            if self._in_stuck and self._last is not None and self._max_plateaus:
+                # The run that just ended was stuck: from now on that value is a known plateau.
+                self._plateaus[self._last] = None
+                if len(self._plateaus) > self._max_plateaus:
+                    del self._plateaus[next(iter(self._plateaus))]
+            self._in_stuck = False
             self._run = 1
             self._last = value
         # Laplace-smoothed chance that a reading repeats the previous one, before this reading.
         p = (self._repeats + 1) / (self._n + 2)
         stuck = self._run >= self._min_run and (self._run - 1) * math.log(p) < math.log(self._alpha)
-        if not stuck:
-            self._n += 1
-            if self._run > 1:
-                self._repeats += 1
-        return self._run, stuck
+        if stuck and any(abs(value - v) <= tolerance for v in self._plateaus):
+            return self._run, False  # a plateau this series has shown before
+        if stuck:
+            self._in_stuck = True
+            return self._run, True
+        self._n += 1
+        if self._run > 1:
+            self._repeats += 1
+        return self._run, False
+
+
+class Jump:
+    """A step from the previous reading far outside this series' usual steps: robust z of the first
+    difference against the rolling window of differences, gated by novelty of the step's size (it
+    must exceed the long-run envelope of absolute steps). Finds a one-reading spike that stays
+    inside the range the series has shown (a value normal at noon, appearing at midnight)."""
+
+    __slots__ = ("_cfg", "_hist", "_last", "_win")
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        self._cfg = cfg
+        self._win = SortedWindow(cfg.window)
+        self._hist = SortedWindow(cfg.history)
+        self._last: float | None = None
+
+    def update(self, value: float) -> float:
+        """Returns the step's z-score when the step is novel, else 0."""
+        last, self._last = self._last, value
+        if last is None:
+            return 0.0
+        d = value - last
+        z = 0.0
+        if len(self._hist) >= self._cfg.min_points:
+            s = self._win.sorted
+            median = s[len(s) // 2]
+            scale = self._win.robust_scale()
+            floor = 1e-9 * (1.0 + abs(median))
+            z = (d - median) / (scale if scale > floor else floor)
+            if abs(d) <= self._hist.quantile(self._cfg.envelope_q):
+                z = 0.0
+        self._win.push(d)
+        self._hist.push(abs(d))
+        return z
 
 
 class StreamingDetector:
     """The cold-start detector for one series: :class:`RobustZ` (level) and :class:`Stuck` (runs)."""
 
-    __slots__ = ("_cfg", "_robust", "_stuck", "count")
+    __slots__ = ("_cfg", "_jump", "_robust", "_stuck", "count")
 
     def __init__(self, cfg: DetectorConfig | None = None) -> None:
         self._cfg = cfg or DetectorConfig()
         self._robust = RobustZ(self._cfg)
         self._stuck = Stuck(self._cfg)
+        self._jump = Jump(self._cfg) if self._cfg.jump_k > 0 else None
         self.count = 0
 
     def update(self, value: float) -> PointScore:
@@ -211,11 +269,14 @@ class StreamingDetector:
         if not math.isfinite(value):
             return NORMAL
         z, novel = self._robust.update(value)
-        run, stuck = self._stuck.update(value)
+        run, stuck = self._stuck.update(value, PLATEAU_TOLERANCE * self._robust.scale)
+        jz = self._jump.update(value) if self._jump is not None else 0.0
         score = abs(z) / self._cfg.k
         level = score >= 1.0 and novel
         if stuck:
             return PointScore(max(score, 1.0), z, novel, run, True, "stuck")
         if level:
             return PointScore(score, z, novel, run, True, "robust_z")
+        if abs(jz) >= self._cfg.jump_k:
+            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump")
         return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "")
