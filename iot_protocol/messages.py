@@ -21,6 +21,7 @@ from .topics import validate_device_id
 __all__ = [
     "MAX_READINGS_PER_BATCH",
     "VERSION",
+    "Alert",
     "Batch",
     "ConfigDocument",
     "ConfigReport",
@@ -29,6 +30,7 @@ __all__ = [
     "Receipt",
     "Rejection",
     "Status",
+    "decode_alert",
     "decode_batch",
     "decode_config_document",
     "decode_config_report",
@@ -361,6 +363,76 @@ def decode_config_report(data: bytes) -> ConfigReport:
     )
 
 
-def encode(message: Batch | Receipt | Status | Health | ConfigDocument | ConfigReport) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Cloud -> subscribers on ``alerts``: one anomalous episode of one device's field, published
+    when it opens (``state`` = ``open``) and again when it closes (``closed``)."""
+
+    id: int | None
+    device_id: str
+    field: str
+    sensor_type: str
+    detector: str  # robust_z | jump | stuck | forest
+    state: str  # open | closed
+    start_ms: int
+    end_ms: int
+    peak_ms: int
+    peak_score: float
+    count: int
+    values: tuple[float, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "id": self.id,
+            "device_id": self.device_id,
+            "field": self.field,
+            "sensor_type": self.sensor_type,
+            "detector": self.detector,
+            "state": self.state,
+            "status": self.state,  # the same as state (kept for earlier subscribers)
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "peak_ms": self.peak_ms,
+            "peak_score": self.peak_score,
+            "count": self.count,
+            "values": list(self.values),
+        }
+
+
+def decode_alert(data: bytes) -> Alert:
+    obj = _loads(data, "alert")
+    state = obj.get("state")
+    if state not in ("open", "closed"):
+        raise DecodeError("alert.state must be 'open' or 'closed'", reason="bad_schema")
+    ident = obj.get("id")
+    if ident is not None and (not isinstance(ident, int) or isinstance(ident, bool)):
+        raise DecodeError("alert.id must be an integer or null", reason="bad_schema")
+    score = obj.get("peak_score")
+    if not _num(score) or not math.isfinite(score):
+        raise DecodeError("alert.peak_score must be a number", reason="bad_schema")
+    values = obj.get("values", [])
+    if not isinstance(values, list) or not all(_num(x) for x in values):
+        raise DecodeError("alert.values must be a list of numbers", reason="bad_schema")
+    sensor_type = obj.get("sensor_type", "")
+    if not isinstance(sensor_type, str):
+        raise DecodeError("alert.sensor_type must be a string", reason="bad_schema")
+    return Alert(
+        id=ident,
+        device_id=validate_device_id(_str(obj, "device_id", "alert")),
+        field=_str(obj, "field", "alert"),
+        sensor_type=sensor_type,
+        detector=_str(obj, "detector", "alert", max_len=32),
+        state=state,
+        start_ms=_int(obj, "start_ms", "alert"),
+        end_ms=_int(obj, "end_ms", "alert"),
+        peak_ms=_int(obj, "peak_ms", "alert"),
+        peak_score=float(score),
+        count=_int(obj, "count", "alert"),
+        values=tuple(float(x) for x in values),
+    )
+
+
+def encode(message: Batch | Receipt | Status | Health | ConfigDocument | ConfigReport | Alert) -> bytes:
     """The exact bytes sent for ``message`` (compact JSON, keys in declaration order)."""
     return orjson.dumps(message.to_json())

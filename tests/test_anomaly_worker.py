@@ -57,6 +57,12 @@ def test_worker_scores_stream_and_stores_one_episode_per_spike(redis_url: str, t
     )
     assert [p[0] for p in published] == ["edu/devices/dev-1/alerts"] * 2  # opened, then closed
     assert orjson.loads(published[0][1])["state"] == "open"
+    from iot_protocol import decode_alert
+
+    opened, closed = (decode_alert(p[1]) for p in published)  # the wire contract's Alert
+    assert (opened.state, closed.state, opened.id, opened.detector, opened.values) == (
+        "open", "closed", a.id, "robust_z", (35.0,)
+    )  # fmt: skip
     # everything acked: a second worker of the group gets nothing
     other = AnalyticsWorker(AnalyticsSettings(consumer="w2", block_ms=0), cache, engine)
     assert other.poll(block_ms=0) == 0

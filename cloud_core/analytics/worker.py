@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from iot_protocol import Alert, encode
 from iot_protocol.topics import Topics
 
 from ..cache import Cache, CacheError, StreamEntry
@@ -202,7 +203,14 @@ class AnalyticsWorker:
             EPISODES.labels(ep.detector).inc()
         states = (["open"] if is_new else []) + (["closed"] if ep.closed else [])
         for state in states:  # subscribers always see "open" before "closed"
-            body = orjson.dumps({**payload, "state": state, "status": state})
+            body = encode(
+                Alert(
+                    id=payload["id"], device_id=device, field=field, sensor_type=payload["sensor_type"],
+                    detector=payload["detector"], state=state, start_ms=payload["start_ms"],
+                    end_ms=payload["end_ms"], peak_ms=payload["peak_ms"], peak_score=payload["peak_score"],
+                    count=payload["count"], values=tuple(payload["values"]),
+                )
+            )  # fmt: skip
             if self._publish is not None:
                 try:
                     self._publish(self._topics.alerts(device), body)
