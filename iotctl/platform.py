@@ -264,7 +264,9 @@ class Platform:
         self._stack.callback(stop_fleet)
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> Platform:
+    def start(self, *, devices: bool = True) -> Platform:
+        """Start every part; with ``devices=False`` the simulated fleet waits for :meth:`start_devices`
+        (tests attach observers to the broker first)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             admin_user, admin_password, broker_admin = self._start_broker()
@@ -274,11 +276,20 @@ class Platform:
 
             self.engine = make_engine(self.db_url)
             self._stack.callback(self.engine.dispose)
-            self._start_fleet()
+            if devices:
+                self._start_fleet()
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def start_devices(self) -> None:
+        """Enroll and start the simulated fleet (when :meth:`start` was told not to)."""
+        try:
+            self._start_fleet()
+        except BaseException:
+            self._stack.close()
+            raise
 
     def stop_devices(self, timeout_s: float = 30.0) -> None:
         """Stop the simulated fleet after it has drained (every batch receipted, or ``timeout_s``)."""
@@ -290,7 +301,7 @@ class Platform:
         self._stack.close()
 
     def __enter__(self) -> Platform:
-        return self.start()
+        return self if self.bridge is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

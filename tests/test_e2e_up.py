@@ -91,8 +91,10 @@ def stored_by_key(rows: list[dict[str, Any]]) -> dict[Key, dict[str, float]]:
 
 
 def run_and_compare(settings: PlatformSettings, seconds: float) -> tuple[Platform, dict[Key, dict[str, float]]]:
-    with Platform(settings) as platform:
-        sniffer = WireSniffer(platform)
+    platform = Platform(settings).start(devices=False)
+    with platform:
+        sniffer = WireSniffer(platform)  # subscribed before the first device publishes
+        platform.start_devices()
         try:
             deadline = time.monotonic() + 30
             while platform.stats().readings_stored < 10 and time.monotonic() < deadline:
