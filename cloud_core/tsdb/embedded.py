@@ -117,9 +117,13 @@ class EmbeddedStore(TimeSeriesStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # Switching needs an exclusive lock and may fail at once ("locked") instead of waiting
+                # while another thread creates the schema: one thread switches; WAL persists in the file.
+                with self._lock:
+                    conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA temp_store=MEMORY")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
