@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -76,7 +76,8 @@ def _str(obj: Mapping[str, Any], key: str, what: str, *, max_len: int = _NAME_MA
     return value
 
 
-def _num(value: Any) -> bool:
+def _num(value: Any) -> TypeGuard[int | float]:
+    """A JSON number (booleans are not numbers here, though Python says they are ints)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
