@@ -15,10 +15,7 @@ from cloud_core.cache import Cache, CacheError, CacheUnavailable, open_cache
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
 def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
     # memory:// URLs are shared per process (like one Redis), so each test takes its own name.
-    if request.param == "memory":
-        url = f"memory://{uuid.uuid4().hex}"
-    else:
-        url = request.getfixturevalue("redis_url")
+    url = f"memory://{uuid.uuid4().hex}" if request.param == "memory" else request.getfixturevalue("redis_url")
     c = open_cache(url)
     yield c
     c.close()

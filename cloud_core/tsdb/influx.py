@@ -383,10 +383,7 @@ class InfluxStore(TimeSeriesStore):
         agg: str,
         limit: int | None,
     ) -> list[QueryRow]:
-        if fields:
-            cols = ", ".join(f"{agg}({_ident(prefix + f)}) AS {_ident(f)}" for f in fields)
-        else:
-            cols = f"{agg}(*)"
+        cols = ", ".join(f"{agg}({_ident(prefix + f)}) AS {_ident(f)}" for f in fields) if fields else f"{agg}(*)"
         group = f"GROUP BY time({int(window_s)}s), {_ident('device_id')} fill(none)"
         stmt = f"SELECT {cols} FROM {src}{where} {group}"
         rows: list[QueryRow] = []
