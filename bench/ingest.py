@@ -450,6 +450,12 @@ def main() -> None:
     ap.add_argument(
         "--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol (3.1.1: one replica)"
     )
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=BROKER_LIMITS["max_inflight_messages"],
+        help="mosquitto max_inflight_messages for the bridge's broker",
+    )
     ap.add_argument("--skip-raw", action="store_true", help="skip (a) and (b); ratios then use LIMITS.md's figures")
     args = ap.parse_args()
     if args.protocol == "3.1.1" and args.replicas > 1:
@@ -465,7 +471,9 @@ def main() -> None:
     out["mosquitto_qos1_msgs_per_s"] = round(mq_rate)
     rows.append(("raw mosquitto QoS1 200 B (mosquitto_pub -l -> mosquitto_sub)", f"{mq_rate:,.0f} msg/s", str(mq_cpu)))
 
-    influx, pg, redis, broker = InfluxServer(), PostgresServer(), RedisServer(), MosquittoServer(**BROKER_LIMITS)
+    limits = {**BROKER_LIMITS, "max_inflight_messages": args.broker_inflight}
+    out["broker_limits"] = limits
+    influx, pg, redis, broker = InfluxServer(), PostgresServer(), RedisServer(), MosquittoServer(**limits)
     servers = [influx, pg, redis, broker]
     try:
         for s in servers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from types import TracebackType
@@ -156,6 +157,8 @@ class Bridge:
 def run_bridge(settings: BridgeSettings, *, stop: threading.Event | None = None) -> None:
     """Run a bridge until SIGINT/SIGTERM (or ``stop`` is set)."""
     stop = stop or threading.Event()
+    if settings.switch_interval_s is not None:  # process-wide: only where the bridge owns the process
+        sys.setswitchinterval(settings.switch_interval_s)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

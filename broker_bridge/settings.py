@@ -92,6 +92,12 @@ class BridgeSettings(BaseSettings):
     latest_ttl_s: int = Field(86400, ge=1, description="TTL of the latest-reading cache key per device.")
     stream_name: str = Field("edu:readings", description="Cache stream with one event per accepted batch.")
     stream_maxlen: int = Field(100000, ge=1, description="Approximate cap of the event stream's length.")
+    switch_interval_s: float | None = Field(
+        0.0005,
+        gt=0,
+        description="Python's GIL switch interval for a bridge process run by run_bridge (the "
+        "default 5 ms makes the network thread wait behind the writer after every socket call; None keeps it).",
+    )
     # --- observability ------------------------------------------------------------------------------
     metrics_port: int | None = Field(
         9108, ge=0, le=65535, description="/health /ready /metrics; 0 = any free port, None = off."

@@ -107,6 +107,8 @@ class Ingest:
         self._schema_ready = False
         self._receipts: dict[str, tuple[list[int], list[Rejection]]] = {}
         self._receipts_at = 0.0
+        self._unacked: list[Inbound] = []  # written, waiting for their receipt flush and PUBACK
+        self._ack_threshold = max(1, settings.receive_maximum // 4)
         self.store_ok = True
         self.units_written = 0
         self._thread = threading.Thread(target=self._write_loop, name="bridge-writer", daemon=True)
@@ -185,7 +187,7 @@ class Ingest:
                     return None
                 else:
                     wait = 0.5
-                if self._receipts:
+                if self._receipts or self._unacked:
                     wait = min(wait, max(0.0, self._receipts_at + self._s.receipt_interval_s - time.monotonic()))
                 self._cond.wait(wait)
             self._flush_receipts(force=False)
@@ -359,22 +361,27 @@ class Ingest:
             else:
                 assert type(o) is Rejected
                 self._reject(msg, o, now, receipts)
-        # Acknowledge in arrival order, only now that the points are durable.
-        self._ack([msg for msg, _ in unit.items if msg.epoch >= 0])
-        self._flush_receipts(force=False)
+        # The points are durable: these messages may now be receipted, then acknowledged.
+        self._unacked.extend(msg for msg, _ in unit.items)
         self._m.messages_stored.inc(stored_msgs)
         self._m.readings_stored.inc(stored_readings)
         self._effects.accepted(accepted, ledger_rows, now)
         self.units_written += 1
-        self._done(len(unit.items))
+        self._flush_receipts(force=len(self._unacked) >= self._ack_threshold)
 
     def _flush_receipts(self, *, force: bool) -> None:
-        """Publish the pending receipts, one per device covering every batch written since its last
-        one, at most every ``receipt_interval_s`` (fewer publishes under load; never before the write)."""
+        """Publish the pending receipts (one per device, naming every batch written since its last
+        one), then PUBACK the written messages in arrival order. At most every ``receipt_interval_s``
+        unless ``force``: fewer publishes under load, never before the write. Receipts go first: a
+        replica killed between the two leaves the messages unacknowledged, so they are redelivered,
+        found stored, and receipted again; the other order could lose a receipt for good."""
         now = time.monotonic()
-        if not self._receipts or (not force and now - self._receipts_at < self._s.receipt_interval_s):
+        if not self._unacked and not self._receipts:
+            return
+        if not force and now - self._receipts_at < self._s.receipt_interval_s:
             return
         receipts, self._receipts = self._receipts, {}
+        unacked, self._unacked = self._unacked, []
         self._receipts_at = now
         for device_id, (stored, rejected) in receipts.items():
             try:
@@ -382,6 +389,8 @@ class Ingest:
                 self._m.receipts.inc()
             except Exception as exc:  # receipts are advisory: the device resends and we ack again
                 log.warning("receipt to %s not sent: %s", device_id, exc, extra={"device_id": device_id})
+        self._ack([msg for msg in unacked if msg.epoch >= 0])
+        self._done(len(unacked))
 
     def _reject(
         self, msg: Inbound, o: Rejected, now: datetime, receipts: dict[str, tuple[list[int], list[Rejection]]]
