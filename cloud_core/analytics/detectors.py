@@ -31,6 +31,8 @@ __all__ = [
 
 IQR_TO_SIGMA = 1.349  # IQR of a normal distribution in standard deviations
 P80_TO_SIGMA = 2.563  # 10%-90% spread of a normal distribution in standard deviations
+NOVELTY_MIN_Z = 0.5  # novelty is computed only for |z| >= this x k (the forest needs 0.9 x k)
+PACE_STEPS = 6  # non-zero steps before a run that measure how fast the series was moving
 PLATEAU_TOLERANCE = 0.1  # a run within this many rolling sigmas of a known plateau is that plateau
 
 
@@ -48,8 +50,22 @@ class DetectorConfig:
         stuck_alpha: a run is stuck when the chance of it, at the series' own repeat rate, is below this.
         plateaus: values remembered as the series' own plateaus (a full battery, saturated humidity):
             once a value has had a stuck-length run, later runs at it are normal. 0 turns this off.
+        stuck_pace: a run that begins while the series moves by at most this many resolution steps
+            per reading (median of the last non-zero steps, over the smallest step ever seen) is a
+            slow curve levelling off (a battery at its turning point), not stuck. 0 turns this off.
         jump_k: robust z-score of the step from the previous reading above which a reading jumped
             (a one-reading spike inside the usual range); gated by novelty of the step size.
+        tail_q: a second, less extreme quantile of the long history; the gap between it and the
+            ``envelope_q`` quantile measures how far this series' own tail reaches.
+        novelty_margin: a value is novel only when it lies beyond the envelope by this many tail
+            gaps (``q(envelope_q) - q(tail_q)``). 0 (the default): tried 0.5-2, it costs NAB recall.
+        scale_margin: ... and by this many rolling robust sigmas, not by any amount: a slow walk
+            (pressure) or a series with frequent wide excursions (radio signal drops) sets its new
+            records by small margins, a spike far beyond everything seen does not.
+        jump_margin: a step's size is novel only beyond the envelope of past step sizes by this
+            many tail gaps.
+        jump_away: a step back towards the rolling median from a reading that was itself beyond
+            ``k`` (the end of an excursion, e.g. a drift released) is a recovery, not a jump.
     """
 
     window: int = 288
@@ -60,7 +76,13 @@ class DetectorConfig:
     stuck_min_run: int = 5
     stuck_alpha: float = 1e-5
     plateaus: int = 64
+    stuck_pace: float = 2.0
     jump_k: float = 8.0
+    tail_q: float = 0.99
+    novelty_margin: float = 0.0
+    jump_margin: float = 1.0
+    jump_away: bool = True
+    scale_margin: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,17 @@ class SortedWindow:
         return scale
 
 
+def envelope(s: list[float], q: float, tail_q: float, margin: float = 0.0) -> tuple[float, float]:
+    """(lower, upper) bounds of already-seen values in the sorted history ``s``: the ``1 - q`` and
+    ``q`` quantiles, each widened by ``margin`` tail gaps (the distance from the ``tail_q`` quantile
+    to the ``q`` quantile on that side)."""
+    n = len(s)
+    i = min(n - 1, int(q * n))
+    j = min(n - 1, int(tail_q * n))
+    lo, hi = s[n - 1 - i], s[i]
+    return lo - margin * (s[n - 1 - j] - lo), hi + margin * (hi - s[j])
+
+
 class RobustZ:
     """Rolling-median / IQR z-score gated by the long-run envelope. See the module docstring."""
 
@@ -138,11 +171,11 @@ class RobustZ:
             scale = scale if scale > floor else floor
             self.scale = scale
             z = (value - median) / scale
-            hs = self._hist.sorted
-            i = int(self._cfg.envelope_q * len(hs))
-            upper = hs[min(len(hs) - 1, i)]
-            lower = hs[max(0, len(hs) - 1 - i)]
-            novel = value > upper or value < lower
+            if abs(z) >= NOVELTY_MIN_Z * self._cfg.k:  # novelty matters only for candidates
+                cfg = self._cfg
+                lower, upper = envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.novelty_margin)
+                sm = cfg.scale_margin * scale
+                novel = value > upper + sm or value < lower - sm
         win.push(value)
         self._hist.push(value)
         return z, novel
@@ -174,20 +207,33 @@ class Ewma:
 
 
 class Stuck:
-    """Improbably long runs of identical values, judged by the series' own repeat rate."""
+    """Improbably long runs of identical values, judged by the series' own repeat rate.
 
-    __slots__ = ("_alpha", "_in_stuck", "_last", "_max_plateaus", "_min_run", "_n", "_plateaus", "_repeats", "_run")
+    Two kinds of run are natural, not stuck: a run at a physical bound of the field (a full battery,
+    saturated humidity: ``bounds``), and a run in a series that was moving by about its own
+    resolution per reading when the run began (a slow, quantised curve at its turning point).
+    """
 
-    def __init__(self, cfg: DetectorConfig) -> None:
+    __slots__ = (
+        "_alpha", "_bounds", "_in_stuck", "_last", "_max_plateaus", "_min_run", "_n", "_pace",
+        "_plateaus", "_quantum", "_repeats", "_run", "_run_pace", "_steps",
+    )  # fmt: skip
+
+    def __init__(self, cfg: DetectorConfig, bounds: tuple[float, float] | None = None) -> None:
         self._max_plateaus = cfg.plateaus
         self._plateaus: dict[float, None] = {}  # insertion-ordered: the oldest is forgotten first
         self._in_stuck = False
         self._min_run = cfg.stuck_min_run
         self._alpha = cfg.stuck_alpha
+        self._bounds = bounds
+        self._pace = cfg.stuck_pace
         self._last: float | None = None
         self._run = 0
         self._repeats = 0
         self._n = 0
+        self._quantum = math.inf  # the smallest non-zero step seen: the series' resolution
+        self._steps: deque[float] = deque(maxlen=PACE_STEPS)  # the last non-zero steps
+        self._run_pace = math.inf  # median of those steps when the current run began
 
     def update(self, value: float, tolerance: float = 0.0) -> tuple[int, bool]:
         """Returns (current run length, stuck). The repeat rate learns only from non-stuck runs; a run
@@ -200,14 +246,20 @@ class Stuck:
                 self._plateaus[self._last] = None
                 if len(self._plateaus) > self._max_plateaus:
                     del self._plateaus[next(iter(self._plateaus))]
+            if self._last is not None:
+                step = abs(value - self._last)
+                if step < self._quantum:
+                    self._quantum = step
+                self._steps.append(step)
+                self._run_pace = sorted(self._steps)[len(self._steps) // 2]
             self._in_stuck = False
             self._run = 1
             self._last = value
         # Laplace-smoothed chance that a reading repeats the previous one, before this reading.
         p = (self._repeats + 1) / (self._n + 2)
         stuck = self._run >= self._min_run and (self._run - 1) * math.log(p) < math.log(self._alpha)
-        if stuck and any(abs(value - v) <= tolerance for v in self._plateaus):
-            return self._run, False  # a plateau this series has shown before
+        if stuck and self._natural(value, tolerance):
+            return self._run, False
         if stuck:
             self._in_stuck = True
             return self._run, True
@@ -215,6 +267,14 @@ class Stuck:
         if self._run > 1:
             self._repeats += 1
         return self._run, False
+
+    def _natural(self, value: float, tolerance: float) -> bool:
+        """A run the series makes by itself: a known plateau, a physical bound, or resolution pace."""
+        if self._bounds is not None and (value <= self._bounds[0] or value >= self._bounds[1]):
+            return True
+        if self._pace > 0 and self._run_pace <= self._pace * self._quantum * (1.0 + 1e-6):
+            return True
+        return any(abs(value - v) <= tolerance for v in self._plateaus)
 
 
 class Jump:
@@ -244,7 +304,11 @@ class Jump:
             scale = self._win.robust_scale()
             floor = 1e-9 * (1.0 + abs(median))
             z = (d - median) / (scale if scale > floor else floor)
-            if abs(d) <= self._hist.quantile(self._cfg.envelope_q):
+            if abs(z) >= self._cfg.jump_k:
+                cfg = self._cfg
+                if abs(d) <= envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.jump_margin)[1]:
+                    z = 0.0
+            else:
                 z = 0.0
         self._win.push(d)
         self._hist.push(abs(d))
@@ -254,13 +318,15 @@ class Jump:
 class StreamingDetector:
     """The cold-start detector for one series: :class:`RobustZ` (level) and :class:`Stuck` (runs)."""
 
-    __slots__ = ("_cfg", "_jump", "_robust", "_stuck", "count")
+    __slots__ = ("_cfg", "_jump", "_prev_z", "_robust", "_stuck", "count")
 
-    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+    def __init__(self, cfg: DetectorConfig | None = None, bounds: tuple[float, float] | None = None) -> None:
+        """``bounds``: the field's physical range (``iot_protocol.FIELD_RANGES``), if known."""
         self._cfg = cfg or DetectorConfig()
         self._robust = RobustZ(self._cfg)
-        self._stuck = Stuck(self._cfg)
+        self._stuck = Stuck(self._cfg, bounds)
         self._jump = Jump(self._cfg) if self._cfg.jump_k > 0 else None
+        self._prev_z = 0.0
         self.count = 0
 
     def update(self, value: float) -> PointScore:
@@ -277,6 +343,8 @@ class StreamingDetector:
             return PointScore(max(score, 1.0), z, novel, run, True, "stuck")
         if level:
             return PointScore(score, z, novel, run, True, "robust_z")
-        if abs(jz) >= self._cfg.jump_k:
+        prev_z, self._prev_z = self._prev_z, z
+        recovery = self._cfg.jump_away and abs(prev_z) >= self._cfg.k and abs(z) < abs(prev_z)
+        if abs(jz) >= self._cfg.jump_k and not recovery:
             return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump")
         return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "")

@@ -29,8 +29,14 @@ class SeriesScorer:
 
     __slots__ = ("_features", "_stream", "forest")
 
-    def __init__(self, cfg: DetectorConfig | None = None, forest: ForestModel | None = None) -> None:
-        self._stream = StreamingDetector(cfg)
+    def __init__(
+        self,
+        cfg: DetectorConfig | None = None,
+        forest: ForestModel | None = None,
+        bounds: tuple[float, float] | None = None,
+    ) -> None:
+        """``bounds``: the field's physical range (``iot_protocol.FIELD_RANGES``), if known."""
+        self._stream = StreamingDetector(cfg, bounds)
         self.forest = forest
         self._features = FeatureState(forest.meta.feature_window if forest else 12)
 

@@ -245,22 +245,24 @@ def run_detector(
     *,
     config: object | None = None,
     cooldown_ms: int = 3_600_000,
+    bounds: tuple[float, float] | None = None,
 ) -> list[int]:
-    """Row indices of the alerts ``detector`` raises on ``series`` (episode starts for ours)."""
+    """Row indices of the alerts ``detector`` raises on ``series`` (episode starts for ours).
+    ``bounds``: the field's physical range, when the series is a known field (firmware_sim)."""
     from .detectors import DetectorConfig, StreamingDetector
 
     cfg = config if isinstance(config, DetectorConfig) else DetectorConfig()
     n = len(series.values)
     n_learn = learning_rows(n)
     if detector == "streaming":
-        det = StreamingDetector(cfg)
+        det = StreamingDetector(cfg, bounds)
         points = [det.update(v) for v in series.values.tolist()]
         return _episode_starts(series, [(p.anomalous, p.score, p.detector) for p in points], cooldown_ms)
     if detector == "ensemble":
         from .ensemble import SeriesScorer
         from .forest import ForestConfig, train_forest
 
-        scorer = SeriesScorer(cfg)
+        scorer = SeriesScorer(cfg, bounds=bounds)
         ts, vals = series.ts_ms.tolist(), series.values.tolist()
         points = scorer.score_batch(ts[:n_learn], vals[:n_learn])
         if n_learn >= 50:

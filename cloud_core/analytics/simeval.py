@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from iot_protocol import FIELD_RANGES
+
 from .errors import DatasetError
 from .evaluate import FileScore, LabelledSeries, Totals, parse_ts_ms, run_detector, score_alerts, totals
 
@@ -125,7 +127,7 @@ def evaluate_sim(
             learning_end = (
                 le if learning_end is None or (le is not None and le > learning_end) else learning_end
             )
-            alert_ms.update(int(ts[i]) for i in run_detector(s, detector))
+            alert_ms.update(int(ts[i]) for i in run_detector(s, detector, bounds=FIELD_RANGES.get(field)))
         score = score_alerts(device, alert_ms, windows, learning_end)
         scores.append(score)
         cut = learning_end if learning_end is not None else -1

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from iot_protocol import Alert, encode
+from iot_protocol import FIELD_RANGES, Alert, encode
 from iot_protocol.topics import Topics
 
 from ..cache import Cache, CacheError, StreamEntry
@@ -111,7 +111,7 @@ class AnalyticsWorker:
                 except ModelError:
                     forest = None
             series = _Series(
-                SeriesScorer(self._cfg, forest),
+                SeriesScorer(self._cfg, forest, FIELD_RANGES.get(field)),
                 EpisodeTracker(f"{device}/{field}", int(self._s.cooldown_s * 1000)),
                 sensor_type,
             )
