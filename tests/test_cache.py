@@ -179,3 +179,28 @@ def test_memory_caches_with_one_url_are_one_cache() -> None:
     open_cache(name).set("k", "v")
     assert open_cache(name).get("k") == "v"
     assert open_cache(f"memory://{uuid.uuid4().hex}").get("k") is None
+
+
+def test_stream_claim_takes_over_a_dead_consumers_entries_after_idle_time(cache: Cache) -> None:
+    cache.ensure_group("claim", "g", start="0")
+    ids = [cache.stream_add("claim", {"i": str(i)}) for i in range(4)]
+    dead = cache.stream_read_group("claim", "g", "dead", count=3)  # delivered, never acked
+    assert [e[0] for e in dead] == ids[:3]
+    assert cache.stream_claim("claim", "g", "alive", min_idle_ms=60_000) == []  # not idle long enough
+    time.sleep(0.15)
+    got = cache.stream_claim("claim", "g", "alive", min_idle_ms=100, count=2)
+    assert [(i, f["i"]) for i, f in got] == [(ids[0], "0"), (ids[1], "1")]
+    got += cache.stream_claim("claim", "g", "alive", min_idle_ms=100)
+    assert [e[0] for e in got] == ids[:3]
+    # now they are alive's pending entries, no longer dead's; claiming restarted their idle time
+    assert [e[0] for e in cache.stream_read_group("claim", "g", "alive", pending=True)] == ids[:3]
+    assert cache.stream_read_group("claim", "g", "dead", pending=True) == []
+    assert cache.stream_claim("claim", "g", "other", min_idle_ms=100) == []
+    assert cache.stream_ack("claim", "g", ids[:3]) == 3
+    assert [e[0] for e in cache.stream_read_group("claim", "g", "alive")] == [ids[3]]  # new entries unaffected
+
+
+def test_stream_claim_without_group_is_an_error(cache: Cache) -> None:
+    cache.stream_add("noclaim", {"a": "b"})
+    with pytest.raises(CacheError):
+        cache.stream_claim("noclaim", "missing", "c", min_idle_ms=0)

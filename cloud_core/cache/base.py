@@ -104,6 +104,16 @@ class Cache(abc.ABC):
         """Acknowledge entries; returns how many were pending."""
 
     @abc.abstractmethod
+    def stream_claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[StreamEntry]:
+        """Take over up to ``count`` entries of ``group`` that were delivered to any consumer and not
+        acked for at least ``min_idle_ms`` (a consumer that died), oldest first, like Redis
+        ``XAUTOCLAIM``: they become ``consumer``'s pending entries (idle time restarts). Entries
+        trimmed from the stream meanwhile are dropped from the pending list. Raises CacheError if
+        the group does not exist."""
+
+    @abc.abstractmethod
     def stream_len(self, stream: str) -> int:
         """Entries in the stream."""
 

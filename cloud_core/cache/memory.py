@@ -33,6 +33,7 @@ def _parse(text: str) -> _Id:
 class _Group:
     last_delivered: _Id
     pending: dict[_Id, str] = field(default_factory=dict)  # id -> consumer
+    delivered: dict[_Id, float] = field(default_factory=dict)  # id -> monotonic time of delivery
 
 
 @dataclass
@@ -202,6 +203,7 @@ class MemoryCache(Cache):
                     out = []
                     for pos in range(start, stop):
                         g.pending[s.ids[pos]] = consumer
+                        g.delivered[s.ids[pos]] = time.monotonic()
                         out.append((_fmt(s.ids[pos]), dict(s.fields[pos])))
                     g.last_delivered = s.ids[stop - 1]
                     return out
@@ -216,7 +218,34 @@ class MemoryCache(Cache):
             if s is None or group not in s.groups:
                 return 0
             g = s.groups[group]
-            return sum(1 for i in ids if g.pending.pop(_parse(i), None) is not None)
+            acked = 0
+            for i in ids:
+                entry_id = _parse(i)
+                g.delivered.pop(entry_id, None)
+                acked += g.pending.pop(entry_id, None) is not None
+            return acked
+
+    def stream_claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[StreamEntry]:
+        with self._cond:
+            s, g = self._group(stream, group)
+            now = time.monotonic()
+            out: list[StreamEntry] = []
+            for entry_id in sorted(g.pending):
+                if len(out) >= count:
+                    break
+                if (now - g.delivered.get(entry_id, now)) * 1000 < min_idle_ms:
+                    continue
+                pos = bisect.bisect_left(s.ids, entry_id)
+                if pos >= len(s.ids) or s.ids[pos] != entry_id:  # trimmed away: forget it
+                    del g.pending[entry_id]
+                    g.delivered.pop(entry_id, None)
+                    continue
+                g.pending[entry_id] = consumer
+                g.delivered[entry_id] = now
+                out.append((_fmt(entry_id), dict(s.fields[pos])))
+            return out
 
     def stream_len(self, stream: str) -> int:
         with self._cond:

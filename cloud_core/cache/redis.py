@@ -144,6 +144,31 @@ class RedisCache(Cache):
             return 0
         return int(self._call(lambda: self._r.xack(stream, group, *ids)))
 
+    def stream_claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[StreamEntry]:
+        out: list[StreamEntry] = []
+        start = "0-0"
+        while len(out) < count:
+            try:
+                reply = self._call(
+                    lambda: self._r.xautoclaim(
+                        stream, group, consumer, min_idle_ms, start_id=start, count=count - len(out)
+                    )
+                )
+            except CacheError as exc:
+                if "NOGROUP" in str(exc):
+                    raise CacheError(
+                        f"no consumer group {group!r} on stream {stream!r}: call ensure_group first"
+                    ) from exc
+                raise
+            start, entries = str(reply[0]), reply[1]
+            # Redis 6.2 lists trimmed entries as (id, None); 7 leaves them out (reply[2]).
+            out.extend((str(i), dict(f)) for i, f in entries if f is not None)
+            if start in ("0-0", "0"):
+                break
+        return out
+
     def stream_len(self, stream: str) -> int:
         return int(self._call(lambda: self._r.xlen(stream)))
 
