@@ -152,8 +152,8 @@ class RedisCache(Cache):
         while len(out) < count:
             try:
                 reply = self._call(
-                    lambda: self._r.xautoclaim(
-                        stream, group, consumer, min_idle_ms, start_id=start, count=count - len(out)
+                    lambda s=start, n=count - len(out): self._r.xautoclaim(  # type: ignore[misc]
+                        stream, group, consumer, min_idle_ms, start_id=s, count=n
                     )
                 )
             except CacheError as exc:
