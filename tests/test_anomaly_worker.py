@@ -109,3 +109,41 @@ def test_worker_command_runs_in_its_own_process_and_stops_on_sigterm(redis_url: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_dead_workers_entries_are_claimed_and_processed_by_another(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Worker A reads a batch and dies before acking; after claim_idle_s worker B claims and scores it."""
+    import time
+
+    from sqlmodel import SQLModel
+
+    engine = make_engine(f"sqlite:///{tmp_path}/meta.db")
+    SQLModel.metadata.create_all(engine, tables=[Anomaly.__table__])  # type: ignore[attr-defined]
+    cache = open_cache(redis_url)
+    a = AnalyticsSettings(consumer="a", batch=1000, block_ms=0, cooldown_s=600, claim_idle_s=0.3)
+    AnalyticsWorker(a, cache, engine).ensure_group()
+    rng = np.random.default_rng(2)
+    values = 21 + rng.normal(0, 0.2, 400)
+    values[300] = 35.0
+    t0 = 1_700_000_000_000
+    for i, v in enumerate(values.tolist()):
+        cache.stream_add(a.stream, {"device_id": "dev-3", "sensor_type": "bme280", "ts": str(t0 + i * 60_000),
+                                    "values": orjson.dumps({"temperature": v}).decode()})  # fmt: skip
+    taken = cache.stream_read_group(a.stream, a.group, "a", count=1000)  # A reads, then dies
+    assert len(taken) == 400
+    b = AnalyticsWorker(AnalyticsSettings(consumer="b", batch=1000, block_ms=0, cooldown_s=600, claim_idle_s=0.3),
+                        cache, engine)  # fmt: skip
+    assert b.poll(block_ms=0) == 0  # nothing new, and A's entries are not idle long enough yet
+    deadline = time.monotonic() + 10
+    handled = 0
+    while time.monotonic() < deadline and handled < 400:
+        handled += b.poll(block_ms=0)
+        time.sleep(0.05)
+    assert handled == 400
+    b.flush()
+    with Session(engine) as s:
+        rows = list(s.exec(select(Anomaly)))
+    assert [(r.device_id, r.start_ms, r.values) for r in rows] == [("dev-3", t0 + 300 * 60_000, [35.0])]
+    assert cache.stream_read_group(a.stream, a.group, "a", pending=True) == []  # all acked by B
+    assert cache.stream_read_group(a.stream, a.group, "b", pending=True) == []
+    cache.close()

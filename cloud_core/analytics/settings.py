@@ -28,6 +28,17 @@ class AnalyticsSettings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Where versioned forest models live (None: streaming only)."
     )
+    tsdb_url: str | None = Field(
+        None, description="Time-series store the scheduled retraining reads (None: no retraining)."
+    )
+    retrain_every_s: float = Field(
+        6 * 3600.0, description="Retrain every series' forest this often (0: never); needs tsdb_url and models_dir."
+    )
+    retrain_hours: float = Field(168.0, description="Hours of history each retraining reads.")
+    retrain_budget_s: float = Field(600.0, description="No new series is trained after this long in one run.")
+    claim_idle_s: float = Field(
+        60.0, description="Reclaim entries another consumer of the group has left unacked this long (0: never)."
+    )
     webhook_url: str | None = Field(None, description="POST each opened episode here as JSON (optional).")
     webhook_timeout_s: float = Field(2.0, description="Timeout of one webhook POST.")
     summary_ttl_s: float = Field(60.0, description="TTL of cached /v1/analytics/summary answers.")

@@ -7,6 +7,11 @@ Stream entries are either one reading (``device_id``, ``sensor_type``, ``ts`` in
 JSON object) or the bridge's batch form (``device_id`` and ``readings``, a JSON list of
 ``{"ts", "sensor_type", "values"}``). Entries are acked after their episodes are stored. A
 reading not newer than the last one scored for its series (a redelivery) is skipped.
+
+Crash recovery: entries another consumer of the group took and left unacked for ``claim_idle_s``
+(it died) are claimed and processed by this one. Retraining: every ``retrain_every_s`` a side
+thread fits new model versions from the time-series store (:mod:`.retrain`); the worker thread
+then swaps newer versions into its live series.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +38,7 @@ from .episodes import Episode, EpisodeTracker
 from .errors import ModelError
 from .forest import ModelStore
 from .models import Anomaly
+from .retrain import RetrainReport, model_key, retrain
 from .settings import AnalyticsSettings
 from .summary import invalidate_summary
 
@@ -98,6 +105,8 @@ class AnalyticsWorker:
         self._models = ModelStore(settings.models_dir) if settings.models_dir else None
         self._series: dict[tuple[str, str], _Series] = {}
         self._recovered = False
+        self._models_changed = threading.Event()  # set by a retraining, cleared by refresh_models
+        self._last_claim = 0.0
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _get(self, device: str, field: str, sensor_type: str) -> _Series:
@@ -107,7 +116,7 @@ class AnalyticsWorker:
             forest = None
             if self._models is not None:
                 try:
-                    forest = self._models.load(f"{device}.{field}")
+                    forest = self._models.load(model_key(device, field))
                 except ModelError:
                     forest = None
             series = _Series(
@@ -234,15 +243,83 @@ class AnalyticsWorker:
             WEBHOOK_FAILURES.inc()
             log.warning("alert webhook failed: %s", exc, extra={"device_id": device})
 
+    # ---- models ----------------------------------------------------------------------------------
+    def retrain_once(self) -> RetrainReport:
+        """Train new model versions from the time-series store (any thread). Raises ModelError when
+        the worker has no ``tsdb_url`` or ``models_dir``, StoreError when the store cannot be read."""
+        s = self._s
+        if self._models is None or not s.tsdb_url:
+            raise ModelError("retraining needs both tsdb_url and models_dir")
+        from ..tsdb import open_tsdb
+
+        store = open_tsdb(s.tsdb_url)
+        try:
+            report = retrain(store, self._models, hours=s.retrain_hours, time_budget_s=s.retrain_budget_s)
+        finally:
+            store.close()
+        if report.trained:
+            self._models_changed.set()
+        return report
+
+    def refresh_models(self) -> int:
+        """Attach newer model versions to live series (worker thread). Returns how many were swapped."""
+        self._models_changed.clear()
+        if self._models is None:
+            return 0
+        swapped = 0
+        for (device, field), series in self._series.items():
+            key = model_key(device, field)
+            versions = self._models.versions(key)
+            current = series.scorer.forest.meta.version if series.scorer.forest is not None else 0
+            if not versions or versions[-1] <= current:
+                continue
+            try:
+                series.scorer.attach(self._models.load(key, versions[-1]))
+            except ModelError as exc:
+                log.warning("model swap failed: %s", exc, extra={"key": key})
+                continue
+            swapped += 1
+        if swapped:
+            log.info("swapped in retrained models", extra={"count": swapped})
+        return swapped
+
+    def model_version(self, device: str, field: str) -> int:
+        """Version of the forest scoring a live series (0: streaming only, or not seen yet)."""
+        series = self._series.get((device, field))
+        forest = series.scorer.forest if series is not None else None
+        return forest.meta.version if forest is not None else 0
+
+    def _retrain_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self._s.retrain_every_s):
+            try:
+                report = self.retrain_once()
+                log.info(
+                    "retraining done",
+                    extra={"trained": len(report.trained), "deferred": len(report.deferred), "s": report.seconds},
+                )
+            except Exception as exc:  # a failed run must not kill the schedule; the next one retries
+                log.warning("retraining failed: %s", exc)
+
     # ---- the loop --------------------------------------------------------------------------------
     def ensure_group(self) -> None:
         self._cache.ensure_group(self._s.stream, self._s.group, start="0")
 
     def poll(self, block_ms: int | None = None) -> int:
-        """Read (own pending entries first, after a restart), handle and ack one batch. Returns entries."""
+        """Read (own pending entries first, after a restart; then entries a dead consumer left
+        behind; then new ones), handle and ack one batch. Returns entries."""
         s = self._s
+        if self._models_changed.is_set():
+            self.refresh_models()
         entries: list[StreamEntry] = []
-        if not self._recovered:
+        if s.claim_idle_s > 0 and time.monotonic() - self._last_claim >= min(s.claim_idle_s, 5.0):
+            self._last_claim = time.monotonic()
+            entries = self._cache.stream_claim(
+                s.stream, s.group, s.consumer, int(s.claim_idle_s * 1000), count=s.batch
+            )
+            if entries:
+                log.info("claimed entries of a dead consumer", extra={"count": len(entries)})
+                self._last_claim = 0.0  # there may be more: look again next poll
+        if not entries and not self._recovered:
             entries = self._cache.stream_read_group(
                 s.stream, s.group, s.consumer, count=s.batch, pending=True
             )
@@ -262,8 +339,12 @@ class AnalyticsWorker:
         return len(entries)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set; cache outages are logged and retried."""
+        """Poll until ``stop`` is set; cache outages are logged and retried. Retrains on a side thread
+        every ``retrain_every_s`` when a time-series store and a models dir are configured."""
         self.ensure_group()
+        s = self._s
+        if s.retrain_every_s > 0 and s.tsdb_url and self._models is not None:
+            threading.Thread(target=self._retrain_loop, args=(stop,), name="analytics-retrain", daemon=True).start()
         while not stop.is_set():
             try:
                 self.poll()

@@ -253,3 +253,67 @@ def worker(
     analytics.run(stop)
     if publisher is not None:
         publisher.close()
+
+
+@app.command("train")
+def train(
+    tsdb: str | None = typer.Option(
+        None, "--tsdb", envvar="EDU_TSDB_URL", help="Time-series store URL (default: the state dir's readings.db)."
+    ),
+    db: str | None = typer.Option(
+        None, "--db", envvar="EDU_DB_URL", help="Train the devices registered here (default: all with data)."
+    ),
+    models_dir: Path = typer.Option(
+        ..., "--models-dir", envvar="EDU_ANALYTICS_MODELS_DIR", help="Versioned model store (the worker's)."
+    ),
+    hours: float = typer.Option(168.0, "--hours", help="Hours of history to train on."),
+    max_points: int = typer.Option(200_000, "--max-points", help="At most this many readings read per device."),
+    budget_s: float = typer.Option(600.0, "--budget-s", help="Start no new device after this many seconds."),
+) -> None:
+    """Train a new IsolationForest version per device and field from stored history (bounded)."""
+    from cloud_core.analytics.errors import AnalyticsError
+    from cloud_core.analytics.forest import ModelStore
+    from cloud_core.analytics.retrain import retrain
+    from cloud_core.paths import default_tsdb_url
+    from cloud_core.tsdb import open_tsdb
+    from cloud_core.tsdb.base import StoreError
+
+    if hours <= 0 or max_points <= 0:
+        raise CliError("--hours and --max-points must be positive")
+    devices: list[str] | None = None
+    if db is not None:
+        from sqlalchemy.exc import SQLAlchemyError
+        from sqlmodel import Session, select
+
+        from cloud_core.core.db import make_engine
+        from cloud_core.models import Device
+
+        try:
+            with Session(make_engine(db)) as session:
+                devices = [d.id for d in session.exec(select(Device))]
+        except (ValueError, SQLAlchemyError) as exc:
+            raise CliError(f"cannot read devices from {db}: {str(exc).splitlines()[0]}") from None
+    try:
+        store = open_tsdb(tsdb or default_tsdb_url())
+        try:
+            report = retrain(
+                store, ModelStore(models_dir), hours=hours, devices=devices, max_points=max_points,
+                time_budget_s=budget_s,
+            )  # fmt: skip
+        finally:
+            store.close()
+    except (ValueError, StoreError, AnalyticsError, OSError) as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    for m in report.trained:
+        typer.echo(f"{m.key} v{m.version}: {m.train_points} readings, {m.train_seconds:.2f} s")
+    typer.echo(
+        json.dumps(
+            {
+                "trained": len(report.trained),
+                "versions": {m.key: m.version for m in report.trained},
+                "skipped": list(report.skipped),
+                "deferred": list(report.deferred),
+                "seconds": round(report.seconds, 3),
+            }
+        )
+    )
