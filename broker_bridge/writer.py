@@ -193,6 +193,11 @@ class Ingest:
             self._flush_receipts(force=False)
 
     def _write_loop(self) -> None:
+        try:  # ready the store before the first unit (retention policies...); the first write retries
+            self._store.init_schema()
+            self._schema_ready = True
+        except Exception as exc:
+            log.warning("time-series store not ready yet: %s", exc)
         while True:
             unit = self._next_unit()
             if unit is None:

@@ -1,0 +1,98 @@
+"""Side-effect sinks down: readings keep flowing into the store while Redis or PostgreSQL is down,
+and the side effects (latest cache, stream, dead letters, ledger, last_seen) catch up when it is back."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session, func, select
+
+from broker_bridge import Bridge, BridgeSettings
+from broker_bridge.effects import LATEST_KEY
+from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
+from cloud_core.cache import open_cache
+from cloud_core.core.db import make_engine
+from cloud_core.models import BatchLedger, Device, RejectedMessage
+from cloud_core.tsdb import open_tsdb
+from iot_protocol import Topics
+from iot_testing.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {"max_queued_messages": 1_000_000, "max_inflight_messages": 1000}
+
+
+def _settings(broker, db_url: str, tsdb_url: str, cache_url: str, prefix: str) -> BridgeSettings:
+    return BridgeSettings(
+        mqtt_url=broker.url, db_url=db_url, tsdb_url=tsdb_url, cache_url=cache_url, topic_prefix=prefix,
+        client_id=f"bridge-{prefix}", batch_max_delay_s=0.02, effects_interval_s=0.1, retry_initial_s=0.1,
+        retry_max_s=0.3, metrics_port=0,
+    )  # fmt: skip
+
+
+def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url, influx_url, topic_prefix) -> None:
+    broker = mosquitto_factory(**LIMITS)
+    redis = RedisServer()
+    redis.start()
+    try:
+        engine = make_engine(pg_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        with Bridge(_settings(broker, pg_url, influx_url, redis.url, topic_prefix)) as bridge:
+            bridge.wait_ready()
+            redis.stop()
+            with Publisher(broker.host, broker.port) as pub:
+                for seq in range(1, 11):
+                    pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
+                pub.wait_acked()
+            wait_for(lambda: store.count() == 50, 20, what="50 points while Redis is down")
+            wait_for(lambda: not bridge.effects.cache_ok, 10, what="cache failure noticed")
+            redis.start()
+            cache = open_cache(redis.url)
+            wait_for(lambda: cache.hgetall(LATEST_KEY.format(device_id="a")), 20, what="latest cache caught up")
+            wait_for(lambda: cache.stream_len("edu:readings") >= 1, 20, what="stream caught up")
+            cache.close()
+        store.close()
+        engine.dispose()
+    finally:
+        redis.close()
+
+
+def test_postgres_down_readings_flow_and_bookkeeping_catches_up(mosquitto_factory, influx_url, topic_prefix) -> None:
+    broker = mosquitto_factory(**LIMITS)
+    pg = PostgresServer()
+    pg.start()
+    try:
+        db_url = pg.create_database("bridge")
+        engine = make_engine(db_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
+            bridge.wait_ready()
+            rc = ReceiptCollector(broker.host, broker.port, topics)
+            pg.stop()  # the registry snapshot (a's key) keeps serving
+            with Publisher(broker.host, broker.port) as pub:
+                for seq in range(1, 11):
+                    pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
+                pub.publish(topics.telemetry("a"), b"garbage")
+                pub.wait_acked()
+            wait_for(lambda: store.count() == 50, 30, what="50 points while PostgreSQL is down")
+            wait_for(lambda: len(rc.stored("a")) == 10, 20, what="receipts while PostgreSQL is down")
+            wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
+            pg.start()
+            engine.dispose()
+
+            def caught_up() -> bool:
+                with Session(engine) as s:
+                    ledger = s.exec(select(func.count()).select_from(BatchLedger)).one()
+                    dead = s.exec(select(func.count()).select_from(RejectedMessage)).one()
+                    seen = s.get(Device, "a").last_seen
+                return ledger == 10 and dead == 1 and seen is not None
+
+            wait_for(caught_up, 30, interval=0.3, what="ledger, dead letter and last_seen written")
+            rc.close()
+        store.close()
+        engine.dispose()
+    finally:
+        pg.close()
