@@ -180,9 +180,11 @@ class Platform:
             try:
                 r = httpx.get(f"{self.api_url}/ready", timeout=2)
                 if r.status_code == 200:
-                    url_file = self.state_dir / "api.url"
-                    url_file.write_text(self.api_url + "\n")
-                    self._stack.callback(url_file.unlink, missing_ok=True)
+                    # Where the running platform is, for `iotctl devices|config|sim` without flags.
+                    for name, url in (("api.url", self.api_url), ("mqtt.url", self.mqtt_url)):
+                        url_file = self.state_dir / name
+                        url_file.write_text(url + "\n")
+                        self._stack.callback(url_file.unlink, missing_ok=True)
                     return
                 last = r.text
             except httpx.HTTPError as exc:

@@ -23,6 +23,22 @@ def _sim() -> None:
     """Simulate fleets of devices with faults, attacks and ground truth."""
 
 
+def _running_platform(admin_token: str | None) -> tuple[str | None, str | None, str | None]:
+    """(API URL, broker URL, admin token) of the platform ``iotctl up`` runs from the state dir, so
+    a student's ``iotctl sim run`` enrolls its devices there; (None, None, token) when none runs."""
+    from cloud_core.paths import default_state_dir
+
+    state = default_state_dir()
+    try:
+        api = (state / "api.url").read_text().strip()
+        broker = (state / "mqtt.url").read_text().strip()
+        token = admin_token or (state / "admin.token").read_text().strip()
+    except OSError:
+        return None, None, admin_token
+    print(f"using the platform that 'iotctl up' runs: API {api}, broker {broker}", file=sys.stderr)
+    return api, broker, token
+
+
 @app.command("run")
 def run(
     scenario: Path | None = typer.Option(None, "--scenario", help="Scenario file (.toml or .yaml)."),
@@ -63,6 +79,8 @@ def run(
 
     if (scenario is None) == (devices is None):
         raise CliError("give exactly one of --scenario FILE or --devices N")
+    if api is None and db is None and broker is None:
+        api, broker, admin_token = _running_platform(admin_token)
     if api is not None and not admin_token:
         raise CliError("--api needs --admin-token (or EDU_ADMIN_TOKEN) to register devices")
     if api is not None and db is not None:
