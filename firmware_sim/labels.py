@@ -5,6 +5,13 @@ times are ISO 8601 UTC with milliseconds (``2026-01-05T08:00:00.000Z``); ``field
 the event is not about one sensor field. The JSONL twin carries the same rows plus ``category``
 (sensor | device | network | attack), ``start_ms``/``end_ms``, ``params`` and, for attacks, the
 ``expected`` bridge outcome (a dead-letter reason, or ``duplicate``).
+
+A sensor fault that changes values (``spike``, ``drift``, ``stuck``, ``noise_burst``:
+:data:`EFFECT_END_KINDS`) is labelled up to and including the first reading after it ends: its
+effect on the data includes the step back to the true value at that reading (a stuck value or a
+drift released), so the label's ``end`` is the fault's end plus one sampling interval of the device
+(when the writer knows it: :meth:`LabelWriter.sampling_interval`; the offline generator registers
+every device). ``start`` and every other kind are the event's own window.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +27,30 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CSV_HEADER", "Label", "LabelWriter", "format_ts", "parse_ts", "read_labels"]
+__all__ = [
+    "CSV_HEADER",
+    "EFFECT_END_KINDS",
+    "Label",
+    "LabelWriter",
+    "effect_end_ms",
+    "format_ts",
+    "parse_ts",
+    "read_labels",
+]
 
 CSV_HEADER = ("device_id", "start", "end", "kind", "field")
+
+EFFECT_END_KINDS = frozenset({"spike", "drift", "stuck", "noise_burst"})
+"""Sensor faults whose end shows in the data: the next reading steps back to the true value."""
+
+
+def effect_end_ms(kind: str, end_ms: int, sampling_interval_ms: int | None) -> int:
+    """Where the label of a fault of ``kind`` that stops at ``end_ms`` ends: one sampling interval
+    later for :data:`EFFECT_END_KINDS` (the first unaffected reading, where the step back shows,
+    is at most that far after the end), else ``end_ms``."""
+    if kind in EFFECT_END_KINDS and sampling_interval_ms:
+        return end_ms + sampling_interval_ms
+    return end_ms
 
 
 def format_ts(ms: int) -> str:
@@ -76,9 +104,11 @@ class LabelWriter:
     Labels are flushed as they arrive, so a run stopped early still leaves its ground truth.
     """
 
-    def __init__(self, csv_path: Path | None) -> None:
+    def __init__(self, csv_path: Path | None, sampling_intervals: Mapping[str, int] | None = None) -> None:
+        """``sampling_intervals``: device id -> sampling interval (ms), for the labels' effect end."""
         self._lock = threading.Lock()
         self.labels: list[Label] = []
+        self._intervals: dict[str, int] = dict(sampling_intervals or {})
         self.csv_path = csv_path
         self.jsonl_path = csv_path.with_suffix(".jsonl") if csv_path is not None else None
         if csv_path is not None:
@@ -88,8 +118,18 @@ class LabelWriter:
             assert self.jsonl_path is not None
             self.jsonl_path.write_bytes(b"")
 
+    def sampling_interval(self, device_id: str, interval_ms: int) -> None:
+        """Tell the writer how often ``device_id`` samples (labels added later end at the fault's
+        effect end, see the module docstring)."""
+        with self._lock:
+            self._intervals[device_id] = interval_ms
+
     def add(self, label: Label) -> None:
         with self._lock:
+            if label.category == "sensor":
+                end = effect_end_ms(label.kind, label.end_ms, self._intervals.get(label.device_id))
+                if end != label.end_ms:
+                    label = dataclasses.replace(label, end_ms=end)
             self.labels.append(label)
             if self.csv_path is not None and self.jsonl_path is not None:
                 with self.csv_path.open("a", newline="") as f:

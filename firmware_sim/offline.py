@@ -7,7 +7,8 @@ Each device is built exactly as :mod:`firmware_sim.fleet` builds it: the same pe
 sampling grid (per-device phase, ``sampling_interval``), and each sample becomes what the bridge
 stores: the sensor's values plus ``quality_score`` (a failed read, e.g. a ``dropout``, becomes a
 point with only ``quality_score = 0``, as the agent's pipeline and the bridge make it). So the rows
-are the points a live run of the scenario stores, given that every honest reading arrives.
+are the points a live run of the scenario stores, given that every honest reading arrives. Labels of value-changing sensor faults end one sampling
+interval after the fault (the reading that steps back: :mod:`firmware_sim.labels`).
 
 Device and network faults act as on a live device: ``reboot`` and ``battery_death`` stop sampling
 for their window, ``offline`` changes nothing stored (the buffer replays it later),
@@ -126,6 +127,9 @@ def iter_rows(plan: FleetPlan, labels: LabelWriter | None = None) -> Iterator[Ro
         if spec.category != "attack" and spec.start_ms < plan.end_ms:
             by_device[spec.device_id].append(spec)
     devices = [_OfflineDevice(plan, d, by_device[d.device_id]) for d in plan.devices]
+    if labels is not None:
+        for dev in devices:
+            labels.sampling_interval(dev.plan.device_id, dev.interval_ms)
     # One heap of (time, order, kind, device): events before samples at the same instant, as the
     # fleet schedules an event at its start and samples on the grid.
     heap: list[tuple[int, int, int, int]] = []
