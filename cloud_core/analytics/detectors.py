@@ -34,6 +34,7 @@ P80_TO_SIGMA = 2.563  # 10%-90% spread of a normal distribution in standard devi
 NOVELTY_MIN_Z = 0.5  # novelty is computed only for |z| >= this x k (the forest needs 0.9 x k)
 PACE_STEPS = 6  # non-zero steps before a run that measure how fast the series was moving
 PLATEAU_TOLERANCE = 0.1  # a run within this many rolling sigmas of a known plateau is that plateau
+SPACINGS = 15  # recent time spacings whose median is the series' usual sampling interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,10 @@ class DetectorConfig:
             many tail gaps.
         jump_away: a step back towards the rolling median from a reading that was itself beyond
             ``k`` (the end of an excursion, e.g. a drift released) is a recovery, not a jump.
+        gap_factor: a step across a gap in time (more than this many of the series' usual sampling
+            intervals, the median of its last spacings) spans several readings' worth of change, so
+            it is not judged as a one-reading jump (nor learnt as a step). 0 turns this off; needs
+            timestamps.
     """
 
     window: int = 288
@@ -83,6 +88,7 @@ class DetectorConfig:
     jump_margin: float = 1.0
     jump_away: bool = True
     scale_margin: float = 1.0
+    gap_factor: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +297,11 @@ class Jump:
         self._hist = SortedWindow(cfg.history)
         self._last: float | None = None
 
-    def update(self, value: float) -> float:
-        """Returns the step's z-score when the step is novel, else 0."""
+    def update(self, value: float, gap: bool = False) -> float:
+        """Returns the step's z-score when the step is novel, else 0. After a ``gap`` in time the
+        step is neither judged nor learnt."""
         last, self._last = self._last, value
-        if last is None:
+        if last is None or gap:
             return 0.0
         d = value - last
         z = 0.0
@@ -318,7 +325,7 @@ class Jump:
 class StreamingDetector:
     """The cold-start detector for one series: :class:`RobustZ` (level) and :class:`Stuck` (runs)."""
 
-    __slots__ = ("_cfg", "_jump", "_prev_z", "_robust", "_stuck", "count")
+    __slots__ = ("_cfg", "_jump", "_last_ts", "_prev_z", "_robust", "_spacings", "_stuck", "count")
 
     def __init__(self, cfg: DetectorConfig | None = None, bounds: tuple[float, float] | None = None) -> None:
         """``bounds``: the field's physical range (``iot_protocol.FIELD_RANGES``), if known."""
@@ -327,16 +334,33 @@ class StreamingDetector:
         self._stuck = Stuck(self._cfg, bounds)
         self._jump = Jump(self._cfg) if self._cfg.jump_k > 0 else None
         self._prev_z = 0.0
+        self._last_ts: int | None = None
+        self._spacings: deque[int] = deque(maxlen=SPACINGS)
         self.count = 0
 
-    def update(self, value: float) -> PointScore:
-        """Score one reading (only past and current values are used)."""
+    def _gap(self, ts_ms: int | None) -> bool:
+        """Whether ``ts_ms`` comes after a gap (see ``DetectorConfig.gap_factor``)."""
+        if ts_ms is None or self._cfg.gap_factor <= 0:
+            return False
+        last, self._last_ts = self._last_ts, ts_ms
+        if last is None:
+            return False
+        sp = self._spacings
+        usual = sorted(sp)[len(sp) // 2] if len(sp) >= 3 else None
+        dt = ts_ms - last
+        sp.append(dt)
+        return usual is not None and dt > self._cfg.gap_factor * usual
+
+    def update(self, value: float, ts_ms: int | None = None) -> PointScore:
+        """Score one reading (only past and current values are used); ``ts_ms``, when given,
+        lets steps across gaps in time be told from one-reading jumps."""
         self.count += 1
         if not math.isfinite(value):
             return NORMAL
+        gap = self._gap(ts_ms)
         z, novel = self._robust.update(value)
         run, stuck = self._stuck.update(value, PLATEAU_TOLERANCE * self._robust.scale)
-        jz = self._jump.update(value) if self._jump is not None else 0.0
+        jz = self._jump.update(value, gap) if self._jump is not None else 0.0
         score = abs(z) / self._cfg.k
         level = score >= 1.0 and novel
         if stuck:

@@ -46,7 +46,7 @@ class SeriesScorer:
 
     def score_batch(self, ts_ms: Sequence[int], values: Sequence[float]) -> list[PointScore]:
         """Score readings in time order; each score uses only that reading and earlier ones."""
-        stream = [self._stream.update(v) for v in values]
+        stream = [self._stream.update(v, t) for t, v in zip(ts_ms, values, strict=True)]
         if self.forest is None:
             for t, v in zip(ts_ms, values, strict=True):
                 self._features.update(t, v)

@@ -256,7 +256,7 @@ def run_detector(
     n_learn = learning_rows(n)
     if detector == "streaming":
         det = StreamingDetector(cfg, bounds)
-        points = [det.update(v) for v in series.values.tolist()]
+        points = [det.update(v, t) for t, v in zip(series.ts_ms.tolist(), series.values.tolist(), strict=True)]
         return _episode_starts(series, [(p.anomalous, p.score, p.detector) for p in points], cooldown_ms)
     if detector == "ensemble":
         from .ensemble import SeriesScorer
