@@ -7,8 +7,9 @@ Each device is built exactly as :mod:`firmware_sim.fleet` builds it: the same pe
 sampling grid (per-device phase, ``sampling_interval``), and each sample becomes what the bridge
 stores: the sensor's values plus ``quality_score`` (a failed read, e.g. a ``dropout``, becomes a
 point with only ``quality_score = 0``, as the agent's pipeline and the bridge make it). So the rows
-are the points a live run of the scenario stores, given that every honest reading arrives. Labels of value-changing sensor faults end one sampling
-interval after the fault (the reading that steps back: :mod:`firmware_sim.labels`).
+are the points a live run of the scenario stores, given that every honest reading arrives.
+Labels of value-changing sensor faults end one sampling interval after the fault (the reading that
+steps back: :mod:`firmware_sim.labels`).
 
 Device and network faults act as on a live device: ``reboot`` and ``battery_death`` stop sampling
 for their window, ``offline`` changes nothing stored (the buffer replays it later),
