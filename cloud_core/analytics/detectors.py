@@ -71,6 +71,9 @@ class DetectorConfig:
             intervals, the median of its last spacings) spans several readings' worth of change, so
             it is not judged as a one-reading jump (nor learnt as a step). 0 turns this off; needs
             timestamps.
+        jump_trend: a step that differs from the previous step by less than this fraction of
+            itself continues a movement already under way (a battery charging ever faster), so it
+            is not a jump. 0 turns this off.
     """
 
     window: int = 288
@@ -89,6 +92,7 @@ class DetectorConfig:
     jump_away: bool = True
     scale_margin: float = 1.0
     gap_factor: float = 2.0
+    jump_trend: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,21 +293,24 @@ class Jump:
     must exceed the long-run envelope of absolute steps). Finds a one-reading spike that stays
     inside the range the series has shown (a value normal at noon, appearing at midnight)."""
 
-    __slots__ = ("_cfg", "_hist", "_last", "_win")
+    __slots__ = ("_cfg", "_hist", "_last", "_last_d", "_win")
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self._cfg = cfg
         self._win = SortedWindow(cfg.window)
         self._hist = SortedWindow(cfg.history)
         self._last: float | None = None
+        self._last_d: float | None = None
 
     def update(self, value: float, gap: bool = False) -> float:
         """Returns the step's z-score when the step is novel, else 0. After a ``gap`` in time the
         step is neither judged nor learnt."""
         last, self._last = self._last, value
         if last is None or gap:
+            self._last_d = None
             return 0.0
         d = value - last
+        last_d, self._last_d = self._last_d, d
         z = 0.0
         if len(self._hist) >= self._cfg.min_points:
             s = self._win.sorted
@@ -313,7 +320,9 @@ class Jump:
             z = (d - median) / (scale if scale > floor else floor)
             if abs(z) >= self._cfg.jump_k:
                 cfg = self._cfg
-                if abs(d) <= envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.jump_margin)[1]:
+                seen = abs(d) <= envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.jump_margin)[1]
+                trend = cfg.jump_trend > 0 and last_d is not None and abs(d - last_d) < cfg.jump_trend * abs(d)
+                if seen or trend:
                     z = 0.0
             else:
                 z = 0.0
