@@ -436,7 +436,9 @@ class Fleet:
         self.devices: dict[str, _Device] = {}
         for d in plan.devices:
             key = keys.get(d.device_id) or device_key(seed, d.device_id)
-            self.devices[d.device_id] = _Device(self, d, key, credentials.get(d.device_id, Credentials()))
+            dev = self.devices[d.device_id] = _Device(self, d, key, credentials.get(d.device_id, Credentials()))
+            # sensor-fault labels end at the first unaffected reading, as in offline generation
+            self.labels.sampling_interval(d.device_id, dev.sampling_interval_ms)
 
     # ------------------------------------------------------------------ buffers
     def _open_buffer(self, device_id: str) -> Buffer:

@@ -14,7 +14,7 @@ from cloud_core.core.db import make_engine, session_scope
 from cloud_core.models import RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from firmware_sim.fleet import Fleet, FleetSettings, device_key
-from firmware_sim.labels import LabelWriter, read_labels
+from firmware_sim.labels import EFFECT_END_KINDS, LabelWriter, read_labels
 from firmware_sim.physics import DevicePhysics
 from firmware_sim.registration import register_in_db
 from firmware_sim.scenario import parse_scenario
@@ -99,17 +99,22 @@ def test_fleet_with_faults_and_attacks_through_the_real_bridge(
     assert report.per_device["yard-002"].produced == 120 - 5  # 5 minutes rebooted
     assert sum(s.produced for s in report.per_device.values()) == 4 * 120 - 5
 
-    def rows(dev: str, label_kind: str, fields: list[str] | None = None):
+    def rows(dev: str, label_kind: str, fields: list[str] | None = None, *, fault_only: bool = True):
+        """Stored rows inside a label; ``fault_only`` leaves out the first unaffected reading that a
+        sensor-fault label also covers (its effect end, one sampling interval after the fault)."""
         lab = by_kind[label_kind]
-        return store.query(device_id=dev, fields=fields, start_ms=lab.start_ms, end_ms=lab.end_ms + 1)
+        end = lab.end_ms - (60_000 if fault_only and label_kind in EFFECT_END_KINDS else 0)
+        return store.query(device_id=dev, fields=fields, start_ms=lab.start_ms, end_ms=end + 1)
 
-    # spike: exactly the physics value plus the magnitude (the simulation is deterministic)
-    spike = rows("yard-000", "spike", ["temperature"])
-    assert len(spike) == 1
+    # spike: exactly the physics value plus the magnitude (the simulation is deterministic); its
+    # label also covers the next reading, where the value steps back to the physics value
     phys = DevicePhysics(plan.device("yard-000").seed, plan.start_ms)
+    spike = rows("yard-000", "spike", ["temperature"], fault_only=False)
+    assert len(spike) == 2
     assert spike[0].values["temperature"] == pytest.approx(
         round(phys.temperature(spike[0].ts_ms), 3) + 12, abs=0.002
     )
+    assert spike[1].values["temperature"] == pytest.approx(round(phys.temperature(spike[1].ts_ms), 3), abs=0.002)
     # stuck: one humidity value for the whole window
     stuck = rows("yard-001", "stuck", ["humidity"])
     assert len(stuck) >= 19 and len({r.values["humidity"] for r in stuck}) == 1
