@@ -145,7 +145,8 @@ class SideEffects:
                     .values(last_seen=bindparam("at"))
                 )
                 with self._engine.begin() as conn:
-                    conn.execute(stmt, [{"did": d, "at": at} for d, at in seen.items()])
+                    # rows in id order: replicas updating the same devices then never deadlock
+                    conn.execute(stmt, [{"did": d, "at": seen[d]} for d in sorted(seen)])
                 seen = {}
             self.db_ok = True
         except Exception as exc:  # DB down: keep what was not written, try again next round

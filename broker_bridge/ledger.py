@@ -123,6 +123,7 @@ class Ledger:
         ]
         if self._engine.dialect.name == "postgresql":
             # One statement per flush: arrays unnested server-side, far cheaper than executemany.
+            values.sort(key=lambda v: (v["device_id"], v["seq"]))  # one lock order across replicas
             cols = {k: [v[k] for v in values] for k in values[0]}
             with self._engine.begin() as conn:
                 conn.execute(_PG_RECORD, cols)
