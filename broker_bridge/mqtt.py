@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -88,17 +88,17 @@ class MqttConsumer:
         # Receipts: no client-side inflight cap (paho scans its whole queue per PUBACK when capped).
         c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(0.2, 5)
+        c.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho accepts float seconds
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         c.on_raw_publish = self._message
-        c.on_subscribe = self._subscribed
+        c.on_subscribe = self._subscribed  # type: ignore[assignment]
         self._client = c
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._s.session_expiry_s
             props.ReceiveMaximum = self._s.receive_maximum
             self._client.connect_async(
@@ -160,7 +160,7 @@ class MqttConsumer:
         subs = [(self._filter, opts(1)), (self._registry, opts(1))]
         if self._on_sys is not None and self._s.sys_topics:
             subs.append((SYS_DROPPED, opts(0)))
-        client.subscribe(subs)
+        client.subscribe(subs)  # type: ignore[arg-type]
 
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
         failed = [str(c) for c in codes[:2] if getattr(c, "is_failure", False)]
@@ -212,24 +212,24 @@ class _LeanClient(mqtt.Client):
 
     on_raw_publish: Callable[[bytes, int, int, bytes], None]
 
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if self._sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
         for _ in range(1000):
             if self._sock is None:
-                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
             if rc > 0:
-                return self._loop_rc_handle(rc)  # type: ignore[no-any-return]
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+    def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
         qos = (header & 0x06) >> 1
         if qos == 2:
-            return super()._handle_publish()  # type: ignore[no-any-return]
+            return super()._handle_publish()
         packet = self._in_packet["packet"]
         (slen,) = _U16.unpack_from(packet, 0)
         pos = 2 + slen
@@ -249,4 +249,4 @@ class _LeanClient(mqtt.Client):
                     break
             pos += length
         self.on_raw_publish(topic, mid, qos, bytes(packet[pos:]))
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS

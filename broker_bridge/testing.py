@@ -141,7 +141,7 @@ class ReceiptCollector:
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         device_id, _ = self._topics.parse(msg.topic)
-        self.receipts.append((time.time(), device_id, decode_receipt(msg.payload)))
+        self.receipts.append((time.time(), device_id, decode_receipt(bytes(msg.payload))))
         if self.on_receipt is not None:
             self.on_receipt(device_id)
 

@@ -53,7 +53,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.cap, self.initial * (2**self.attempt))
         self.attempt += 1
-        return delay * (0.5 + random.random() / 2)
+        return float(delay * (0.5 + random.random() / 2))
 
     def reset(self) -> None:
         self.attempt = 0
