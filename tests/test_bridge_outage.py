@@ -109,3 +109,35 @@ def test_influx_outage_nothing_acked_then_everything_arrives(
 @pytest.mark.soak
 def test_influx_outage_30s(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix) -> None:
     _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix, 30.0)
+
+
+def test_broker_restart_mid_stream_exact_counts(mosquitto_factory, pg_url, influx_url, topic_prefix) -> None:
+    """The broker restarts while the bridge holds unacknowledged messages: the bridge reconnects to its
+    persistent session, gets them again (found stored: duplicates) and everything is stored once."""
+    broker = mosquitto_factory(**BRIDGE_BROKER_LIMITS)
+    engine = make_engine(pg_url)
+    keys = register_devices(engine, ["a", "b"])
+    topics = Topics(topic_prefix)
+    settings = BridgeSettings(
+        mqtt_url=broker.url, db_url=pg_url, tsdb_url=influx_url, cache_url="memory://", topic_prefix=topic_prefix,
+        client_id=f"bridge-{topic_prefix}", batch_max_delay_s=0.02, retry_initial_s=0.1, retry_max_s=0.5,
+        effects_interval_s=0.1, metrics_port=0,
+    )  # fmt: skip
+    store = open_tsdb(influx_url)
+    with Bridge(settings) as bridge:
+        bridge.wait_ready()
+        for part in (range(1, 26), range(26, 51)):
+            with Publisher(broker.host, broker.port) as pub:
+                for seq in part:
+                    for d in ("a", "b"):
+                        pub.publish(topics.telemetry(d), sealed(make_batch(d, seq, 4), keys[d]))
+                pub.wait_acked()
+            if part.start == 1:
+                broker.restart()
+                bridge.wait_ready(20)
+        wait_for(lambda: store.count() >= 400, 30, what="400 points")
+        wait_for(lambda: bridge.ingest.backlog == 0, 10, what="everything acknowledged")
+        assert store.count() == 400
+        assert bridge.metrics.messages_stored._value.get() == 100
+    store.close()
+    engine.dispose()
