@@ -5,7 +5,8 @@ Reads the ``devices`` table (cloud_core.models.Device) as one snapshot refreshed
 registered since). :meth:`KeyDirectory.invalidate` (called for each registry event on
 ``Topics.registry_events()``) drops a device so its next message reads the row again: deactivation
 and key rotation take effect at once. While the DB is down the last snapshot keeps serving; a device
-it does not know raises :class:`DirectoryUnavailable` and its message waits unacknowledged.
+it does not know raises :class:`DirectoryUnavailable` and its message waits unacknowledged. The
+periodic refresh runs on its own short-lived thread, never on the caller's.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class KeyDirectory:
         self._engine = engine
         self._retry_s = retry_s
         self._next_try = float("-inf")
+        self._refreshing = False
+        self._invalidated: dict[str, float] = {}  # device -> when a registry event named it
         self._ttl = ttl_s
         self._lock = threading.Lock()
         self._keys: dict[str, DeviceKey] = {}
@@ -65,10 +68,16 @@ class KeyDirectory:
         self.refreshes = 0
 
     def _snapshot(self) -> None:
+        started = time.monotonic()
         with Session(self._engine) as session:
             rows = session.exec(select(Device)).all()
         keys = {row.id: _key_of(row) for row in rows}
         with self._lock:
+            # A registry event that arrived while we read may describe a newer row than we got.
+            for device_id, at in self._invalidated.items():
+                if at >= started:
+                    keys.pop(device_id, None)
+            self._invalidated = {d: at for d, at in self._invalidated.items() if at >= started}
             self._keys = keys
             self._missing = set()
             self._loaded_at = time.monotonic()
@@ -87,10 +96,26 @@ class KeyDirectory:
             log.warning("device directory refresh failed: %s", exc)
             return False
 
+    def _refresh_in_background(self) -> None:
+        # Never on the caller's (MQTT network) thread: a slow DB must not stall the connection.
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+            self._next_try = time.monotonic() + self._retry_s
+
+        def run() -> None:
+            try:
+                self.refresh()
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=run, name="bridge-keys-refresh", daemon=True).start()
+
     def lookup(self, device_id: str) -> DeviceKey | None:
         """The device's key, None when the registry does not know it. Raises DirectoryUnavailable."""
         if not self._fresh() and time.monotonic() >= self._next_try:
-            self.refresh()
+            self._refresh_in_background()
         with self._lock:
             key = self._keys.get(device_id)
             if key is not None:
@@ -115,3 +140,4 @@ class KeyDirectory:
         with self._lock:
             self._keys.pop(device_id, None)
             self._missing.discard(device_id)
+            self._invalidated[device_id] = time.monotonic()
