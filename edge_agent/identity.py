@@ -12,7 +12,6 @@ public key with the one-time token to ``POST {api}/v1/enroll``, and stores what 
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -55,20 +54,9 @@ class Identity:
     key: Ed25519PrivateKey = field(repr=False)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str, Any]) -> Identity:
     """Store ``key`` and the enrollment response ``info`` in ``directory`` (files 0600); return it loaded."""
-    from iot_protocol.keys import save_private_key
+    from iot_protocol.keys import save_private_key, write_private_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -80,7 +68,7 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
     creds["client_id"] = creds["client_id"] or creds["device_id"]
     creds["key_version"] = int(creds["key_version"] or 1)
     save_private_key(key, d / KEY_FILE)
-    _write_private(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
+    write_private_file(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
     (d / CLOUD_KEY_FILE).write_text(str(info["cloud_public_key"]) + "\n")
     return load_identity(d)
 

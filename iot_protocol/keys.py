@@ -18,6 +18,7 @@ __all__ = [
     "public_key_from_b64",
     "public_key_raw",
     "save_private_key",
+    "write_private_file",
 ]
 
 
@@ -46,20 +47,26 @@ def public_key_from_b64(text: str) -> bytes:
     return raw
 
 
-def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
-    """Write ``key`` as PKCS#8 PEM, created with mode 0600 so it is never readable by others."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), created with mode 0600 so
+    it is never readable by others, not even for a moment. For keys, passwords and tokens."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, pem)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write ``key`` as PKCS#8 PEM with mode 0600."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private_file(path, pem)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

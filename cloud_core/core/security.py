@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iot_protocol import generate_private_key, load_private_key, public_key_b64, save_private_key
+from iot_protocol.keys import write_private_file
 
 __all__ = [
     "generate_mqtt_password",
@@ -68,15 +69,7 @@ def verify_password(password: str, stored: str) -> bool:
 
 def write_secret_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, created with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, text.encode("utf-8"))
 
 
 def load_or_create_secret(path: Path) -> str:
