@@ -61,6 +61,12 @@ def _fmt(value: float | None) -> str:
     return repr(value)
 
 
+def _shown(value: float | None) -> str:
+    """For people: at most 6 decimals, so a mean reads 17.1794, not 17.179399999999998. CSV and
+    JSON keep full precision for programs."""
+    return "" if value is None else repr(round(value, 6))
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -192,7 +198,7 @@ def _print_table(header: Sequence[str], table: Sequence[Sequence[object]], n_val
     from rich.table import Table
 
     split = len(header) - n_values
-    cells = [[str(c) for c in row[:split]] + [_fmt(v) for v in row[split:]] for row in table]  # type: ignore[arg-type]
+    cells = [[str(c) for c in row[:split]] + [_shown(v) for v in row[split:]] for row in table]  # type: ignore[arg-type]
     t = Table(show_lines=False)
     for i, name in enumerate(header):
         t.add_column(name, justify="right" if i >= split else "left", no_wrap=True)
