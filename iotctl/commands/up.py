@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import typer
@@ -33,7 +34,7 @@ def _view(platform, started: float, rate: float):  # type: ignore[no-untyped-def
     table.add_row("state dir", str(platform.state_dir))
     table.add_row("devices", f"{st.devices_registered} registered, {st.devices_connected} connected, "
                   f"{st.devices_online} online")  # fmt: skip
-    table.add_row("readings/s", f"{rate:,.1f}")
+    table.add_row("readings/s", f"{rate:,.1f} (last 10 s)")
     table.add_row("readings stored", f"{st.readings_stored:,} in {st.batches_stored:,} batches")
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(st.rejected.items())) or "none"
     table.add_row("rejections", f"{sum(st.rejected.values()):,} ({rejected})")
@@ -111,21 +112,23 @@ def up(
         ) from None
     started = time.monotonic()
     try:
+        env = "" if state == default_state_dir() else f"EDU_STATE_DIR={state} "
         print(
             f"API {platform.api_url}  broker {platform.mqtt_url}\n"
-            f"  try: IOTCTL_API={platform.api_url} iotctl devices list    |    "
-            f"iotctl query --tsdb {platform.tsdb_url} --since 5m",
+            f"  in another terminal: {env}iotctl devices list  |  {env}iotctl query --since 5m  |  "
+            f"{env}iotctl sim run --scenario firmware_sim/scenarios/classroom.toml",
             file=sys.stderr,
         )
-        last_count, last_t = 0, time.monotonic()
         deadline = started + duration if duration is not None else None
+        history: deque[tuple[float, int]] = deque()  # (time, readings stored) over the last 10 s
 
         def tick() -> object:
-            nonlocal last_count, last_t
             now = time.monotonic()
-            stored = platform.stats().readings_stored
-            rate = (stored - last_count) / max(now - last_t, 1e-6)
-            last_count, last_t = stored, now
+            history.append((now, platform.stats().readings_stored))
+            while len(history) > 2 and now - history[0][0] > 10.0:
+                history.popleft()
+            (t0, c0), (t1, c1) = history[0], history[-1]
+            rate = (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
             table, _ = _view(platform, started, rate)
             return table
 
