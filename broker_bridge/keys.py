@@ -23,7 +23,7 @@ from cloud_core.models import Device
 from iot_protocol import public_key_from_b64
 
 from .errors import DirectoryUnavailable
-from .pipeline import DeviceKey
+from .pipeline import DeviceKey, key_id_of
 
 __all__ = ["KeyDirectory", "parse_registry_event"]
 
@@ -37,7 +37,9 @@ def _key_of(row: Device) -> DeviceKey:
             raw = public_key_from_b64(row.public_key)
         except (ValueError, Exception):  # a corrupt registry entry: treat as not enrolled
             log.warning("device %s has an unreadable public key", row.id, extra={"device_id": row.id})
-    return DeviceKey(row.id, raw, row.status == "active", row.location or "unknown")
+    return DeviceKey(
+        row.id, raw, row.status == "active", row.location or "unknown", key_id_of(raw) if raw is not None else ""
+    )
 
 
 def parse_registry_event(payload: bytes) -> tuple[str, str] | None:

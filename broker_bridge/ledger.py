@@ -5,6 +5,12 @@ and loss accounting.
 query, remembers recent answers in memory, and records new rows in bulk (insert-or-ignore, so
 replicas racing on a redelivered batch are harmless). :func:`compute_ledger` balances a device's
 books: produced = stored + rejected + buffered + dropped + in flight, naming missing seq ranges.
+
+Seq epochs: each row records the id of the key that signed the batch (``key_id``, see
+:func:`pipeline.key_id_of`). A device that re-enrolls or is rotated signs with a new key and may
+restart its seqs; a seq stored under another key is a new batch, not a replay, and its row is
+overwritten. Rows from before this column (``key_id`` NULL) count as an older epoch.
+:func:`ensure_ledger_schema` adds the column to an existing table (``create_all`` does not).
 """
 
 from __future__ import annotations
@@ -16,29 +22,65 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, text, tuple_
+from sqlalchemy import inspect, text, tuple_
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_core.models import BatchLedger, Device
+from iot_protocol import public_key_from_b64
 
-__all__ = ["DeviceLedger", "Ledger", "LedgerRow", "compute_ledger", "missing_ranges"]
+from .pipeline import key_id_of
+
+__all__ = [
+    "DeviceLedger",
+    "Ledger",
+    "LedgerRow",
+    "compute_ledger",
+    "current_key_id",
+    "ensure_ledger_schema",
+    "missing_ranges",
+]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
 _PG_KNOWN = text(
-    "SELECT l.device_id, l.seq, l.payload_sha256 FROM batch_ledger l "
+    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id FROM batch_ledger l "
     "JOIN unnest(CAST(:d AS text[]), CAST(:s AS bigint[])) AS q(device_id, seq) "
     "ON l.device_id = q.device_id AND l.seq = q.seq"
 )
+# A row of another key epoch (or of none recorded) is overwritten; one of the same key is kept (a
+# replica racing on a redelivered batch writes the same row).
 _PG_RECORD = text(
-    "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, rejected_readings, stored_at) "
+    "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, rejected_readings, stored_at, "
+    "key_id) "
     "SELECT * FROM unnest(CAST(:device_id AS text[]), CAST(:seq AS bigint[]), CAST(:batch_id AS text[]), "
     "CAST(:payload_sha256 AS text[]), CAST(:readings AS integer[]), CAST(:rejected_readings AS integer[]), "
-    "CAST(:stored_at AS timestamptz[])) ON CONFLICT DO NOTHING"
+    "CAST(:stored_at AS timestamptz[]), CAST(:key_id AS text[])) "
+    "ON CONFLICT (device_id, seq) DO UPDATE SET batch_id = EXCLUDED.batch_id, "
+    "payload_sha256 = EXCLUDED.payload_sha256, readings = EXCLUDED.readings, "
+    "rejected_readings = EXCLUDED.rejected_readings, stored_at = EXCLUDED.stored_at, key_id = EXCLUDED.key_id "
+    "WHERE batch_ledger.key_id IS DISTINCT FROM EXCLUDED.key_id"
 )
+
+Known = tuple[str, str | None]  # (payload hash, key id or None) stored under a (device, seq)
+
+
+def ensure_ledger_schema(engine: Engine) -> None:
+    """Add ``batch_ledger.key_id`` to a table created before seq epochs (idempotent, additive).
+    Raises what the DB raises when it is down."""
+    if "batch_ledger" not in inspect(engine).get_table_names():
+        return
+    cols = {c["name"] for c in inspect(engine).get_columns("batch_ledger")}
+    if "key_id" in cols:
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS key_id VARCHAR(16)"))
+        else:
+            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN key_id VARCHAR(16)"))
+    log.info("batch_ledger: added the key_id column (seq epochs per signing key)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +92,7 @@ class LedgerRow:
     readings: int
     rejected_readings: int
     stored_at: datetime
+    key_id: str | None = None
 
 
 class Ledger:
@@ -58,22 +101,23 @@ class Ledger:
     def __init__(self, engine: Engine, *, cache_size: int = 200_000) -> None:
         self._engine = engine
         self._lock = threading.Lock()
-        self._recent: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, int], Known] = OrderedDict()
         self._cache_size = cache_size
 
-    def remember(self, device_id: str, seq: int, sha256: str) -> None:
+    def remember(self, device_id: str, seq: int, sha256: str, key_id: str | None = None) -> None:
         with self._lock:
-            self._recent[(device_id, seq)] = sha256
+            self._recent[(device_id, seq)] = (sha256, key_id)
+            self._recent.move_to_end((device_id, seq))
             if len(self._recent) > self._cache_size:
                 self._recent.popitem(last=False)
 
-    def known(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
-        """Stored hash per (device, seq) for those of ``pairs`` that are stored.
+    def known(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Known]:
+        """Stored (hash, key id) per (device, seq) for those of ``pairs`` that are stored.
 
         Raises whatever the DB raises when it is down; the caller then decides on what memory knows
         (:meth:`known_in_memory`).
         """
-        out: dict[tuple[str, int], str] = {}
+        out: dict[tuple[str, int], Known] = {}
         ask: list[tuple[str, int]] = []
         with self._lock:
             for pair in set(pairs):
@@ -88,27 +132,30 @@ class Ledger:
             # One constant statement (prepared once by the server) whatever the number of pairs.
             with self._engine.connect() as conn:
                 rows = conn.execute(_PG_KNOWN, {"d": [p[0] for p in ask], "s": [p[1] for p in ask]})
-                for device_id, seq, h in rows:
-                    out[(device_id, seq)] = h
+                for device_id, seq, digest, kid in rows:
+                    out[(device_id, seq)] = (digest, kid)
             return out
         with Session(self._engine) as session:
             for i in range(0, len(ask), _CHUNK):
                 chunk = ask[i : i + _CHUNK]
-                stmt = select(BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256).where(
-                    tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk)
-                )
-                for device_id, seq, h in session.exec(stmt):
-                    out[(device_id, seq)] = h
+                stmt = select(
+                    BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256, BatchLedger.key_id
+                ).where(tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk))
+                for device_id, seq, digest, kid in session.exec(stmt):
+                    out[(device_id, seq)] = (digest, kid)
         return out
 
-    def known_in_memory(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    def known_in_memory(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Known]:
         with self._lock:
             return {p: h for p in pairs if (h := self._recent.get(p)) is not None}
 
     def record(self, rows: Sequence[LedgerRow]) -> None:
-        """Insert rows, ignoring those already there. Raises when the DB is down (caller retries)."""
+        """Insert rows; a row already there is kept when it has the same key id and overwritten when
+        it belongs to another key epoch. Raises when the DB is down (caller retries)."""
         if not rows:
             return
+        # One row per (device, seq): an upsert may not touch a row twice (the last epoch wins).
+        rows = list({(r.device_id, r.seq): r for r in rows}.values())
         values = [
             {
                 "device_id": r.device_id,
@@ -118,6 +165,7 @@ class Ledger:
                 "readings": r.readings,
                 "rejected_readings": r.rejected_readings,
                 "stored_at": r.stored_at,
+                "key_id": r.key_id,
             }
             for r in rows
         ]
@@ -128,7 +176,20 @@ class Ledger:
             with self._engine.begin() as conn:
                 conn.execute(_PG_RECORD, cols)
             return
-        stmt = sqlite.insert(BatchLedger).on_conflict_do_nothing()  # executemany: compiled once, cached
+        ins = sqlite.insert(BatchLedger)
+        new = ins.excluded
+        stmt = ins.on_conflict_do_update(  # executemany: compiled once, cached
+            index_elements=["device_id", "seq"],
+            set_={
+                "batch_id": new.batch_id,
+                "payload_sha256": new.payload_sha256,
+                "readings": new.readings,
+                "rejected_readings": new.rejected_readings,
+                "stored_at": new.stored_at,
+                "key_id": new.key_id,
+            },
+            where=col(BatchLedger.key_id).is_distinct_from(new.key_id),
+        )
         with self._engine.begin() as conn:
             conn.execute(stmt, values)
 
@@ -168,11 +229,28 @@ class DeviceLedger:
         return self.in_flight == 0 and not self.missing
 
 
+def current_key_id(device: Device) -> str | None:
+    """The key id of the device's registered public key (None when it has none or it is unreadable)."""
+    if not device.public_key:
+        return None
+    try:
+        return key_id_of(public_key_from_b64(device.public_key))
+    except Exception:  # a corrupt registry entry: no epoch can be told
+        return None
+
+
 def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> DeviceLedger:
-    """Balance ``device_id``'s books from the BatchLedger and its last Health (Device.health).
+    """Balance ``device_id``'s books for its current seq epoch from the BatchLedger and its last
+    Health (Device.health).
 
     produced = stored + rejected + buffered + dropped + in flight, in readings. ``missing`` names the
     seq ranges up to the device's last sent seq (or the highest stored one) that are not stored.
+
+    The current epoch is the rows signed by the device's registered key, plus rows of earlier keys
+    below the first seq stored under it (a device that kept its buffer across a rotation continues its
+    seqs and counters; one that restarted with a fresh buffer restarted both). With no row under the
+    current key yet, earlier rows up to the health message's ``last_seq`` count. A device without a
+    readable key counts every row.
 
     Raises:
         KeyError: no such device.
@@ -180,32 +258,40 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     device = session.get(Device, device_id)
     if device is None:
         raise KeyError(device_id)
-    stored, rejected, batches, max_seq = session.exec(
-        select(
-            func.coalesce(func.sum(BatchLedger.readings), 0),
-            func.coalesce(func.sum(BatchLedger.rejected_readings), 0),
-            func.count(),
-            func.coalesce(func.max(BatchLedger.seq), 0),
-        ).where(BatchLedger.device_id == device_id)
-    ).one()
     health = device.health or {}
     produced = int(health.get("produced", 0) or 0)
     buffered = int(health.get("buffer_depth", 0) or 0)
     dropped = int(health.get("dropped", 0) or 0)
-    last_seq = max(int(health.get("last_seq", 0) or 0), int(max_seq))
-    seqs = session.exec(select(BatchLedger.seq).where(BatchLedger.device_id == device_id)).all()
+    health_last = int(health.get("last_seq", 0) or 0)
+    rows: list[tuple[int, int, int, str | None]] = [
+        (int(seq), int(n), int(rej), kid)
+        for seq, n, rej, kid in session.exec(
+            select(BatchLedger.seq, BatchLedger.readings, BatchLedger.rejected_readings, BatchLedger.key_id).where(
+                BatchLedger.device_id == device_id
+            )
+        )
+    ]
+    cur = current_key_id(device)
+    if cur is not None:
+        mine = [r for r in rows if r[3] == cur]
+        floor = min(r[0] for r in mine) if mine else health_last + 1
+        rows = mine + [r for r in rows if r[3] != cur and r[0] < floor]
+    stored = sum(r[1] for r in rows)
+    rejected = sum(r[2] for r in rows)
+    seqs = [r[0] for r in rows]
+    last_seq = max([health_last, *seqs])
     missing = missing_ranges(seqs, first=first_seq, last=last_seq)
-    in_flight = produced - int(stored) - int(rejected) - buffered - dropped
+    in_flight = produced - stored - rejected - buffered - dropped
     at = health.get("at")
     return DeviceLedger(
         device_id=device_id,
         produced=produced,
-        stored=int(stored),
-        rejected=int(rejected),
+        stored=stored,
+        rejected=rejected,
         buffered=buffered,
         dropped=dropped,
         in_flight=in_flight,
-        stored_batches=int(batches),
+        stored_batches=len(rows),
         last_seq=last_seq,
         missing=tuple(missing),
         health_at=int(at) if isinstance(at, int) else None,

@@ -22,6 +22,7 @@ __all__ = [
     "DeviceKey",
     "Rejected",
     "batch_points",
+    "key_id_of",
     "payload_hash",
     "process",
     "replay_decision",
@@ -32,6 +33,13 @@ UNKNOWN_DEVICE = "unknown_device"
 INACTIVE_DEVICE = "inactive_device"
 REPLAYED_SEQ = "replayed_seq"
 NOT_TELEMETRY = "bad_topic"
+RATE_LIMITED = "rate_limited"
+
+
+def key_id_of(public_key: bytes) -> str:
+    """The id of a signing key: the first 16 hex digits of the SHA-256 of its 32 raw bytes. A seq
+    belongs to the key that signed it (a re-enrolled or rotated device starts a new seq epoch)."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +50,7 @@ class DeviceKey:
     public_key: bytes | None
     active: bool
     location: str = "unknown"
+    key_id: str = ""  # key_id_of(public_key); computed by process() when left empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,7 @@ class Accepted:
     sha256: str
     points: tuple[Point, ...]
     problems: tuple[ReadingProblem, ...]
+    key_id: str = ""  # the verifying key's id: the seq epoch this batch belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +135,26 @@ def process(
         if problem is not None:
             problems.append(problem)
     skip = frozenset(p.index for p in problems)
-    return Accepted(device_id, batch, digest, batch_points(batch, key.location, skip), tuple(problems))
+    kid = key.key_id or key_id_of(key.public_key)
+    return Accepted(device_id, batch, digest, batch_points(batch, key.location, skip), tuple(problems), kid)
 
 
-def replay_decision(sha256: str, known: str | None) -> Literal["new", "duplicate", "replayed"]:
-    """The ledger rule for a batch seq: unseen -> new; same payload -> harmless duplicate (ack and
-    receipt again); a different payload under a stored seq -> replayed (rejected ``replayed_seq``)."""
+def replay_decision(
+    sha256: str, key_id: str, known: tuple[str, str | None] | None
+) -> Literal["new", "duplicate", "replayed"]:
+    """The ledger rule for a batch seq, given what is stored under it (``known`` = (payload hash,
+    signing key id or None when unknown)):
+
+    - nothing stored -> ``new``;
+    - the same payload -> a harmless ``duplicate`` (ack and receipt again, store nothing);
+    - another payload signed by the same key -> ``replayed`` (rejected ``replayed_seq``);
+    - another payload signed by another key (or by a key the ledger did not record: rows from before
+      key epochs) -> ``new``: the device re-enrolled or was rotated and restarted its seqs. The old key
+      can no longer verify anything, so this cannot be a replay; the ledger row is overwritten.
+    """
     if known is None:
         return "new"
-    return "duplicate" if known == sha256 else "replayed"
+    stored_hash, stored_key = known
+    if stored_hash == sha256:
+        return "duplicate"
+    return "replayed" if stored_key == key_id else "new"

@@ -20,7 +20,7 @@ from .deadletter import DeadLetterQueue
 from .effects import SideEffects
 from .errors import ConfigError
 from .keys import KeyDirectory, parse_registry_event
-from .ledger import Ledger
+from .ledger import Ledger, ensure_ledger_schema
 from .metrics import HttpServer, Metrics
 from .mqtt import SYS_DROPPED, Inbound, MqttConsumer
 from .settings import BridgeSettings
@@ -111,6 +111,7 @@ class Bridge:
         s = self.settings
         try:
             create_all(self.engine)
+            ensure_ledger_schema(self.engine)  # create_all adds no column to an existing table
         except Exception as exc:  # DB down or racing replicas: ingest can run without it for a while
             log.warning("could not ensure metadata tables: %s", exc)
         self.directory.refresh()

@@ -75,6 +75,16 @@ class BridgeSettings(BaseSettings):
     )
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
     retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")
+    # --- rate limiting ------------------------------------------------------------------------------
+    rate_limit_msgs_per_s: float = Field(
+        20.0,
+        ge=0,
+        description="Per-device token bucket on telemetry messages, by arrival time, before verification: "
+        "refill rate in messages/s (0 = off). A message over the limit is dead-lettered 'rate_limited', "
+        "acknowledged and not receipted, so an honest device resends it after its receipt timeout. Buckets "
+        "are per replica: with N replicas a device may get up to N times the limit.",
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="Bucket size: messages a device may send at once.")
     # --- verification -------------------------------------------------------------------------------
     key_cache_ttl_s: float = Field(30.0, gt=0, description="Device directory refresh period.")
     max_clock_skew_s: float = Field(300.0, ge=0, description="How far in the future a reading's ts may be.")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cloud_core.tsdb.base import Point, StoreError, TimeSeriesStore
-from iot_protocol import Receipt, Rejection, Topics, encode
+from iot_protocol import ProtocolError, Receipt, Rejection, Topics, encode
 
 from .deadletter import DeadLetter, DeadLetterQueue
 from .effects import SideEffects
@@ -36,7 +36,17 @@ from .errors import DirectoryUnavailable
 from .ledger import Ledger, LedgerRow
 from .metrics import Metrics
 from .mqtt import Inbound
-from .pipeline import REPLAYED_SEQ, Accepted, DeviceKey, Rejected, process, replay_decision
+from .pipeline import (
+    RATE_LIMITED,
+    REPLAYED_SEQ,
+    Accepted,
+    DeviceKey,
+    Rejected,
+    payload_hash,
+    process,
+    replay_decision,
+)
+from .ratelimit import RateLimiter
 from .settings import BridgeSettings
 
 __all__ = ["Backoff", "Ingest", "Unit"]
@@ -97,6 +107,11 @@ class Ingest:
         self._ack = ack
         self._publish = publish
         self._skew_ms = int(settings.max_clock_skew_s * 1000)
+        self._limiter = (
+            RateLimiter(settings.rate_limit_msgs_per_s, settings.rate_limit_burst)
+            if settings.rate_limit_msgs_per_s > 0
+            else None
+        )
         self._cond = threading.Condition(threading.Lock())
         self._current = Unit()
         self._closed: deque[Unit] = deque()
@@ -137,17 +152,21 @@ class Ingest:
         if self._closing:
             return
         outcome: Accepted | Rejected | None
-        try:
-            outcome = process(
-                msg.topic,
-                msg.payload,
-                topics=self._topics,
-                lookup=self._lookup,
-                now_ms=int(msg.received * 1000),
-                max_skew_ms=self._skew_ms,
-            )
-        except DirectoryUnavailable:
-            outcome = None
+        limited = self._rate_limited(msg)
+        if limited is not None:
+            outcome = limited
+        else:
+            try:
+                outcome = process(
+                    msg.topic,
+                    msg.payload,
+                    topics=self._topics,
+                    lookup=self._lookup,
+                    now_ms=int(msg.received * 1000),
+                    max_skew_ms=self._skew_ms,
+                )
+            except DirectoryUnavailable:
+                outcome = None
         s = self._s
         self._m.messages_received.inc()
         npoints = 0
@@ -166,6 +185,28 @@ class Ingest:
                 self._closed.append(u)
                 self._current = Unit()
                 self._cond.notify()
+
+    def _rate_limited(self, msg: Inbound) -> Rejected | None:
+        """A ``rate_limited`` rejection when the topic's device is over its message rate, else None.
+
+        Checked before verification, on every message naming the device (verified or not): refusing
+        costs nothing, and a flood from someone with broker access but not the key is throttled too.
+        With ``seq`` unset the rejection is not receipted (the honest sender resends later), and it is
+        acknowledged with its unit, so it never holds the session."""
+        if self._limiter is None:
+            return None
+        try:
+            device_id, _ = self._topics.parse(msg.topic)
+        except ProtocolError:
+            return None  # process() rejects it as bad_topic
+        if self._limiter.allow(device_id, msg.received):
+            return None
+        return Rejected(
+            device_id,
+            RATE_LIMITED,
+            f"over {self._s.rate_limit_msgs_per_s:g} msg/s (burst {self._s.rate_limit_burst})",
+            payload_hash(msg.payload),
+        )
 
     # ---- writer --------------------------------------------------------------------------------
     def _next_unit(self) -> Unit | None:
@@ -263,10 +304,10 @@ class Ingest:
             if type(o) is not Accepted:
                 continue
             key = (o.device_id, o.batch.seq)
-            d = replay_decision(o.sha256, known.get(key))
+            d = replay_decision(o.sha256, o.key_id, known.get(key))
             decisions[i] = d
             if d == "new":
-                known[key] = o.sha256
+                known[key] = (o.sha256, o.key_id)
                 points.extend(o.points)
         return points, decisions
 
@@ -355,9 +396,18 @@ class Ingest:
                             o.device_id, msg.topic, p.reason, p.detail, o.batch.seq, p.index, now, o.sha256, None
                         )
                     )
-                self._ledger.remember(o.device_id, o.batch.seq, o.sha256)
+                self._ledger.remember(o.device_id, o.batch.seq, o.sha256, o.key_id)
                 ledger_rows.append(
-                    LedgerRow(o.device_id, o.batch.seq, o.batch.batch_id, o.sha256, len(o.points), len(o.problems), now)
+                    LedgerRow(
+                        o.device_id,
+                        o.batch.seq,
+                        o.batch.batch_id,
+                        o.sha256,
+                        len(o.points),
+                        len(o.problems),
+                        now,
+                        o.key_id,
+                    )
                 )
                 stored_msgs += 1
                 stored_readings += len(o.points)
@@ -401,12 +451,16 @@ class Ingest:
         self, msg: Inbound, o: Rejected, now: datetime, receipts: dict[str, tuple[list[int], list[Rejection]]]
     ) -> None:
         self._m.rejected.labels(o.reason).inc()
+        limited = o.reason == RATE_LIMITED  # a flood: keep its rows small (hash, no payload), its logs quiet
         self._dead_letter(
-            DeadLetter(o.device_id, msg.topic, o.reason, o.detail, o.seq, None, now, o.sha256, msg.payload)
+            DeadLetter(
+                o.device_id, msg.topic, o.reason, o.detail, o.seq, None, now, o.sha256, None if limited else msg.payload
+            )
         )
         if o.seq is not None and o.device_id is not None:
             receipts.setdefault(o.device_id, ([], []))[1].append(Rejection(o.seq, o.reason))
-        log.info(
+        log.log(
+            logging.DEBUG if limited else logging.INFO,
             "rejected message: %s",
             o.reason,
             extra={"device_id": o.device_id, "seq": o.seq, "reason": o.reason, "topic": msg.topic[:200]},

@@ -193,3 +193,6 @@ class BatchLedger(SQLModel, table=True):
     readings: int
     rejected_readings: int = 0
     stored_at: datetime = Field(default_factory=utcnow)
+    # The signing key's id (first 16 hex of the SHA-256 of its raw bytes): seqs are per key epoch, so a
+    # re-enrolled or rotated device may restart them. NULL: stored before epochs were recorded.
+    key_id: str | None = Field(default=None, max_length=16)

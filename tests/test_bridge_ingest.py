@@ -8,6 +8,7 @@ max_inflight_messages 1000, so a bridge that falls behind never makes Mosquitto 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -258,3 +259,46 @@ def test_fuzzed_garbage_interleaved_with_valid_batches(env: Env) -> None:
         wait_for(lambda: sum(dead_letters(env.engine).values()) == 40, 20, what="40 dead letters")
         assert env.store.count() == 120
         assert bridge.metrics.readings_stored._value.get() == 120
+
+
+def test_flood_is_rate_limited_acked_not_receipted_and_resends_are_stored(env: Env) -> None:
+    """Burst 6, 2 msg/s: of 10 batches sent at once 6 are stored and 4 dead-lettered ``rate_limited``
+    (acknowledged, never receipted); once the bucket has refilled, the 4 resent batches are stored.
+    Garbage on another device's topic is throttled the same way, before any verification."""
+    settings = env.settings.model_copy(update={"rate_limit_msgs_per_s": 2.0, "rate_limit_burst": 6})
+    key = env.keys["dev0"]
+    tokens = {seq: sealed(make_batch("dev0", seq, 3), key) for seq in range(1, 11)}
+    with Bridge(settings) as bridge:
+        bridge.wait_ready()
+        rc = ReceiptCollector(env.broker.host, env.broker.port, env.topics)
+        with Publisher(env.broker.host, env.broker.port) as pub:
+            for seq in range(1, 11):  # one burst: arrives well within the half second a token takes
+                pub.publish(env.topics.telemetry("dev0"), tokens[seq])
+            for _ in range(10):
+                pub.publish(env.topics.telemetry("dev1"), b"not a jws, from someone without the key")
+            pub.wait_acked()
+            limited = bridge.metrics.rejected.labels("rate_limited")
+            wait_for(lambda: limited._value.get() == 8, 20, what="8 rate_limited")
+            wait_for(lambda: len(rc.stored("dev0")) == 6, 20, what="6 receipts")
+            wait_for(lambda: bridge.ingest.backlog == 0, 20, what="everything acknowledged")
+            assert rc.stored("dev0") == {("dev0", s) for s in range(1, 7)}
+            assert rc.rejected() == set()  # a rate-limited batch is not receipted: the device resends it
+            assert bridge.metrics.rejected.labels("bad_envelope")._value.get() == 6
+            assert env.store.count(device_id="dev0") == 18
+            time.sleep(4 / 2.0 + 0.3)  # the bucket refills 4 tokens (2 per second)
+            for seq in range(7, 11):  # the device's resends after its receipt timeout: identical bytes
+                pub.publish(env.topics.telemetry("dev0"), tokens[seq])
+            pub.wait_acked()
+            wait_for(lambda: len(rc.stored("dev0")) == 10, 20, what="the resends receipted")
+        assert limited._value.get() == 8
+        assert env.store.count(device_id="dev0") == 30
+        assert bridge.metrics.messages_stored._value.get() == 10
+        rc.close()
+    wait_for(lambda: dead_letters(env.engine).get("rate_limited") == 8, 10, what="8 dead letters")
+    with Session(env.engine) as s:
+        rows = s.exec(select(RejectedMessage).where(RejectedMessage.reason == "rate_limited")).all()
+    assert sorted(r.device_id for r in rows) == ["dev0"] * 4 + ["dev1"] * 4
+    assert all(r.seq is None and r.payload is None for r in rows)
+    assert {r.payload_sha256 for r in rows if r.device_id == "dev0"} == {
+        hashlib.sha256(tokens[s]).hexdigest() for s in range(7, 11)
+    }

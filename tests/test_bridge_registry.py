@@ -3,15 +3,21 @@ ledger balances a device's books and names the missing seqs."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
-from sqlmodel import Session
+from sqlalchemy import text
+from sqlmodel import Session, select
 
 from broker_bridge import Bridge, BridgeSettings, compute_ledger
+from broker_bridge.ledger import Ledger, ensure_ledger_schema
+from broker_bridge.pipeline import key_id_of
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
 from cloud_core.core.db import make_engine
-from cloud_core.models import Device
-from iot_protocol import Topics, generate_private_key, public_key_b64
+from cloud_core.models import BatchLedger, Device
+from cloud_core.tsdb import open_tsdb
+from iot_protocol import Topics, generate_private_key, public_key_b64, public_key_raw
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +96,89 @@ def test_ledger_balances_and_names_gaps(setup) -> None:
     assert ledger.in_flight == 20
     assert ledger.missing == ((3, 3), (6, 7), (9, 9))
     assert not ledger.balanced
+
+
+def test_a_rotated_device_restarting_its_seqs_is_a_new_epoch_not_a_replay(setup) -> None:
+    """Seqs 1..3 stored; the key is rotated; the device (fresh buffer) sends seqs 1..3 again with the
+    new key and other readings: all stored, none rejected. The old key's seq, resent with another
+    payload, stays a replay only under the same key."""
+    broker, engine, keys, settings, topics = setup
+    ts_old, ts_new = 1_000_000, 2_000_000  # distinct readings per epoch
+    with Bridge(settings) as bridge:
+        bridge.wait_ready()
+        rc = ReceiptCollector(broker.host, broker.port, topics)
+        t0 = bridge_now_ms() - 3_600_000
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in (1, 2, 3):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 2, ts0=t0 + ts_old), keys["a"]))
+            pub.wait_acked()
+            wait_for(lambda: len(rc.stored("a")) == 3, 20, what="3 receipts")
+            # same key, same seq, other payload: still a replay
+            pub.publish(topics.telemetry("a"), sealed(make_batch("a", 2, 2, ts0=t0 + 5), keys["a"]))
+            wait_for(lambda: ("a", 2, "replayed_seq") in rc.rejected(), 20, what="replayed_seq")
+            new_a = generate_private_key()
+            with Session(engine) as s:
+                a = s.get(Device, "a")
+                a.public_key = public_key_b64(new_a)
+                a.key_version += 1
+                s.add(a)
+                s.commit()
+            pub.publish(topics.registry_events(), orjson.dumps({"v": 1, "device_id": "a", "event": "rotated"}))
+            pub.wait_acked()
+            for seq in (1, 2, 3):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 2, ts0=t0 + ts_new), new_a))
+            pub.wait_acked()
+            wait_for(lambda: sum(len(r.stored) for _, d, r in rc.receipts if d == "a") == 6, 20, what="6 stored")
+        assert rc.rejected() == {("a", 2, "replayed_seq")}
+        assert bridge.metrics.rejected.labels("replayed_seq")._value.get() == 1
+        assert bridge.metrics.messages_stored._value.get() == 6
+        wait_for(lambda: _ledger_keys(engine, "a") == {1: new_kid(new_a), 2: new_kid(new_a), 3: new_kid(new_a)}, 10)
+        rc.close()
+    store = open_tsdb(settings.tsdb_url)
+    try:
+        assert store.count(device_id="a") == 12  # both epochs' readings
+    finally:
+        store.close()
+    with Session(engine) as s:
+        a = s.get(Device, "a")
+        a.health = {"produced": 8, "buffer_depth": 2, "dropped": 0, "last_seq": 3, "at": 1}
+        s.add(a)
+        s.commit()
+        ledger = compute_ledger(s, "a")
+    # the current epoch only: the new key's 3 batches of 2 readings
+    assert (ledger.stored, ledger.stored_batches, ledger.in_flight, ledger.missing) == (6, 3, 0, ())
+    assert ledger.balanced
+
+
+def bridge_now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_kid(key) -> str:
+    return key_id_of(public_key_raw(key))
+
+
+def _ledger_keys(engine, device_id: str) -> dict[int, str | None]:
+    with Session(engine) as s:
+        rows = s.exec(select(BatchLedger.seq, BatchLedger.key_id).where(BatchLedger.device_id == device_id)).all()
+    return dict(rows)
+
+
+def test_ledger_schema_gains_the_key_id_column(tmp_path) -> None:
+    """A batch_ledger table from before seq epochs gets its key_id column when a bridge starts; its
+    rows count as an older epoch."""
+    engine = make_engine(f"sqlite:///{tmp_path}/old.db")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE batch_ledger (device_id VARCHAR(64) NOT NULL, seq INTEGER NOT NULL, "
+                "batch_id VARCHAR(128) NOT NULL, payload_sha256 VARCHAR(64) NOT NULL, readings INTEGER NOT NULL, "
+                "rejected_readings INTEGER NOT NULL, stored_at DATETIME NOT NULL, PRIMARY KEY (device_id, seq))"
+            )
+        )
+        conn.execute(text("INSERT INTO batch_ledger VALUES ('x', 1, 'b', 'h', 1, 0, '2026-01-01 00:00:00')"))
+    ensure_ledger_schema(engine)
+    ensure_ledger_schema(engine)  # idempotent
+    ledger = Ledger(engine)
+    assert ledger.known([("x", 1)]) == {("x", 1): ("h", None)}
+    engine.dispose()
