@@ -13,7 +13,9 @@ the bridge must produce (``expected``: the dead-letter reason, or ``duplicate``)
 - ``oversized``: a validly signed batch above the contract's 256 KiB token limit -> ``too_large``;
 - ``malformed``: a validly signed token whose payload is not JSON -> ``bad_json``
   (``params.variant = "envelope"``: not a JWS at all -> ``bad_envelope``);
-- ``flood``: ``count`` validly signed batches in one burst -> ``rate`` when the bridge rate-limits.
+- ``flood``: ``count`` validly signed batches in one burst -> ``rate_limited``: the bridge's per-device
+  token bucket (``rate_limit_msgs_per_s``, ``rate_limit_burst``) refuses what exceeds the burst; what
+  fits in it is stored (it is validly signed).
 
 A byte-identical replay is a harmless duplicate by design: the agent itself resends identical
 bytes when a receipt is lost, so the bridge must acknowledge it again and store nothing new. What
@@ -51,7 +53,7 @@ EXPECTED: dict[str, str] = {
     "foreign_topic": "device_mismatch",
     "oversized": "too_large",
     "malformed": "bad_json",
-    "flood": "rate",
+    "flood": "rate_limited",
 }
 
 
