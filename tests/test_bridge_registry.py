@@ -3,7 +3,11 @@ ledger balances a device's books and names the missing seqs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,12 +18,15 @@ from broker_bridge import Bridge, BridgeSettings, compute_ledger
 from broker_bridge.ledger import Ledger, ensure_ledger_schema
 from broker_bridge.pipeline import key_id_of
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
+from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
 from cloud_core.models import BatchLedger, Device
+from cloud_core.services.device_events import DeviceEventsConsumer
 from cloud_core.tsdb import open_tsdb
-from iot_protocol import Topics, generate_private_key, public_key_b64, public_key_raw
+from iot_protocol import Health, Topics, encode, generate_private_key, public_key_b64, public_key_raw
 
 pytestmark = pytest.mark.integration
+IOTCTL = str(Path(sys.executable).with_name("iotctl"))
 
 
 @pytest.fixture
@@ -182,3 +189,60 @@ def test_ledger_schema_gains_the_key_id_column(tmp_path) -> None:
     ledger = Ledger(engine)
     assert ledger.known([("x", 1)]) == {("x", 1): ("h", None)}
     engine.dispose()
+
+
+def test_iotctl_devices_ledger_through_the_cli(setup, tmp_path) -> None:
+    """A real bridge stores seqs 1, 2 and 4; the device's Health message is recorded by the cloud's
+    device-events consumer; ``iotctl devices ledger`` (a subprocess) prints the books and the gaps."""
+    broker, engine, keys, settings, topics = setup
+    with Bridge(settings) as bridge:
+        bridge.wait_ready()
+        rc = ReceiptCollector(broker.host, broker.port, topics)
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in (1, 2, 4):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 3), keys["a"]))
+            pub.wait_acked()
+        wait_for(lambda: len(rc.stored("a")) == 3, 20, what="3 receipts")
+        wait_for(lambda: len(_ledger_keys(engine, "a")) == 3, 10, what="3 ledger rows")
+        rc.close()
+    # the agent: 15 readings produced, 3 still buffered, none dropped, batches up to seq 5 sealed
+    health = Health(
+        at=bridge_now_ms(), uptime_s=60.0, buffer_depth=3, produced=15, dropped=0, firmware="0.1.0",
+        config_version=0, clock_synced=True, last_seq=5,
+    )  # fmt: skip
+    consumer = DeviceEventsConsumer(engine, CloudSettings(topic_prefix=settings.topic_prefix, db_url=settings.db_url))
+    consumer.handle(topics.health("a"), encode(health))
+    assert consumer.flush() == 1
+
+    def iotctl(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "IOTCTL_STATE_DIR": str(tmp_path)}
+        return subprocess.run(
+            [IOTCTL, "devices", "ledger", *args, "--db", settings.db_url], capture_output=True, text=True, env=env
+        )
+
+    out = iotctl("a")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "ledger of a (last seq 5, 3 batches stored)"
+    assert [(ln.split()[-1] if ln.startswith("missing") else ln[:24].split()[-1]) for ln in lines[1:7]] == [
+        "15",
+        "9",
+        "0",
+        "3",
+        "0",
+        "3",
+    ]
+    assert "missing seqs: 3, 5" in lines
+    assert lines[-1].startswith("verdict: NOT BALANCED: 3 readings in flight; seqs 3, 5 not stored")
+    as_json = orjson.loads(iotctl("a", "--json").stdout)
+    assert {k: as_json[k] for k in ("produced", "stored", "buffered", "dropped", "in_flight", "missing")} == {
+        "produced": 15,
+        "stored": 9,
+        "buffered": 3,
+        "dropped": 0,
+        "in_flight": 3,
+        "missing": [[3, 3], [5, 5]],
+    }
+    assert as_json["balanced"] is False
+    unknown = iotctl("nobody")
+    assert unknown.returncode == 2 and "no device 'nobody'" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -1,4 +1,4 @@
-"""``iotctl devices``: register, list (liveness and last-seen age), show, deactivate, rotate."""
+"""``iotctl devices``: register, list (liveness and last-seen age), show, deactivate, rotate, ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import orjson
 import typer
 
 from iotctl.apiclient import DEFAULT_API, ApiOption, JsonOption, TokenOption, call
+from iotctl.errors import CliError
 
 app = typer.Typer(no_args_is_help=True, help="Register, list, deactivate and rotate devices.")
 
@@ -134,3 +135,89 @@ def rotate(
     """Revoke the device's broker credentials now and print a new enrollment token to re-enroll with."""
     body = call("POST", f"/v1/devices/{device_id}/rotate", api=api, token=token)
     _json(body) if as_json else _registration(body, "rotated")
+
+
+def _seq_ranges(missing: list[list[int]] | tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in missing)
+
+
+@app.command()
+def ledger(
+    device_id: DeviceArg,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="IOTCTL_DB", help="Metadata database URL (default: the state dir's meta.db)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A device's books: produced = stored + rejected + buffered + dropped + in flight, and any seq gap.
+
+    Reads the metadata database directly (the bridge's batch ledger and the device's last health
+    message); counts the device's current key epoch."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from broker_bridge.ledger import compute_ledger, ensure_ledger_schema
+    from cloud_core.core.db import make_engine
+    from cloud_core.paths import default_db_url
+
+    url = db or default_db_url()
+    try:
+        engine = make_engine(url)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        ensure_ledger_schema(engine)  # a table from before seq epochs gains its key_id column
+        with Session(engine) as session:
+            books = compute_ledger(session, device_id)
+    except KeyError:
+        raise CliError(f"no device {device_id!r} in {url.split('@')[-1]}") from None
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise CliError(f"cannot read the ledger ({first}); is --db right, and was 'iotctl db init' run?") from None
+    finally:
+        engine.dispose()
+    verdict = _verdict(books)
+    if as_json:
+        _json(
+            {
+                "device_id": books.device_id,
+                "produced": books.produced,
+                "stored": books.stored,
+                "rejected": books.rejected,
+                "buffered": books.buffered,
+                "dropped": books.dropped,
+                "in_flight": books.in_flight,
+                "stored_batches": books.stored_batches,
+                "last_seq": books.last_seq,
+                "missing": [list(r) for r in books.missing],
+                "health_at": books.health_at,
+                "balanced": books.balanced,
+                "verdict": verdict,
+            }
+        )
+        return
+    typer.echo(f"ledger of {books.device_id} (last seq {books.last_seq}, {books.stored_batches} batches stored)")
+    typer.echo(f"  produced   {books.produced:>10}  readings (the device's last health message)")
+    typer.echo(f"= stored     {books.stored:>10}")
+    typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings, dead-lettered)")
+    typer.echo(f"+ buffered   {books.buffered:>10}  (on the device, not yet receipted)")
+    typer.echo(f"+ dropped    {books.dropped:>10}  (by the device's buffer policy)")
+    typer.echo(f"+ in flight  {books.in_flight:>10}  (sent, not yet stored)")
+    typer.echo(f"missing seqs: {_seq_ranges(books.missing) or 'none'}")
+    typer.echo(f"verdict: {verdict}")
+
+
+def _verdict(books: Any) -> str:
+    if books.health_at is None and books.produced == 0:
+        return "no health message from the device yet: produced is unknown"
+    if books.balanced:
+        return "balanced: every reading produced is stored, rejected, buffered or dropped by policy"
+    parts = []
+    if books.in_flight > 0:
+        parts.append(f"{books.in_flight} readings in flight")
+    elif books.in_flight < 0:
+        parts.append(f"{-books.in_flight} readings more stored than the health message accounts for (it is older)")
+    if books.missing:
+        parts.append(f"seqs {_seq_ranges(books.missing)} not stored")
+    return "NOT BALANCED: " + "; ".join(parts) + " (a gap fills when the device resends; one that stays is lost data)"
