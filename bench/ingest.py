@@ -524,6 +524,9 @@ def main() -> None:
             "EDU_BRIDGE_TOPIC_PREFIX": "bench",
             "EDU_BRIDGE_SHARE_GROUP": "bench",
             "EDU_BRIDGE_MQTT_PROTOCOL": args.protocol,
+            # The load generator is one publisher sending for many devices as fast as it can: the
+            # per-device flood limit would throttle it, and throttling is not what this measures.
+            "EDU_BRIDGE_RATE_LIMIT_MSGS_PER_S": "0",
         }
 
         time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
