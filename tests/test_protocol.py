@@ -212,3 +212,65 @@ def test_batch_decoder_raises_only_contract_errors_on_json_shapes(obj: dict[str,
     obj.setdefault("v", 1)
     with contextlib.suppress(p.ProtocolError):
         p.decode_batch(orjson.dumps(obj))
+
+
+# ---- fast paths agree with the reference decoders -----------------------------------------------
+# decode_batch and b64url_decode take a fast path for well-formed input and fall back to the plain
+# reference code otherwise; the two must never disagree on what is accepted or what it decodes to.
+
+from iot_protocol import messages as _messages  # noqa: E402
+
+reading_shapes = st.fixed_dictionaries(
+    {"ts": st.one_of(st.integers(-2, 2**41), st.floats(), st.text(max_size=3)),
+     "sensor_type": st.one_of(names, st.just(""), st.integers(), st.text(min_size=60, max_size=70)),
+     "values": st.one_of(st.dictionaries(st.text(max_size=66), finite | st.booleans() | st.text(max_size=2),
+                                         max_size=3), st.lists(finite, max_size=2))},
+    optional={"quality": st.one_of(finite, st.booleans(), st.none()),
+              "flags": st.one_of(st.lists(st.text(max_size=66), max_size=2), st.text(max_size=2))},
+)  # fmt: skip
+batch_shapes = st.fixed_dictionaries(
+    {"v": st.just(1),
+     "device_id": st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), st.text(max_size=66),
+                            st.just("dev-1\n"), st.integers()),
+     "batch_id": st.one_of(st.text(max_size=130), st.integers()),
+     "seq": st.one_of(st.integers(-2, 2**53), st.booleans(), st.floats()),
+     "sent_at": st.one_of(st.integers(-2, 2**41), st.none()),
+     "readings": st.one_of(st.lists(reading_shapes, max_size=4), st.just([]), st.none())},
+)  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(batch_shapes)
+def test_fast_batch_decoder_agrees_with_the_reference(obj: dict[str, object]) -> None:
+    fast = _messages._fast_batch(obj)
+    try:
+        reference = _messages._decode_batch_obj(obj)
+    except p.ProtocolError:
+        assert fast is None, "the fast path accepted what the reference rejects"
+        return
+    if fast is not None:
+        assert fast == reference and fast.to_json() == reference.to_json()
+
+
+b64ish = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=. ", max_size=24)
+
+
+@settings(max_examples=2000)
+@given(b64ish)
+def test_fast_base64url_agrees_with_the_reference(text: str) -> None:
+    raw = text.encode()
+    try:
+        expected: bytes | str = jws._b64url_decode_strict(raw)
+    except p.DecodeError as exc:
+        expected = str(exc)
+    try:
+        got: bytes | str = jws.b64url_decode(raw)
+    except p.DecodeError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+@given(batches)
+def test_fast_batch_decoder_takes_every_well_formed_batch(batch: p.Batch) -> None:
+    """The property above must not hold vacuously: well-formed batches do take the fast path."""
+    assert _messages._fast_batch(orjson.loads(p.encode(batch))) == batch
