@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 
-from cloud_core.cache import Cache
+from cloud_core.cache import Cache, HashSet, StreamAdd
 from cloud_core.models import Device
 from cloud_core.tsdb.base import Point
 
@@ -160,32 +160,41 @@ class SideEffects:
                     self._last_seen.setdefault(d, at)
 
     def _flush_cache(self) -> None:
+        """The latest reading per device and the stream events, in one cache round trip (one Redis
+        pipeline). When it fails, everything is kept and sent again next round; a pipeline that failed
+        half way may then repeat some events (they were at-least-once before as well: the entry in
+        flight when a connection broke could be applied and resent)."""
         with self._lock:
             latest, self._latest = self._latest, {}
-        events: dict[str, dict[str, Any]] = {}
+            events, self._events, self._event_readings = self._events, {}, 0
+        if not latest and not events:
+            return
         try:
             ttl = self._s.latest_ttl_s
-            for device_id, p in list(latest.items()):
-                mapping = {
-                    "ts": str(p.ts_ms),
-                    "sensor_type": p.sensor_type,
-                    "location": p.location,
-                    "values": orjson.dumps(p.fields).decode(),
-                }
-                self._cache.hset(LATEST_KEY.format(device_id=device_id), mapping, ttl_s=ttl)
-                del latest[device_id]
-            with self._lock:
-                events, self._events, self._event_readings = self._events, {}, 0
-            while events:
-                device_id, ev = next(iter(events.items()))
+            stream, maxlen = self._s.stream_name, self._s.stream_maxlen
+            dumps = orjson.dumps
+            ops: list[HashSet | StreamAdd] = [
+                HashSet(
+                    LATEST_KEY.format(device_id=device_id),
+                    {
+                        "ts": str(p.ts_ms),
+                        "sensor_type": p.sensor_type,
+                        "location": p.location,
+                        "values": dumps(p.fields).decode(),
+                    },
+                    ttl,
+                )
+                for device_id, p in latest.items()
+            ]
+            for device_id, ev in events.items():
                 fields = {
                     "device_id": device_id,
                     "location": ev["location"],
-                    "seqs": orjson.dumps(ev["seqs"]).decode(),
-                    "readings": orjson.dumps([_reading(p) for p in ev["readings"]]).decode(),
+                    "seqs": dumps(ev["seqs"]).decode(),
+                    "readings": dumps([_reading(p) for p in ev["readings"]]).decode(),
                 }
-                self._cache.stream_add(self._s.stream_name, fields, maxlen=self._s.stream_maxlen)
-                del events[device_id]
+                ops.append(StreamAdd(stream, fields, maxlen))
+            self._cache.write_many(ops)
             self.cache_ok = True
         except Exception as exc:  # cache down: keep the newest per device, retry next round
             if self.cache_ok:
@@ -194,7 +203,9 @@ class SideEffects:
             self._m.write_failures.labels("cache").inc()
             with self._lock:
                 for d, p in latest.items():
-                    self._latest.setdefault(d, p)
+                    newer_p = self._latest.get(d)
+                    if newer_p is None or newer_p.ts_ms < p.ts_ms:
+                        self._latest[d] = p
                 for d, ev in events.items():  # older first, then what arrived meanwhile
                     newer = self._events.get(d)
                     if newer is not None:

@@ -204,3 +204,35 @@ def test_stream_claim_without_group_is_an_error(cache: Cache) -> None:
     cache.stream_add("noclaim", {"a": "b"})
     with pytest.raises(CacheError):
         cache.stream_claim("noclaim", "missing", "c", min_idle_ms=0)
+
+
+def test_write_many_applies_hashes_and_stream_entries_in_order(cache: Cache) -> None:
+    from cloud_core.cache import HashSet, StreamAdd
+
+    cache.hset("h:old", {"a": "0", "keep": "1"})
+    ids = cache.write_many(
+        [
+            HashSet("h:old", {"a": "1"}),
+            StreamAdd("s", {"n": "1"}),
+            HashSet("h:ttl", {"x": "y"}, ttl_s=0.2),
+            HashSet("h:empty", {}),
+            StreamAdd("s", {"n": "2"}, maxlen=10),
+        ]
+    )
+    assert ids[0] is None and ids[2] is None and ids[3] is None
+    assert ids[1] is not None and ids[4] is not None
+    assert cache.hgetall("h:old") == {"a": "1", "keep": "1"}
+    assert cache.hgetall("h:ttl") == {"x": "y"}
+    assert cache.hgetall("h:empty") == {}
+    cache.ensure_group("s", "g")
+    entries = cache.stream_read_group("s", "g", "c", count=10)
+    assert [(i, f) for i, f in entries] == [(ids[1], {"n": "1"}), (ids[4], {"n": "2"})]
+    assert _until(lambda: cache.hgetall("h:ttl") == {})
+    assert cache.write_many([]) == []
+
+
+def test_write_many_trims_like_stream_add(cache: Cache) -> None:
+    from cloud_core.cache import StreamAdd
+
+    cache.write_many([StreamAdd("t", {"i": str(i)}, maxlen=5) for i in range(300)])
+    assert 5 <= cache.stream_len("t") < 300

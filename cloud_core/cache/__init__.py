@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from .base import Cache, CacheError, CacheUnavailable, StreamEntry
+from .base import Cache, CacheError, CacheUnavailable, HashSet, StreamAdd, StreamEntry
 
 _SHARED: dict[str, Cache] = {}
 _SHARED_LOCK = threading.Lock()
 
-__all__ = ["Cache", "CacheError", "CacheUnavailable", "StreamEntry", "open_cache"]
+__all__ = ["Cache", "CacheError", "CacheUnavailable", "HashSet", "StreamAdd", "StreamEntry", "open_cache"]
 
 
 def open_cache(url: str) -> Cache:

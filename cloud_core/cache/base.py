@@ -9,6 +9,9 @@ Streams follow Redis Streams with consumer groups: :meth:`Cache.stream_add` appe
 to one consumer of the group (or, with ``pending=True``, re-delivers the entries it read but did not
 ack, e.g. after a crash) and :meth:`Cache.stream_ack` acknowledges them.
 
+:meth:`Cache.write_many` applies many hash and stream writes at once: one round trip for Redis (a
+pipeline, not a transaction), for callers that flush buffered writes (the bridge's side effects).
+
 Errors::
 
     CacheError              not retryable (wrong use: e.g. reading a group that does not exist)
@@ -18,9 +21,10 @@ Errors::
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-__all__ = ["Cache", "CacheError", "CacheUnavailable", "StreamEntry"]
+__all__ = ["Cache", "CacheError", "CacheUnavailable", "HashSet", "StreamAdd", "StreamEntry"]
 
 #: (entry id, fields); ids are Redis stream ids "<ms>-<seq>", increasing.
 StreamEntry = tuple[str, dict[str, str]]
@@ -36,6 +40,24 @@ class CacheUnavailable(CacheError):
     """The cache server did not answer. Retrying can help."""
 
     retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class HashSet:
+    """A :meth:`Cache.hset` for :meth:`Cache.write_many`."""
+
+    key: str
+    mapping: Mapping[str, str]
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAdd:
+    """A :meth:`Cache.stream_add` for :meth:`Cache.write_many`."""
+
+    stream: str
+    fields: Mapping[str, str]
+    maxlen: int | None = None
 
 
 class Cache(abc.ABC):
@@ -116,6 +138,24 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     def stream_len(self, stream: str) -> int:
         """Entries in the stream."""
+
+    # ---- many writes at once -----------------------------------------------------------------------
+    def write_many(self, ops: Sequence[HashSet | StreamAdd]) -> list[str | None]:
+        """Apply ``ops`` in order, with the same effect as calling :meth:`hset`/:meth:`stream_add`
+        for each, in one round trip where the server allows it. Returns, per op, the new stream
+        entry id (None for a :class:`HashSet`).
+
+        Not atomic: when it raises (CacheUnavailable, or CacheError for a wrong-type key), some of
+        the writes may have been applied, so a caller that retries must tolerate repeated ones."""
+        out: list[str | None] = []
+        for op in ops:
+            if type(op) is HashSet:
+                self.hset(op.key, op.mapping, ttl_s=op.ttl_s)
+                out.append(None)
+            else:
+                assert type(op) is StreamAdd
+                out.append(self.stream_add(op.stream, op.fields, maxlen=op.maxlen))
+        return out
 
     # ---- lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod

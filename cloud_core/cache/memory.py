@@ -7,10 +7,10 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import Cache, CacheError, StreamEntry
+from .base import Cache, CacheError, HashSet, StreamAdd, StreamEntry
 
 __all__ = ["MemoryCache"]
 
@@ -163,6 +163,10 @@ class MemoryCache(Cache):
                 del s.fields[: len(s.fields) - maxlen]
             self._cond.notify_all()
             return _fmt(new_id)
+
+    def write_many(self, ops: Sequence[HashSet | StreamAdd]) -> list[str | None]:
+        with self._cond:  # re-entrant: the ops see no other thread's writes in between
+            return super().write_many(ops)
 
     def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
         with self._cond:

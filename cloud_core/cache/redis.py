@@ -5,13 +5,13 @@ timeouts raise CacheUnavailable; other server errors raise CacheError.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
 import redis.exceptions
 
-from .base import Cache, CacheError, CacheUnavailable, StreamEntry
+from .base import Cache, CacheError, CacheUnavailable, HashSet, StreamAdd, StreamEntry
 
 __all__ = ["RedisCache"]
 
@@ -102,6 +102,33 @@ class RedisCache(Cache):
     # ---- streams -------------------------------------------------------------------------------
     def stream_add(self, stream: str, fields: Mapping[str, str], maxlen: int | None = None) -> str:
         return str(self._call(lambda: self._r.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)))
+
+    def write_many(self, ops: Sequence[HashSet | StreamAdd]) -> list[str | None]:
+        """One pipeline (no MULTI/EXEC): one round trip for all of ``ops``."""
+        if not ops:
+            return []
+
+        def run() -> Any:
+            pipe = self._r.pipeline(transaction=False)
+            kinds: list[bool] = []  # per command: True = an XADD whose reply is returned
+            for op in ops:
+                if type(op) is HashSet:
+                    if not op.mapping:
+                        continue
+                    pipe.hset(op.key, mapping=dict(op.mapping))
+                    kinds.append(False)
+                    if op.ttl_s is not None:
+                        pipe.pexpire(op.key, self._px(op.ttl_s))
+                        kinds.append(False)
+                else:
+                    assert type(op) is StreamAdd
+                    pipe.xadd(op.stream, dict(op.fields), maxlen=op.maxlen, approximate=True)
+                    kinds.append(True)
+            return kinds, pipe.execute()
+
+        kinds, replies = self._call(run)
+        ids = iter(str(r) for r, is_xadd in zip(replies, kinds, strict=True) if is_xadd)
+        return [None if type(op) is HashSet else next(ids) for op in ops]
 
     def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
         try:
