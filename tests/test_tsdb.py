@@ -13,7 +13,7 @@ from cloud_core.tsdb import Point, StoreRejected, StoreUnavailable, TimeSeriesSt
 from cloud_core.tsdb.base import DAY_MS, HOUR_MS, pick_resolution
 from cloud_core.tsdb.embedded import EmbeddedStore
 from cloud_core.tsdb.influx import InfluxStore
-from cloud_core.tsdb.lineprotocol import encode_points
+from cloud_core.tsdb.lineprotocol import encode_points, encode_points_fast
 
 # Two days ago at midnight UTC: inside InfluxDB's 30-day raw retention, aligned to every window used.
 BASE = (int(time.time() * 1000) // DAY_MS - 2) * DAY_MS
@@ -80,6 +80,94 @@ def test_line_protocol_golden_bytes() -> None:
 def test_line_protocol_refuses_what_influx_cannot_store(point: Point, problem: str) -> None:
     with pytest.raises(StoreRejected, match=problem):
         encode_points([point])
+
+
+def test_fast_line_protocol_golden_bytes() -> None:
+    body = encode_points_fast(
+        [
+            Point("dev-1", "bme280", "lab 1", 1700000000123, {"temperature": 21.5, "humidity": 40, "q_2": -0.25}),
+            Point("dev-2", "dht22", "", 7, {"t": 1e-05, "big": 1e20, "µ": 0.1 + 0.2}),
+        ]
+    )
+    assert body == (
+        b"sensor_readings,device_id=dev-1,location=lab\\ 1,sensor_type=bme280 "
+        b"temperature=21.5,humidity=40,q_2=-0.25 1700000000123\n"
+        b"sensor_readings,device_id=dev-2,sensor_type=dht22 t=0.00001,big=1e+20,\xc2\xb5=0.30000000000000004 7\n"
+    )
+    assert encode_points_fast([]) == b""
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"odd key": 1.0},
+        {"a,b": 1.0},
+        {"a=b": 1.0},
+        {'a"b': 1.0},
+        {"a\\b": 1.0},
+        {"a:b": 1.0},
+        {"a{": 1.0},
+        {"t": 2**70},
+    ],
+)
+def test_fast_line_protocol_hands_anything_unusual_to_the_reference(fields: dict[str, float]) -> None:
+    points = [Point("d", "s", "l", 1, {"x": 1.5}), Point("d", "s", "l", 2, fields)]
+    assert encode_points_fast(points) == encode_points(points)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({}, "no fields"),
+        ({"t": float("nan")}, "not finite"),
+        ({"t": float("-inf")}, "not finite"),
+        ({"t": True}, "not a number"),
+        ({"t": False}, "not a number"),
+        ({"t": None}, "not a number"),
+        ({"t": "1.0"}, "not a number"),
+        ({"t": [1.0]}, "not a number"),
+        ({"t": {"u": 1.0}}, "not a number"),
+        ({"": 1.0}, "empty field name"),
+        ({"a\n": 1.0}, "newline"),
+        ({"a\\": 1.0}, "backslash"),
+    ],
+)
+def test_fast_line_protocol_refuses_what_the_reference_refuses(fields: dict[str, Any], problem: str) -> None:
+    points = [Point("d", "s", "l", 1, {"x": 1.5}), Point("d", "s", "l", 2, fields)]
+    with pytest.raises(StoreRejected, match=problem):
+        encode_points_fast(points)
+
+
+def _parsed(body: bytes) -> list[tuple[bytes, dict[bytes, float], bytes]]:
+    out = []
+    for line in body.splitlines():
+        series, fields, ts = line.rsplit(b" ", 2)
+        out.append((series, {k: float(v) for k, v in (f.split(b"=") for f in fields.split(b","))}, ts))
+    return out
+
+
+def test_fast_line_protocol_stores_the_same_numbers_as_the_reference() -> None:
+    import random
+
+    rng = random.Random(7)
+    names = ["temperature", "humidity", "pressure", "quality_score", "co2", "x"]
+    points = []
+    for i in range(2000):
+        k = rng.randint(1, 5)
+        values: dict[str, float] = {}
+        for name in rng.sample(names, k):
+            kind = rng.random()
+            if kind < 0.2:
+                values[name] = rng.randint(-(2**62), 2**62)
+            elif kind < 0.4:
+                values[name] = rng.uniform(-1, 1) * 10 ** rng.randint(-300, 300)
+            else:
+                values[name] = round(rng.uniform(-50, 1100), rng.randint(0, 6))
+        points.append(Point(f"dev-{i % 7}", "bme280", "lab", 1_700_000_000_000 + i, values))
+    fast = encode_points_fast(points)
+    ref = encode_points(points)
+    assert _parsed(fast) == _parsed(ref)
+    assert len(fast.splitlines()) == 2000
 
 
 # ---- both stores ----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from .base import (
     check_query_args,
     pick_resolution,
 )
-from .lineprotocol import encode_points
+from .lineprotocol import encode_points_fast
 
 __all__ = ["CONTINUOUS_QUERIES", "InfluxStore"]
 
@@ -215,7 +215,7 @@ class InfluxStore(TimeSeriesStore):
     def write(self, points: Sequence[Point]) -> None:
         if not points:
             return
-        self.write_lines(encode_points(points))
+        self.write_lines(encode_points_fast(points))
 
     def write_lines(self, body: bytes) -> None:
         """Write a ready line-protocol body (millisecond precision) to the raw retention policy."""

@@ -8,20 +8,30 @@ escaped and are refused.
 
 Hand-written for speed (about 1 us per point): the escaped tag-set prefix of each series and each
 escaped field key are cached, and the body is built as one list of strings joined and encoded once.
+
+:func:`encode_points_fast` (what InfluxStore writes with) writes the same lines faster: all field sets
+are serialized by one ``orjson.dumps`` call and turned into line protocol by a few whole-body byte
+replacements. Only the spelling of numbers may differ from :func:`encode_points` (orjson's shortest
+form: ``40`` for the integer 40, ``0.00001``, ``1e+20``; the same float is stored). Whenever the batch holds
+anything it cannot prove plain (a field name needing escaping, a non-number, a non-finite value...)
+it returns :func:`encode_points`'s body instead, which raises the same errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from .base import MEASUREMENT, Point, StoreRejected
 
-__all__ = ["encode_points", "escape_key"]
+__all__ = ["encode_points", "encode_points_fast", "escape_key"]
 
 _ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MAX_CACHE = 100_000
 
 _series_cache: dict[tuple[str, str, str], str] = {}
+_series_bytes: dict[tuple[str, str, str], bytes] = {}
 _field_cache: dict[str, str] = {}
 
 
@@ -94,3 +104,46 @@ def encode_points(points: Sequence[Point]) -> bytes:
             raise StoreRejected(f"point {i} ({p.device_id}) has no fields")
         append(f"{prefix}{','.join(parts)} {p.ts_ms:d}\n")
     return "".join(out).encode()
+
+
+_PLAIN = bytes(
+    sorted({*range(0x80, 0x100), *b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+"})
+)
+
+
+def encode_points_fast(points: Sequence[Point]) -> bytes:
+    """The same lines as :func:`encode_points` (up to the spelling of numbers), about 2x faster.
+
+    Falls back to :func:`encode_points` unless orjson's JSON of the field sets passes checks that
+    together prove every field name is plain (no JSON escape, quote, space, ``=``, ``,``, brace or
+    empty name) and every value a finite JSON number; the checks may refuse a plain batch (then the
+    reference encoder writes it), never accept one the reference would write differently."""
+    n = len(points)
+    if not n:
+        return b""
+    try:
+        j = orjson.dumps([p.fields for p in points])
+    except TypeError:  # a non-str key, an int beyond 64 bits, an unknown type: the reference decides
+        return encode_points(points)
+    # What is left of j without letters, digits and "_-.+" (and UTF-8 bytes) must be exactly the
+    # structure of a list of flat objects of plain names: [{"":,"":},{"":}]. Anything else (a space,
+    # "=", ",", a JSON escape, a string/list/object value, an empty object) leaves something else.
+    shape = j.translate(None, _PLAIN).replace(b',"":', b"")
+    if shape != b"[" + b'{"":},' * (n - 1) + b'{"":}]':
+        return encode_points(points)
+    if b'":n' in j or b'":t' in j or b'":f' in j or b'""' in j:  # null (NaN, inf), true, false, empty name
+        return encode_points(points)
+    # j = [{"k":v,"k2":v2},{"k":v}] -> per point: k=v,k2=v2
+    fields = j[3:-2].replace(b'},{"', b"\n").replace(b'":', b"=").replace(b',"', b",").split(b"\n")
+    out: list[bytes] = []
+    append = out.append
+    cache = _series_bytes
+    for p, f in zip(points, fields, strict=True):
+        key = (p.device_id, p.sensor_type, p.location)
+        prefix = cache.get(key)
+        if prefix is None:
+            if len(cache) >= _MAX_CACHE:
+                cache.clear()
+            prefix = cache[key] = _series(*key).encode()
+        append(b"%b%b %d\n" % (prefix, f, p.ts_ms))
+    return b"".join(out)
