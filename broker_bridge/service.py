@@ -4,6 +4,7 @@ them cleanly; :func:`run_bridge` runs one until SIGINT/SIGTERM (the CLI, ``iotct
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -163,5 +164,9 @@ def run_bridge(settings: BridgeSettings, *, stop: threading.Event | None = None)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    if settings.gc_threshold is not None:  # process-wide, like the switch interval
+        gc.set_threshold(settings.gc_threshold, *gc.get_threshold()[1:])
     with Bridge(settings):
+        if settings.gc_threshold is not None:
+            gc.freeze()  # what startup built (modules, engine, registry) is never scanned again
         stop.wait()

@@ -108,6 +108,13 @@ class BridgeSettings(BaseSettings):
         description="Python's GIL switch interval for a bridge process run by run_bridge (the "
         "default 5 ms makes the network thread wait behind the writer after every socket call; None keeps it).",
     )
+    gc_threshold: int | None = Field(
+        50_000,
+        ge=1,
+        description="Allocations between young-generation garbage collections in a bridge process run by "
+        "run_bridge (Python's default 700 runs a collection every few 50-reading messages; objects alive "
+        "at startup are frozen out of collection too); None keeps Python's default.",
+    )
     # --- observability ------------------------------------------------------------------------------
     metrics_port: int | None = Field(
         9108, ge=0, le=65535, description="/health /ready /metrics; 0 = any free port, None = off."
