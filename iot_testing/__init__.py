@@ -17,6 +17,8 @@ from iot_testing.servers import (
     unique_name,
 )
 
+from .waiting import wait_for
+
 __all__ = [
     "InfluxServer",
     "MosquittoServer",
@@ -28,4 +30,5 @@ __all__ = [
     "free_port",
     "soak_scale",
     "unique_name",
+    "wait_for",
 ]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +32,13 @@ from cloud_core.tsdb import open_tsdb
 from edge_agent.buffer import Buffer
 from edge_agent.identity import write_identity
 from iot_protocol import generate_private_key, public_key_b64
+from iot_testing import wait_for
 
 pytestmark = pytest.mark.integration
 
 IOTCTL = str(Path(sys.executable).with_name("iotctl"))
 SOAK_SCALE = float(os.environ.get("SOAK_SCALE", "1"))
 DEVICE = "agent-dur-1"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: last {value!r}")
-        time.sleep(0.05)
 
 
 class TcpProxy:
@@ -201,7 +191,7 @@ class Rig:
         return (produced[0] if produced else 0), depth
 
     def produced_more_than(self, n: int, timeout: float = 60) -> int:
-        return wait_for(lambda: (p := self.buffer_counts()[0]) > n and p, timeout, f"agent producing > {n}")
+        return wait_for(lambda: (p := self.buffer_counts()[0]) > n and p, f"agent producing > {n}", timeout)
 
     def drain_and_check(self, timeout: float = 60) -> int:
         """Run the agent with (almost) no sampling until its buffer is empty, stop it, compare."""
@@ -213,8 +203,8 @@ class Rig:
         try:
             wait_for(
                 lambda: self.buffer_counts()[1] == 0 and self.buffer_counts()[0] > 0,
-                timeout,
                 "buffer drained",
+                timeout,
             )
         finally:
             self.kill_agent(signal.SIGTERM)
@@ -315,7 +305,7 @@ def test_network_cut_then_restored(rig: Rig) -> None:
     rig.config("drain.toml")
     drain = rig.config("drain.toml", sampling=86_400, mqtt_url=f"mqtt://127.0.0.1:{rig.proxy.port}")
     rig.start_agent(drain)
-    wait_for(lambda: rig.buffer_counts()[1] == 0, 60, "buffer drained through the proxy")
+    wait_for(lambda: rig.buffer_counts()[1] == 0, "buffer drained through the proxy", 60)
     rig.drain_and_check()
 
 

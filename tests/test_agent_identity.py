@@ -4,12 +4,12 @@ line, and the enrolled agent connects with its own credentials and applies a con
 
 from __future__ import annotations
 
+import functools
 import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
+import iot_testing
 from cloud_core.api import create_app
 from cloud_core.core.config import CloudSettings
 from edge_agent.agent import Agent
@@ -24,18 +25,8 @@ from edge_agent.config import load_settings
 from edge_agent.identity import load_identity
 
 pytestmark = pytest.mark.integration
+wait_for = functools.partial(iot_testing.wait_for, timeout=15)
 IOTCTL = str(Path(sys.executable).with_name("iotctl"))
-
-
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 15) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}: last {value!r}")
-        time.sleep(0.05)
 
 
 class Api:

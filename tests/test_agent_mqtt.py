@@ -32,21 +32,11 @@ from iot_protocol import (
     public_key_b64,
     seal_config,
 )
+from iot_testing import wait_for
 
 pytestmark = pytest.mark.integration
 DEVICE = "agent-mqtt-1"
 IOTCTL = str(Path(sys.executable).with_name("iotctl"))
-
-
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 10) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}: last {value!r}")
-        time.sleep(0.02)
 
 
 class Cloud:

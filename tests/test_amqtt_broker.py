@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
+from iot_testing import wait_for
 
 
 def _free_port() -> int:
@@ -54,15 +55,6 @@ class Peer:
         self.client.disconnect()
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
 def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, AmqttAdmin]) -> None:
     b, _ = broker
     cloud = Peer(b.port, "cloud", "cloud-pw")
@@ -73,7 +65,7 @@ def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, Amqt
         time.sleep(0.3)
         a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
         a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(5)
-        assert wait_for(lambda: len(cloud.messages) >= 1)
+        wait_for(lambda: len(cloud.messages) >= 1, "the honest message", 5)
         time.sleep(0.3)
         assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest")]
     finally:
@@ -92,7 +84,7 @@ def test_device_cannot_read_another_devices_config(broker: tuple[AmqttBroker, Am
         time.sleep(0.3)
         cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(5)
         cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(5)
-        assert wait_for(lambda: len(a.messages) >= 1)
+        wait_for(lambda: len(a.messages) >= 1, "dev-a's own config", 5)
         time.sleep(0.3)
         assert a.messages == [("edu/devices/dev-a/config/desired", b"for-a")]
     finally:
@@ -104,7 +96,7 @@ def test_wrong_password_and_anonymous_are_refused(broker: tuple[AmqttBroker, Amq
     b, _ = broker
     wrong = Peer(b.port, "dev-a", "nope")
     try:
-        assert wait_for(lambda: bool(wrong.results))
+        wait_for(lambda: wrong.results, "a CONNACK", 5)
         assert wrong.results[0] == "Not authorized"
     finally:
         wrong.close()
@@ -118,8 +110,8 @@ def test_deactivate_cuts_live_connection_and_refuses_reconnect(
     try:
         assert a.connected.wait(5)
         admin.deactivate_device("dev-a")
-        assert wait_for(lambda: not a.client.is_connected())
-        assert wait_for(lambda: "Not authorized" in a.results)
+        wait_for(lambda: not a.client.is_connected(), "the kick", 5)
+        wait_for(lambda: "Not authorized" in a.results, "the refused reconnect", 5)
     finally:
         a.close()
 
@@ -131,7 +123,8 @@ def test_rotation_refuses_old_password(broker: tuple[AmqttBroker, AmqttAdmin]) -
     new = Peer(b.port, "dev-b", "b-new")
     try:
         assert new.connected.wait(5)
-        assert wait_for(lambda: bool(old.results)) and old.results[0] == "Not authorized"
+        wait_for(lambda: old.results, "a CONNACK", 5)
+        assert old.results[0] == "Not authorized"
     finally:
         old.close()
         new.close()
