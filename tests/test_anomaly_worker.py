@@ -174,4 +174,5 @@ def test_parse_entry_reads_the_bridge_payload_form_and_still_the_older_forms() -
     assert parse_entry({"device_id": "d1", "readings": '[{"ts":5,"sensor_type":"x","values":{"a":1}}]'}) == [
         ("d1", "x", 5, {"a": 1})
     ]
-    assert parse_entry({"device_id": "d1", "sensor_type": "x", "ts": "6", "values": '{"a":2}'}) == [("d1", "x", 6, {"a": 2})]
+    single = {"device_id": "d1", "sensor_type": "x", "ts": "6", "values": '{"a":2}'}
+    assert parse_entry(single) == [("d1", "x", 6, {"a": 2})]
