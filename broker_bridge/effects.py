@@ -7,10 +7,8 @@ down keeps its buffer (latest/last_seen coalesce per device; ledger rows, dead l
 readings are bounded and their overflow counted) and catches up when it is back. Readings keep
 flowing meanwhile. Stream events: one per device per flush, covering every batch accepted since the
 last one, so a busy bridge does not make one Redis call per message. Fields (strings):
-``device_id``, ``location``, ``seqs`` (JSON list of batch seqs), ``batches`` (the batches' verified
-JWS payload segments, base64url as received, joined by ``,``: no re-serialization of readings here)
-and ``skip`` (JSON list, per batch, of the reading indexes that were dead-lettered), the form
-cloud_core.analytics.worker.parse_entry reads.
+``device_id``, ``location``, ``seqs`` (JSON list of batch seqs) and ``readings`` (JSON list of
+``{"ts", "sensor_type", "values"}``), the form cloud_core.analytics.worker.parse_entry reads.
 """
 
 from __future__ import annotations
@@ -40,17 +38,14 @@ __all__ = ["LATEST_KEY", "SideEffects"]
 log = logging.getLogger(__name__)
 
 LATEST_KEY = "edu:latest:{device_id}"
-_NO_SKIP: list[int] = []  # shared by the batches with nothing dead-lettered (never mutated)
 
 
 def _ts(p: Point) -> int:
     return p.ts_ms
 
 
-def _payload_segment(token: bytes) -> bytes:
-    """The base64url payload of a compact JWS (already verified by the pipeline): no decoding."""
-    i = token.index(b".") + 1
-    return token[i : token.index(b".", i)]
+def _reading(p: Point) -> dict[str, object]:
+    return {"ts": p.ts_ms, "sensor_type": p.sensor_type, "values": p.fields}
 
 
 class SideEffects:
@@ -95,14 +90,10 @@ class SideEffects:
         self.flush()  # a last attempt; what fails stays unwritten (ledger rows are re-derivable)
 
     # ---- called by the writer after a successful write -----------------------------------------
-    def accepted(
-        self, batches: Sequence[Accepted], rows: Sequence[LedgerRow], now: datetime, tokens: Sequence[bytes]
-    ) -> None:
-        """Record ``batches`` (written and new) with their ledger ``rows``; ``tokens[i]`` is the
-        received JWS of ``batches[i]`` (its payload segment becomes the stream event, as is)."""
-        per_device: dict[str, list[tuple[Accepted, bytes]]] = {}
-        for a, token in zip(batches, tokens, strict=True):
-            per_device.setdefault(a.device_id, []).append((a, token))
+    def accepted(self, batches: Sequence[Accepted], rows: Sequence[LedgerRow], now: datetime) -> None:
+        per_device: dict[str, list[Accepted]] = {}
+        for a in batches:
+            per_device.setdefault(a.device_id, []).append(a)
         now_s = now.timestamp()
         with self._lock:
             if len(self._ledger_rows) + len(rows) > 10 * self._s.deadletter_buffer_max:
@@ -113,24 +104,20 @@ class SideEffects:
                 self._last_seen[device_id] = now
                 self.seen_at[device_id] = now_s
                 # readings of a batch are in time order: compare each batch's last one only
-                last = max((a.points[-1] for a, _ in group), key=_ts)
+                last = max((a.points[-1] for a in group), key=_ts)
                 prev = self._latest.get(device_id)
                 if prev is None or last.ts_ms >= prev.ts_ms:
                     self._latest[device_id] = last
                 ev = self._events.get(device_id)
                 if ev is None:
                     if self._event_readings >= self._s.event_buffer_max:
-                        self._m.events_dropped.inc(sum(len(a.points) for a, _ in group))
+                        self._m.events_dropped.inc(sum(len(a.points) for a in group))
                         continue
-                    ev = self._events[device_id] = {
-                        "location": last.location, "seqs": [], "batches": [], "skip": [], "n": 0,
-                    }  # fmt: skip
-                seqs, segments, skips = ev["seqs"], ev["batches"], ev["skip"]
-                for a, token in group:
-                    seqs.append(a.batch.seq)
-                    segments.append(token)  # sliced at flush time; no per-reading work anywhere here
-                    skips.append([p.index for p in a.problems] if a.problems else _NO_SKIP)
-                    ev["n"] += len(a.points)
+                    ev = self._events[device_id] = {"location": last.location, "seqs": [], "readings": []}
+                readings = ev["readings"]
+                for a in group:
+                    ev["seqs"].append(a.batch.seq)
+                    readings.extend(a.points)  # serialized by orjson at flush time, no per-reading work here
                     self._event_readings += len(a.points)
 
     # ---- flushing --------------------------------------------------------------------------------
@@ -199,14 +186,12 @@ class SideEffects:
                 )
                 for device_id, p in latest.items()
             ]
-            seg = _payload_segment
             for device_id, ev in events.items():
                 fields = {
                     "device_id": device_id,
                     "location": ev["location"],
                     "seqs": dumps(ev["seqs"]).decode(),
-                    "skip": dumps(ev["skip"]).decode(),
-                    "batches": b",".join([seg(t) for t in ev["batches"]]).decode("ascii"),
+                    "readings": dumps([_reading(p) for p in ev["readings"]]).decode(),
                 }
                 ops.append(StreamAdd(stream, fields, maxlen))
             self._cache.write_many(ops)
@@ -224,11 +209,10 @@ class SideEffects:
                 for d, ev in events.items():  # older first, then what arrived meanwhile
                     newer = self._events.get(d)
                     if newer is not None:
-                        for k in ("seqs", "batches", "skip"):
-                            ev[k].extend(newer[k])
-                        ev["n"] += newer["n"]
+                        ev["seqs"].extend(newer["seqs"])
+                        ev["readings"].extend(newer["readings"])
                     self._events[d] = ev
-                    self._event_readings += ev["n"] - (newer["n"] if newer else 0)
+                    self._event_readings += len(ev["readings"]) - (len(newer["readings"]) if newer else 0)
 
     def pending(self) -> int:
         with self._lock:

@@ -366,7 +366,6 @@ class Ingest:
         receipts = self._receipts
         stored_msgs = stored_readings = 0
         accepted: list[Accepted] = []
-        tokens: list[bytes] = []
         ledger_rows: list[LedgerRow] = []
         m_rej = self._m.rejected
         for i, (msg, o) in enumerate(unit.items):
@@ -414,7 +413,6 @@ class Ingest:
                 stored_readings += len(o.points)
                 if o.points:
                     accepted.append(o)
-                    tokens.append(msg.payload)
             else:
                 assert type(o) is Rejected
                 self._reject(msg, o, now, receipts)
@@ -422,7 +420,7 @@ class Ingest:
         self._unacked.extend(msg for msg, _ in unit.items)
         self._m.messages_stored.inc(stored_msgs)
         self._m.readings_stored.inc(stored_readings)
-        self._effects.accepted(accepted, ledger_rows, now, tokens)
+        self._effects.accepted(accepted, ledger_rows, now)
         self.units_written += 1
         self._flush_receipts(force=len(self._unacked) >= self._ack_threshold)
 

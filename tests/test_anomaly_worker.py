@@ -149,28 +149,10 @@ def test_dead_workers_entries_are_claimed_and_processed_by_another(redis_url: st
     cache.close()
 
 
-def test_parse_entry_reads_the_bridge_payload_form_and_still_the_older_forms() -> None:
-    """The bridge passes each batch's verified JWS payload segment through; dead-lettered readings
-    (``skip``) are left out and ``quality_score`` is added as the store has it."""
+def test_parse_entry_reads_both_stream_entry_forms() -> None:
+    """The bridge's form (one entry per device per flush, its readings as JSON) and single readings."""
     from cloud_core.analytics.worker import parse_entry
-    from iot_protocol import Batch, Reading, encode, jws
 
-    b1 = Batch("d1", "b1", 7, 1, (Reading(10, "bme280", {"temperature": 20.5}, 0.5),
-                                  Reading(11, "bme280", {"temperature": 99.0}),
-                                  Reading(12, "scd41", {"co2": 400, "quality_score": 0.25}, 0.75)))  # fmt: skip
-    b2 = Batch("d1", "b2", 8, 1, (Reading(13, "bme280", {"humidity": 40.0}, 1.0),))
-    segments = ",".join(jws.b64url_encode(encode(b)).decode() for b in (b1, b2))
-    fields = {"device_id": "d1", "location": "lab", "seqs": "[7,8]", "skip": "[[1],[]]", "batches": segments}
-    assert parse_entry(fields) == [
-        ("d1", "bme280", 10, {"temperature": 20.5, "quality_score": 0.5}),
-        ("d1", "scd41", 12, {"co2": 400, "quality_score": 0.25}),  # its own quality_score wins, as stored
-        ("d1", "bme280", 13, {"humidity": 40.0, "quality_score": 1.0}),
-    ]
-    # malformed: skip not matching, another device's batch, bad base64url -> skipped entry
-    assert parse_entry({**fields, "skip": "[[1]]"}) == []
-    assert parse_entry({**fields, "device_id": "d2"}) == []
-    assert parse_entry({**fields, "batches": "!!!"}) == []
-    # the older forms are still read
     assert parse_entry({"device_id": "d1", "readings": '[{"ts":5,"sensor_type":"x","values":{"a":1}}]'}) == [
         ("d1", "x", 5, {"a": 1})
     ]

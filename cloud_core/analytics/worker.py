@@ -3,11 +3,9 @@ several workers share the load), scores each device's fields with :class:`~.ense
 groups anomalies into episodes, and for each episode stores an ``anomalies`` row, publishes it on
 the device's alerts topic, counts it in Prometheus and optionally POSTs it to a webhook.
 
-Stream entries are one reading (``device_id``, ``sensor_type``, ``ts`` in ms, ``values`` a
-JSON object), the older batch form (``device_id`` and ``readings``, a JSON list of
-``{"ts", "sensor_type", "values"}``) or the bridge's payload form (``device_id``, ``batches``: the
-verified JWS payload segments of its batches joined by ``,``, and ``skip``: per batch, the indexes
-of dead-lettered readings, left out here). Entries are acked after their episodes are stored. A
+Stream entries are either one reading (``device_id``, ``sensor_type``, ``ts`` in ms, ``values`` a
+JSON object) or the bridge's batch form (``device_id`` and ``readings``, a JSON list of
+``{"ts", "sensor_type", "values"}``). Entries are acked after their episodes are stored. A
 reading not newer than the last one scored for its series (a redelivery) is skipped.
 
 Crash recovery: entries another consumer of the group took and left unacked for ``claim_idle_s``
@@ -30,8 +28,7 @@ from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from iot_protocol import FIELD_RANGES, Alert, ProtocolError, encode
-from iot_protocol.jws import b64url_decode
+from iot_protocol import FIELD_RANGES, Alert, encode
 from iot_protocol.topics import Topics
 
 from ..cache import Cache, CacheError, StreamEntry
@@ -59,39 +56,10 @@ WEBHOOK_FAILURES = Counter("edu_anomaly_webhook_failures_total", "Webhook POSTs 
 Reading = tuple[str, str, int, dict[str, Any]]  # device_id, sensor_type, ts_ms, values
 
 
-def _batch_readings(device: str, segments: str, skip_json: str) -> list[Reading]:
-    """The bridge's payload form: each segment is a verified batch's JWS payload (base64url of the
-    contract's Batch JSON); readings at the ``skip`` indexes were dead-lettered and are left out.
-    Values get ``quality_score`` from the reading's quality unless they have one (as stored)."""
-    skips = orjson.loads(skip_json)
-    parts = segments.split(",")
-    if type(skips) is not list or len(skips) != len(parts):
-        raise ValueError("skip does not match batches")
-    out: list[Reading] = []
-    append = out.append
-    for seg, skip in zip(parts, skips, strict=True):
-        batch = orjson.loads(b64url_decode(seg))
-        if batch["device_id"] != device:
-            raise ValueError("batch of another device")
-        drop = {int(i) for i in skip}
-        for i, r in enumerate(batch["readings"]):
-            if i in drop:
-                continue
-            values = r["values"]
-            if type(values) is not dict:
-                raise TypeError("values is not an object")
-            if "quality_score" not in values:
-                values["quality_score"] = r["quality"]
-            append((device, str(r["sensor_type"]), int(r["ts"]), values))
-    return out
-
-
 def parse_entry(fields: dict[str, str]) -> list[Reading]:
-    """Readings in one stream entry (any of the forms); malformed entries give []."""
+    """Readings in one stream entry (either form); malformed entries give []."""
     try:
         device = fields["device_id"]
-        if "batches" in fields:
-            return _batch_readings(device, fields["batches"], fields["skip"])
         if "readings" in fields:
             return [
                 (device, str(r.get("sensor_type", "")), int(r["ts"]), dict(r["values"]))
@@ -100,7 +68,7 @@ def parse_entry(fields: dict[str, str]) -> list[Reading]:
         return [
             (device, fields.get("sensor_type", ""), int(fields["ts"]), dict(orjson.loads(fields["values"])))
         ]
-    except (KeyError, ValueError, TypeError, UnicodeError, ProtocolError, orjson.JSONDecodeError):
+    except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
         log.warning("skipping malformed analytics stream entry", extra={"fields": list(fields)})
         return []
 
