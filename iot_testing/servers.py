@@ -170,7 +170,47 @@ def _make_root(kind: str, owner: str | None = None) -> Path:
     return root
 
 
-class _Server:
+class _Lifecycle:
+    """What every test server does the same way, given ``start``/``stop``, ``root`` and ``log_path``:
+    restart, close (stop and delete the temp dir), the log tail, and use as a context manager."""
+
+    root: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Graceful stop, then start on the same port with the same data."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and delete the temp dir."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            _OPEN_ROOTS.discard(self.root)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Any:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Server(_Lifecycle):
     """Shared lifecycle: a temp dir, one child, graceful/crash stops, and port retry on first start."""
 
     kind = "server"
@@ -263,33 +303,6 @@ class _Server:
         if self._child is not None:
             self._child.kill()
 
-    def restart(self) -> None:
-        """Graceful stop, then start on the same port with the same data."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop and delete the temp dir."""
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            _OPEN_ROOTS.discard(self.root)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tail(self.log_path, lines)
-
-    def __enter__(self) -> Any:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}({self.host}:{self.port}, running={self.is_running}, root={str(self.root)!r})"
@@ -298,7 +311,7 @@ class _Server:
 # --------------------------------------------------------------------------- Mosquitto
 
 
-class MosquittoServer:
+class MosquittoServer(_Lifecycle):
     """A private Mosquitto (``cloud_core.broker.MosquittoProcess``) on a free port in a temp dir.
 
     Args:
@@ -374,31 +387,6 @@ class MosquittoServer:
     def kill(self) -> None:
         """SIGKILL: anything since the last autosave is lost."""
         self.process.kill()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            _OPEN_ROOTS.discard(self.root)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tail(self.log_path, lines)
-
-    def __enter__(self) -> MosquittoServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MosquittoServer({self.url}, dynsec={self.dynsec}, running={self.is_running})"
