@@ -45,10 +45,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
+# One primary-key probe per asked pair, whatever the planner believes about the table: as a plain
+# join, a ledger that grew faster than autovacuum's statistics was hashed whole for every lookup
+# (measured: 51 ms instead of 5.6 ms for 2,000 pairs against 60,000 rows, growing with the table).
+# LIMIT 1 keeps the subquery from being flattened back into that join; (device_id, seq) is the key.
 _PG_KNOWN = text(
-    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id FROM batch_ledger l "
-    "JOIN unnest(CAST(:d AS text[]), CAST(:s AS bigint[])) AS q(device_id, seq) "
-    "ON l.device_id = q.device_id AND l.seq = q.seq"
+    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id "
+    "FROM unnest(CAST(:d AS text[]), CAST(:s AS bigint[])) AS q(device_id, seq) "
+    "CROSS JOIN LATERAL (SELECT b.device_id, b.seq, b.payload_sha256, b.key_id FROM batch_ledger b "
+    "WHERE b.device_id = q.device_id AND b.seq = q.seq LIMIT 1) AS l"
 )
 # A row of another key epoch (or of none recorded) is overwritten; one of the same key is kept (a
 # replica racing on a redelivered batch writes the same row).

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -15,11 +16,11 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from broker_bridge import Bridge, BridgeSettings, compute_ledger
-from broker_bridge.ledger import Ledger, ensure_ledger_schema
+from broker_bridge.ledger import _PG_KNOWN, Ledger, LedgerRow, ensure_ledger_schema
 from broker_bridge.pipeline import key_id_of
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
 from cloud_core.core.config import CloudSettings
-from cloud_core.core.db import make_engine
+from cloud_core.core.db import create_all, make_engine
 from cloud_core.models import BatchLedger, Device
 from cloud_core.services.device_events import DeviceEventsConsumer
 from cloud_core.tsdb import open_tsdb
@@ -188,6 +189,35 @@ def test_ledger_schema_gains_the_key_id_column(tmp_path) -> None:
     ensure_ledger_schema(engine)  # idempotent
     ledger = Ledger(engine)
     assert ledger.known([("x", 1)]) == {("x", 1): ("h", None)}
+    engine.dispose()
+
+
+def test_ledger_lookup_probes_the_key_even_when_statistics_are_stale(pg_url) -> None:
+    """The bridge asks the ledger about every seq it writes. Against a table that grew faster than
+    autovacuum's statistics (every busy bridge's), a plain join was planned as a hash of the whole
+    table per lookup: cost growing with the ledger's age. The lookup must be one key probe per pair
+    (and still find exactly the stored ones)."""
+    engine = make_engine(pg_url)
+    create_all(engine)
+    ledger = Ledger(engine, cache_size=0)
+    now = datetime.now(UTC)
+    for chunk in range(20):  # 40,000 rows inserted in quick succession: the planner's idea of the table lags
+        ledger.record(
+            [LedgerRow(f"d{i % 50}", chunk * 10_000 + i, "b", "h" * 64, 1, 0, now, "k") for i in range(2_000)]
+        )
+    ask = [(f"d{i % 50}", 19 * 10_000 + i) for i in range(2_000)] + [("d1", 10**9), ("nobody", 1)]
+    with engine.connect() as conn:
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                text("EXPLAIN " + _PG_KNOWN.text), {"d": [p[0] for p in ask], "s": [p[1] for p in ask]}
+            )
+        )
+    assert "Seq Scan on batch_ledger" not in plan, plan
+    assert "Index Scan using batch_ledger_pkey" in plan, plan
+    found = ledger.known(ask)
+    assert set(found) == set(ask[:2_000])
+    assert found[("d3", 190_003)] == ("h" * 64, "k")
     engine.dispose()
 
 
