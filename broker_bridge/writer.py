@@ -77,6 +77,7 @@ class Unit:
     items: list[tuple[Inbound, Accepted | Rejected | None]] = field(default_factory=list)
     points: int = 0
     opened: float = 0.0
+    bodies: dict[int, bytes] = field(default_factory=dict)  # item index -> its points, store-encoded
 
 
 class Ingest:
@@ -107,6 +108,9 @@ class Ingest:
         self._ack = ack
         self._publish = publish
         self._skew_ms = int(settings.max_clock_skew_s * 1000)
+        # Encode each batch's points as it arrives (small buffers, on the network thread) when the
+        # store has a wire format; the writer then sends the concatenated bodies.
+        self._encodes = store.encodes_points
         self._limiter = (
             RateLimiter(settings.rate_limit_msgs_per_s, settings.rate_limit_burst)
             if settings.rate_limit_msgs_per_s > 0
@@ -170,14 +174,18 @@ class Ingest:
         s = self._s
         self._m.messages_received.inc()
         npoints = 0
+        body = None
         if type(outcome) is Accepted:
             self._m.readings_received.inc(len(outcome.batch.readings))
-            npoints = len(outcome.points)
+            outcome, body = self._encoded(outcome)
+            npoints = len(outcome.points) if type(outcome) is Accepted else 0
         with self._cond:
             u = self._current
             if not u.items:
                 u.opened = time.monotonic()
                 self._cond.notify()  # the writer starts timing this unit
+            if body is not None:
+                u.bodies[len(u.items)] = body
             u.items.append((msg, outcome))
             u.points += npoints
             self._pending += 1
@@ -185,6 +193,16 @@ class Ingest:
                 self._closed.append(u)
                 self._current = Unit()
                 self._cond.notify()
+
+    def _encoded(self, o: Accepted) -> tuple[Accepted | Rejected, bytes | None]:
+        """``o`` with its points in the store's wire format (None when the store takes points, or
+        there are none); a point the store could never hold makes it a ``store_rejected`` batch."""
+        if not self._encodes or not o.points:
+            return o, None
+        try:
+            return o, self._store.encode_points(o.points)
+        except StoreError as exc:
+            return Rejected(o.device_id, "store_rejected", str(exc), o.sha256, o.batch.seq), None
 
     def _rate_limited(self, msg: Inbound) -> Rejected | None:
         """A ``rate_limited`` rejection when the topic's device is over its message rate, else None.
@@ -286,11 +304,15 @@ class Ingest:
                     time.sleep(delay)
             if type(o) is Accepted:
                 self._m.readings_received.inc(len(o.batch.readings))
-                unit.points += len(o.points)
+                o, body = self._encoded(o)
+                if body is not None:
+                    unit.bodies[i] = body
+                unit.points += len(o.points) if type(o) is Accepted else 0
             unit.items[i] = (msg, o)
 
-    def _decide(self, unit: Unit) -> tuple[list[Point], dict[int, str]]:
-        """Points to write, and per item index the decision ``new``/``duplicate``/``replayed``."""
+    def _decide(self, unit: Unit) -> tuple[list[int], dict[int, str]]:
+        """The indexes of the items to write, and per item index the decision
+        ``new``/``duplicate``/``replayed``."""
         pairs = [(o.device_id, o.batch.seq) for _, o in unit.items if type(o) is Accepted]
         try:
             known = self._ledger.known(pairs) if pairs else {}
@@ -299,7 +321,7 @@ class Ingest:
             self._m.write_failures.labels("ledger_lookup").inc()
             known = self._ledger.known_in_memory(pairs)
         decisions: dict[int, str] = {}
-        points: list[Point] = []
+        new: list[int] = []
         for i, (_, o) in enumerate(unit.items):
             if type(o) is not Accepted:
                 continue
@@ -308,10 +330,32 @@ class Ingest:
             decisions[i] = d
             if d == "new":
                 known[key] = (o.sha256, o.key_id)
-                points.extend(o.points)
-        return points, decisions
+                new.append(i)
+        return new, decisions
 
-    def _write_points(self, points: list[Point]) -> None:
+    def _write_items(self, unit: Unit, indexes: list[int]) -> None:
+        """Write the points of these items of ``unit`` in one store call (see :meth:`_write_points`)."""
+        items, bodies = unit.items, unit.bodies
+        count = 0
+        if self._encodes:
+            parts = []
+            for i in indexes:
+                o = items[i][1]
+                assert type(o) is Accepted
+                count += len(o.points)
+                if i in bodies:
+                    parts.append(bodies[i])
+            self._write_points(b"".join(parts), count)
+            return
+        points: list[Point] = []
+        for i in indexes:
+            o = items[i][1]
+            assert type(o) is Accepted
+            points.extend(o.points)
+        self._write_points(points, len(points))
+
+    def _write_points(self, points: list[Point] | bytes, count: int) -> None:
+        """Store ``points`` (or their store-encoded body), retrying every retryable failure."""
         backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
         while True:
             t0 = time.perf_counter()
@@ -319,10 +363,12 @@ class Ingest:
                 if not self._schema_ready:
                     self._store.init_schema()
                     self._schema_ready = True
-                if points:
+                if type(points) is bytes:
+                    self._store.write_encoded(points)
+                elif points:
                     self._store.write(points)
                 self._m.write_latency.observe(time.perf_counter() - t0)
-                self._m.batch_points.observe(len(points))
+                self._m.batch_points.observe(count)
                 self.store_ok = True
                 return
             except StoreError as exc:
@@ -337,22 +383,21 @@ class Ingest:
                 raise _Abandoned
             self._flush_receipts(force=True)  # what earlier writes stored is receipted meanwhile
             delay = backoff.next()
-            log.warning("time-series write of %d points failed, retrying in %.2fs: %s", len(points), delay, err)
+            log.warning("time-series write of %d points failed, retrying in %.2fs: %s", count, delay, err)
             time.sleep(delay)
 
     def _write_unit(self, unit: Unit) -> None:
-        points, decisions = self._decide(unit)
+        new, decisions = self._decide(unit)
         rejected_by_store: set[int] = set()
         try:
-            self._write_points(points)
+            self._write_items(unit, new)
         except StoreError as exc:  # the store refuses some point for good: find which message, write the rest
             log.warning("store refused a write (%s); writing message by message", exc)
-            for i, (_, o) in enumerate(unit.items):
-                if decisions.get(i) != "new":
-                    continue
+            for i in new:
+                o = unit.items[i][1]
                 assert type(o) is Accepted
                 try:
-                    self._write_points(list(o.points))
+                    self._write_items(unit, [i])
                 except StoreError as exc2:
                     rejected_by_store.add(i)
                     unit.items[i] = (

@@ -223,6 +223,30 @@ def test_each_rejection_reason_is_dead_lettered_counted_and_receipted(env: Env) 
         rc.close()
 
 
+def test_a_batch_the_store_refuses_is_dead_lettered_and_the_rest_of_its_write_stored(env: Env) -> None:
+    """InfluxDB refuses points older than the retention policy (HTTP 400, partial write). The writer
+    then writes message by message: the refused batch becomes a ``store_rejected`` rejection (dead
+    letter, counter, rejected in the receipt, so the device drops it), its neighbours are stored."""
+    now = int(time.time() * 1000)
+    old = make_batch("dev1", 1, 3, ts0=now - 60 * 86_400_000)  # after 2020, before the 30-day retention
+    good = [make_batch(f"dev{i}", 1, 4, ts0=now - 60_000) for i in (0, 2)]
+    with Bridge(env.settings) as bridge:
+        bridge.wait_ready()
+        rc = ReceiptCollector(env.broker.host, env.broker.port, env.topics)
+        with Publisher(env.broker.host, env.broker.port) as pub:
+            pub.publish(env.topics.telemetry("dev0"), sealed(good[0], env.keys["dev0"]))
+            pub.publish(env.topics.telemetry("dev1"), sealed(old, env.keys["dev1"]))
+            pub.publish(env.topics.telemetry("dev2"), sealed(good[1], env.keys["dev2"]))
+            pub.wait_acked()
+        wait_for(lambda: ("dev1", 1, "store_rejected") in rc.rejected(), 20, what="store_rejected receipt")
+        wait_for(lambda: {("dev0", 1), ("dev2", 1)} <= rc.stored(), 20, what="the neighbours receipted")
+        wait_for(lambda: dead_letters(env.engine) == {"store_rejected": 1}, 20, what="one dead letter")
+        assert bridge.metrics.rejected.labels("store_rejected")._value.get() == 1
+        assert env.store.count() == 8
+        assert bridge.metrics.readings_stored._value.get() == 8
+        rc.close()
+
+
 def test_duplicates_are_idempotent_and_receipted_again(env: Env) -> None:
     k = env.keys["dev0"]
     msgs = [sealed(make_batch("dev0", s, 10), k) for s in range(1, 6)]

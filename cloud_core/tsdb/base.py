@@ -127,11 +127,24 @@ class TimeSeriesStore(abc.ABC):
     the API reads from another)."""
 
     url: str
+    #: True when the store has a wire format (InfluxDB's line protocol): a writer may then encode
+    #: points as they arrive (:meth:`encode_points`, small batches, another thread) and later write
+    #: the concatenated bodies at once (:meth:`write_encoded`) instead of calling :meth:`write`.
+    encodes_points: bool = False
 
     @abc.abstractmethod
     def write(self, points: Sequence[Point]) -> None:
         """Durably store ``points`` (all or none). Raises StoreUnavailable when it could not, and
         StoreRejected when the points themselves were refused."""
+
+    def encode_points(self, points: Sequence[Point]) -> bytes:
+        """``points`` in the store's wire format; bodies concatenate. Raises StoreRejected for a
+        point the store cannot hold. Only where :attr:`encodes_points`."""
+        raise NotImplementedError(f"{type(self).__name__} takes points only")
+
+    def write_encoded(self, body: bytes) -> None:
+        """:meth:`write` for a body made by :meth:`encode_points` (or several, concatenated)."""
+        raise NotImplementedError(f"{type(self).__name__} takes points only")
 
     @abc.abstractmethod
     def query(

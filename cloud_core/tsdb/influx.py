@@ -75,18 +75,14 @@ class InfluxStore(TimeSeriesStore):
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme != "influxdb" or not parts.hostname:
-            raise ValueError(
-                f"bad InfluxDB URL {self._redact(url)!r}: use influxdb://[USER:PASS@]HOST:PORT/DB"
-            )
+            raise ValueError(f"bad InfluxDB URL {self._redact(url)!r}: use influxdb://[USER:PASS@]HOST:PORT/DB")
         db = unquote(parts.path.lstrip("/"))
         if not db or "/" in db:
             raise ValueError(f"InfluxDB URL {self._redact(url)!r} names no database: influxdb://HOST:PORT/DB")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - {"rp", "retention", "timeout"}
         if unknown:
-            raise ValueError(
-                f"unknown InfluxDB URL parameter(s) {sorted(unknown)}: accepted rp, retention, timeout"
-            )
+            raise ValueError(f"unknown InfluxDB URL parameter(s) {sorted(unknown)}: accepted rp, retention, timeout")
         self.url = self._redact(url)
         self.host = parts.hostname
         try:
@@ -153,9 +149,7 @@ class InfluxStore(TimeSeriesStore):
                 self._drop_conn()
                 if attempt == 0:
                     continue
-                raise StoreUnavailable(
-                    f"InfluxDB at {self.host}:{self.port} closed the connection: {exc}"
-                ) from exc
+                raise StoreUnavailable(f"InfluxDB at {self.host}:{self.port} closed the connection: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_conn()
                 reason = "timed out" if isinstance(exc, socket.timeout) else str(exc) or type(exc).__name__
@@ -206,16 +200,23 @@ class InfluxStore(TimeSeriesStore):
                         s.setdefault("values", [])
                         series.append(s)
         if status >= 300:
-            raise StoreUnavailable(
-                f"InfluxDB query failed: HTTP {status}: {self._error_text(data)}", status=status
-            )
+            raise StoreUnavailable(f"InfluxDB query failed: HTTP {status}: {self._error_text(data)}", status=status)
         return series
 
     # ---- writes --------------------------------------------------------------------------------
+    encodes_points = True
+
     def write(self, points: Sequence[Point]) -> None:
         if not points:
             return
         self.write_lines(encode_points_fast(points))
+
+    def encode_points(self, points: Sequence[Point]) -> bytes:
+        return encode_points_fast(points)
+
+    def write_encoded(self, body: bytes) -> None:
+        if body:
+            self.write_lines(body)
 
     def write_lines(self, body: bytes) -> None:
         """Write a ready line-protocol body (millisecond precision) to the raw retention policy."""
@@ -238,9 +239,7 @@ class InfluxStore(TimeSeriesStore):
         altered to the configured durations, existing continuous queries kept)."""
         db = _ident(self.db)
         self._influxql(f"CREATE DATABASE {db}", write=True)
-        existing = {
-            row[0]: row[1] for s in self._influxql(f"SHOW RETENTION POLICIES ON {db}") for row in s["values"]
-        }
+        existing = {row[0]: row[1] for s in self._influxql(f"SHOW RETENTION POLICIES ON {db}") for row in s["values"]}
         for name, duration, default in (
             (self.rp, self.retention, True),
             (HOURLY_RP, "365d", False),
@@ -252,10 +251,7 @@ class InfluxStore(TimeSeriesStore):
                 stmt += " DEFAULT"
             self._influxql(stmt, write=True)
         have = {
-            row[0]
-            for s in self._influxql("SHOW CONTINUOUS QUERIES")
-            if s.get("name") == self.db
-            for row in s["values"]
+            row[0] for s in self._influxql("SHOW CONTINUOUS QUERIES") if s.get("name") == self.db for row in s["values"]
         }
         src = f"{db}.{_ident(self.rp)}.{_ident(MEASUREMENT)}"
         for name, (rp, measurement, bucket) in CONTINUOUS_QUERIES.items():
@@ -271,10 +267,7 @@ class InfluxStore(TimeSeriesStore):
     def continuous_queries(self) -> list[str]:
         """Names of this database's continuous queries (``SHOW CONTINUOUS QUERIES``)."""
         return [
-            row[0]
-            for s in self._influxql("SHOW CONTINUOUS QUERIES")
-            if s.get("name") == self.db
-            for row in s["values"]
+            row[0] for s in self._influxql("SHOW CONTINUOUS QUERIES") if s.get("name") == self.db for row in s["values"]
         ]
 
     def backfill_rollups(self, start_ms: int, end_ms: int) -> None:
@@ -402,8 +395,7 @@ class InfluxStore(TimeSeriesStore):
         if not fields:
             # mean(*) names every field of the measurement's shards; keep those with data here
             rows = [
-                QueryRow(r.ts_ms, r.device_id, {k: x for k, x in r.values.items() if k in names_seen})
-                for r in rows
+                QueryRow(r.ts_ms, r.device_id, {k: x for k, x in r.values.items() if k in names_seen}) for r in rows
             ]
         rows.sort(key=lambda r: (r.ts_ms, r.device_id))
         return rows[:limit] if limit is not None else rows
