@@ -210,7 +210,7 @@ def test_ledger_lookup_probes_the_key_even_when_statistics_are_stale(pg_url) -> 
         plan = "\n".join(
             row[0]
             for row in conn.execute(
-                text("EXPLAIN " + _PG_KNOWN.text), {"d": [p[0] for p in ask], "s": [p[1] for p in ask]}
+                text("EXPLAIN " + _PG_KNOWN.text), {"pairs": orjson.dumps([{"d": d, "s": q} for d, q in ask]).decode()}
             )
         )
     assert "Seq Scan on batch_ledger" not in plan, plan
