@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -88,6 +89,8 @@ def dead_letters(engine) -> dict[str, int]:
 def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_effects(env: Env) -> None:
     store = env.store
     checked: list[bool] = []
+    senders = ("dev0", "dev1", "dev2")
+    started = datetime.now(UTC)
 
     with Bridge(env.settings) as bridge:
         bridge.wait_ready()
@@ -102,7 +105,7 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
         rc.on_receipt = stored_before_receipt
         with Publisher(env.broker.host, env.broker.port) as pub:
             for seq in range(1, 21):
-                for d in ("dev0", "dev1", "dev2"):
+                for d in senders:
                     pub.publish(env.topics.telemetry(d), sealed(make_batch(d, seq, 5), env.keys[d]))
                     expected[d] = expected.get(d, 0) + 5
             pub.wait_acked()
@@ -130,12 +133,17 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
 
         wait_for(read_all, 10, what="300 readings on the analytics stream")
         assert len(parsed) == 300 and parsed[0][3]["temperature"] == 21.5
-        with Session(env.engine) as s:
-            wait_for(
-                lambda: s.exec(select(Device.last_seen).where(Device.id == "dev1")).one() is not None,
-                10,
-                what="last_seen",
-            )
+
+        def last_seen() -> dict[str, datetime | None]:
+            with Session(env.engine) as s:
+                return dict(s.exec(select(Device.id, Device.last_seen)).all())
+
+        wait_for(lambda: all(last_seen()[d] is not None for d in senders), 10, what="last_seen of every sender")
+        seen = last_seen()
+        for d in senders:
+            at = seen[d]
+            assert at is not None and abs((at.replace(tzinfo=at.tzinfo or UTC) - started).total_seconds()) < 60
+        assert seen["dev3"] is None and seen["gone"] is None  # sent nothing
         rc.close()
         cache.close()
 
