@@ -231,13 +231,15 @@ def test_each_rejection_reason_is_dead_lettered_counted_and_receipted(env: Env) 
         rc.close()
 
 
-def test_a_batch_the_store_refuses_is_dead_lettered_and_the_rest_of_its_write_stored(env: Env) -> None:
+@pytest.mark.parametrize("size", [3, 12], ids=["encoded-by-the-writer", "encoded-on-arrival"])
+def test_a_batch_the_store_refuses_is_dead_lettered_and_the_rest_of_its_write_stored(env: Env, size: int) -> None:
     """InfluxDB refuses points older than the retention policy (HTTP 400, partial write). The writer
     then writes message by message: the refused batch becomes a ``store_rejected`` rejection (dead
-    letter, counter, rejected in the receipt, so the device drops it), its neighbours are stored."""
+    letter, counter, rejected in the receipt, so the device drops it), its neighbours are stored.
+    Small batches are encoded by the writer, larger ones on arrival: both paths."""
     now = int(time.time() * 1000)
-    old = make_batch("dev1", 1, 3, ts0=now - 60 * 86_400_000)  # after 2020, before the 30-day retention
-    good = [make_batch(f"dev{i}", 1, 4, ts0=now - 60_000) for i in (0, 2)]
+    old = make_batch("dev1", 1, size, ts0=now - 60 * 86_400_000)  # after 2020, before the 30-day retention
+    good = [make_batch(f"dev{i}", 1, size + 1, ts0=now - 60_000) for i in (0, 2)]
     with Bridge(env.settings) as bridge:
         bridge.wait_ready()
         rc = ReceiptCollector(env.broker.host, env.broker.port, env.topics)
@@ -250,8 +252,8 @@ def test_a_batch_the_store_refuses_is_dead_lettered_and_the_rest_of_its_write_st
         wait_for(lambda: {("dev0", 1), ("dev2", 1)} <= rc.stored(), 20, what="the neighbours receipted")
         wait_for(lambda: dead_letters(env.engine) == {"store_rejected": 1}, 20, what="one dead letter")
         assert bridge.metrics.rejected.labels("store_rejected")._value.get() == 1
-        assert env.store.count() == 8
-        assert bridge.metrics.readings_stored._value.get() == 8
+        assert env.store.count() == 2 * (size + 1)
+        assert bridge.metrics.readings_stored._value.get() == 2 * (size + 1)
         rc.close()
 
 
