@@ -16,12 +16,13 @@ from typing import Literal
 
 from cloud_core.tsdb.base import Point
 from iot_protocol import Batch, Kind, ProtocolError, ReadingProblem, Topics, check_reading, open_batch
+from iot_protocol.validation import FIELD_RANGES, MIN_TS_MS
 
 __all__ = [
     "Accepted",
     "DeviceKey",
     "Rejected",
-    "batch_points",
+    "checked_points",
     "key_id_of",
     "payload_hash",
     "process",
@@ -82,7 +83,7 @@ def payload_hash(payload: bytes) -> str:
 
 def _slot_setter(name: str) -> Callable[[object, object], None]:
     if hasattr(Point, "__post_init__"):  # the fast path below would skip it
-        raise TypeError("Point has a __post_init__; batch_points cannot build it through its slots")
+        raise TypeError("Point has a __post_init__; checked_points cannot build it through its slots")
     setter: Callable[[object, object], None] = Point.__dict__[name].__set__
     return setter
 
@@ -95,30 +96,6 @@ _set_type = _slot_setter("sensor_type")
 _set_location = _slot_setter("location")
 _set_ts = _slot_setter("ts_ms")
 _set_fields = _slot_setter("fields")
-
-
-def batch_points(batch: Batch, location: str, skip: frozenset[int] = frozenset()) -> tuple[Point, ...]:
-    """Points of ``batch`` (one per reading not in ``skip``); quality travels as ``quality_score``.
-
-    A reading's ``values`` become the point's ``fields`` plus ``quality_score`` (unless the reading
-    already has a value of that name, which then wins); when nothing needs adding the point shares
-    the reading's dict (neither is mutated after decoding)."""
-    out: list[Point] = []
-    append = out.append
-    device_id = batch.device_id
-    for i, r in enumerate(batch.readings):
-        if skip and i in skip:
-            continue
-        values = r.values
-        fields = values if "quality_score" in values else {**values, "quality_score": r.quality}
-        p = _new(Point)
-        _set_device(p, device_id)
-        _set_type(p, r.sensor_type)
-        _set_location(p, location)
-        _set_ts(p, r.ts)
-        _set_fields(p, fields)
-        append(p)
-    return tuple(out)
 
 
 def process(
@@ -158,14 +135,53 @@ def process(
     except ProtocolError as exc:
         return Rejected(device_id, exc.reason, str(exc), digest)
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    problems = []
-    for i, reading in enumerate(batch.readings):
-        problem = check_reading(reading, i, now_ms=now, max_skew_ms=max_skew_ms)
-        if problem is not None:
-            problems.append(problem)
-    skip = frozenset(p.index for p in problems)
+    points, problems = checked_points(batch, key.location, now_ms=now, max_skew_ms=max_skew_ms)
     kid = key.key_id or key_id_of(key.public_key)
-    return Accepted(device_id, batch, digest, batch_points(batch, key.location, skip), tuple(problems), kid)
+    return Accepted(device_id, batch, digest, points, problems, kid)
+
+
+def checked_points(
+    batch: Batch, location: str, *, now_ms: int, max_skew_ms: int
+) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...]]:
+    """The points of the readings of ``batch`` that :func:`check_reading` passes, and the problems of
+    the others, in one pass.
+
+    A reading's ``values`` become its point's ``fields`` plus ``quality_score`` (unless the reading
+    already has a value of that name, which then wins); when nothing needs adding the point shares
+    the reading's dict (neither is mutated after decoding). A reading passes the inline test below
+    only when check_reading would pass it (the same bounds: time window, quality, finite values,
+    FIELD_RANGES); any other goes to check_reading, which names its problem."""
+    lo_ts, hi_ts = MIN_TS_MS, now_ms + max_skew_ms
+    ranges = FIELD_RANGES
+    device_id = batch.device_id
+    out: list[Point] = []
+    problems: list[ReadingProblem] = []
+    for i, r in enumerate(batch.readings):
+        ok = lo_ts <= r.ts <= hi_ts and 0.0 <= r.quality <= 1.0
+        if ok:
+            for name, value in r.values.items():
+                bounds = ranges.get(name)
+                if bounds is None:
+                    if value - value != 0:  # NaN or infinite (an int gives 0)
+                        ok = False
+                        break
+                elif not bounds[0] <= value <= bounds[1]:  # NaN compares False
+                    ok = False
+                    break
+        if not ok:
+            problem = check_reading(r, i, now_ms=now_ms, max_skew_ms=max_skew_ms)
+            if problem is not None:
+                problems.append(problem)
+                continue
+        values = r.values
+        p = _new(Point)
+        _set_device(p, device_id)
+        _set_type(p, r.sensor_type)
+        _set_location(p, location)
+        _set_ts(p, r.ts)
+        _set_fields(p, values if "quality_score" in values else {**values, "quality_score": r.quality})
+        out.append(p)
+    return tuple(out), tuple(problems)
 
 
 def replay_decision(

@@ -117,7 +117,7 @@ class _OfflineDevice:
             quality = s.quality
         except SensorError:
             values, quality = {"quality_score": 0.0}, 0.0
-        values.setdefault("quality_score", quality)  # as broker_bridge.pipeline.batch_points
+        values.setdefault("quality_score", quality)  # as broker_bridge.pipeline.checked_points
         return Row(self.plan.device_id, ts, g.sensor_type, g.location, values)
 
 

@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker_bridge.ledger import missing_ranges
-from broker_bridge.pipeline import Accepted, DeviceKey, Rejected, key_id_of, process, replay_decision
+from broker_bridge.pipeline import Accepted, DeviceKey, Rejected, checked_points, key_id_of, process, replay_decision
 from broker_bridge.ratelimit import RateLimiter
 from broker_bridge.testing import make_batch, sealed
-from iot_protocol import Batch, Reading, Topics, generate_private_key, jws, public_key_raw, seal_batch
+from iot_protocol import Batch, Reading, Topics, check_reading, generate_private_key, jws, public_key_raw, seal_batch
+from iot_protocol.validation import FIELD_RANGES, MIN_TS_MS
 
 TOPICS = Topics("t")
 KEY = generate_private_key()
@@ -107,6 +108,37 @@ def test_invalid_readings_are_reported_by_index_and_the_rest_kept() -> None:
         (5, "bad_quality"),
     ]
     assert [p.ts_ms for p in out.points] == [NOW - 5, NOW - 1]
+
+
+_edge_floats = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, 100.0, 100.0000001, -60.0, 1e308])
+_values = st.dictionaries(
+    st.sampled_from([*FIELD_RANGES, "custom", "x"]),
+    _edge_floats | st.floats(-2000, 2000) | st.integers(-2000, 2000),
+    min_size=1,
+    max_size=4,
+)
+_readings = st.builds(
+    Reading,
+    ts=st.sampled_from([MIN_TS_MS - 1, MIN_TS_MS, NOW, NOW + 60_000, NOW + 60_001]) | st.integers(0, 2 * NOW),
+    sensor_type=st.sampled_from(["bme280", "env"]),
+    values=_values,
+    quality=_edge_floats | st.floats(-1, 2),
+)
+
+
+@given(st.lists(_readings, min_size=1, max_size=20))
+def test_checked_points_decides_exactly_as_check_reading(readings: list[Reading]) -> None:
+    """The bridge's one-pass check keeps exactly the readings check_reading passes, with the same
+    problems, and builds their points (quality travelling as quality_score unless a value has it)."""
+    batch = Batch("d1", "b", 1, NOW, tuple(readings))
+    points, problems = checked_points(batch, "lab", now_ms=NOW, max_skew_ms=60_000)
+    expected = [check_reading(r, i, now_ms=NOW, max_skew_ms=60_000) for i, r in enumerate(readings)]
+    assert list(problems) == [p for p in expected if p is not None]
+    kept = [r for r, p in zip(readings, expected, strict=True) if p is None]
+    assert [(p.device_id, p.location, p.sensor_type, p.ts_ms) for p in points] == [
+        ("d1", "lab", r.sensor_type, r.ts) for r in kept
+    ]
+    assert [p.fields for p in points] == [{"quality_score": r.quality, **r.values} for r in kept]
 
 
 def test_non_finite_cannot_travel_in_json_but_is_checked() -> None:
