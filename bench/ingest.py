@@ -355,6 +355,12 @@ class Bridges:
                 p.kill()
 
 
+def bridge_cpu_us(cores: dict[str, float], rate: float) -> float:
+    """CPU microseconds the bridge processes spent per reading (or message) at ``rate`` per second."""
+    used = sum(v for name, v in cores.items() if name.startswith("bridge"))
+    return round(used / rate * 1e6, 1) if rate else 0.0
+
+
 def wait(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -570,6 +576,7 @@ def main() -> None:
         out["bridge_batch50_readings_per_s"] = round(r50)
         out["bridge_batch50_stored"] = n50
         out["bridge_batch50_expected"] = len(msgs50) * 50
+        out["bridge_batch50_cpu_us_per_reading"] = bridge_cpu_us(cpu50, r50)
         rows.append(("bridge end to end, 50 readings/msg", f"{r50:,.0f} readings/s (counted {n50:,})", str(cpu50)))
 
         time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
@@ -590,6 +597,7 @@ def main() -> None:
         out["bridge_single_msgs_per_s"] = round(r1)
         out["bridge_single_stored"] = n1
         out["bridge_single_expected"] = len(msgs1)
+        out["bridge_single_cpu_us_per_msg"] = bridge_cpu_us(cpu1, r1)
         rows.append(("bridge end to end, 1 reading/msg", f"{r1:,.0f} msg/s (counted {n1:,})", str(cpu1)))
 
         time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
