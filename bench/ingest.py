@@ -481,7 +481,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mqtt-msgs", type=int, default=60_000, help="(a) messages (mosquitto_pub -l stops ~65k)")
     ap.add_argument("--influx-points", type=int, default=200_000, help="(b) points per configuration")
-    ap.add_argument("--batch50", type=int, default=6_000, help="(c) messages of 50 readings")
+    ap.add_argument("--batch50", type=int, default=20_000, help="(c) messages of 50 readings (1M readings: sustained)")
     ap.add_argument("--single", type=int, default=60_000, help="(c) messages of 1 reading")
     ap.add_argument("--devices", type=int, default=200, help="devices publishing")
     ap.add_argument("--replicas", type=int, default=2, help="bridge processes on the shared subscription")
