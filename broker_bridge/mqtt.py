@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -35,6 +36,16 @@ log = logging.getLogger(__name__)
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
 _PUBACK = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer (remaining length)."""
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(out)
 
 
 @dataclass(slots=True)
@@ -140,6 +151,27 @@ class MqttConsumer:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self._client.publish(topic, payload, qos=qos)
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> int:
+        """Publish ``messages`` at QoS 1 as one write (receipts: one per device per flush). Returns how
+        many were queued: none while disconnected.
+
+        paho's ``publish`` costs a message-info object, topic checks and a wake-up of the network
+        thread per message, and its PUBACK handling parses MQTT 5 properties; for advisory messages
+        (a lost receipt only makes the device resend, and the resend is receipted again) none of
+        that tracking is needed. Packet ids come from paho's own counter, so they never collide with
+        a message paho tracks; the broker's PUBACKs for them are ignored (see _LeanClient)."""
+        if not messages or not self.connected.is_set():
+            return 0
+        c = self._client
+        v5 = self._v5
+        parts = []
+        for topic, payload in messages:
+            t = topic.encode()
+            body = b"".join((_U16.pack(len(t)), t, _U16.pack(c._mid_generate()), b"\0" if v5 else b"", payload))
+            parts.append(b"\x32" + _varint(len(body)) + body)
+        c._packet_queue(0x30, b"".join(parts), 0, 1)
+        return len(messages)
 
     # ---- paho callbacks (network thread) -------------------------------------------------------
     def _connected(self, client: mqtt.Client, _ud: object, flags: mqtt.ConnectFlags, rc: object, _p: object) -> None:
@@ -255,6 +287,11 @@ class _LeanClient(mqtt.Client):
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        if not self._out_messages:  # the PUBACK of a publish_many message: nothing tracks it
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
 
     def _sock_close(self) -> None:
         self._rbuf, self._rpos = b"", 0  # bytes of a lost connection never reach the next one

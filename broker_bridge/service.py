@@ -83,8 +83,8 @@ class Bridge:
     def _ack(self, msgs: list[Inbound]) -> int:
         return self.mqtt.ack_many(msgs)
 
-    def _publish(self, topic: str, payload: bytes) -> None:
-        self.mqtt.publish(topic, payload)
+    def _publish(self, messages: list[tuple[str, bytes]]) -> int:
+        return self.mqtt.publish_many(messages)
 
     def _on_registry_event(self, payload: bytes) -> None:
         event = parse_registry_event(payload)

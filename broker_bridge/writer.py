@@ -97,7 +97,7 @@ class Ingest:
         effects: SideEffects,
         metrics: Metrics,
         ack: Callable[[list[Inbound]], int],
-        publish: Callable[[str, bytes], None],
+        publish: Callable[[list[tuple[str, bytes]]], int],
     ) -> None:
         self._s = settings
         self._topics = topics
@@ -493,12 +493,15 @@ class Ingest:
         receipts, self._receipts = self._receipts, {}
         unacked, self._unacked = self._unacked, []
         self._receipts_at = now
-        for device_id, (stored, rejected) in receipts.items():
+        if receipts:
+            topic = self._topics.receipts
             try:
-                self._publish(self._topics.receipts(device_id), encode(Receipt(tuple(stored), tuple(rejected))))
-                self._m.receipts.inc()
+                sent = self._publish(
+                    [(topic(d), encode(Receipt(tuple(stored), tuple(rej)))) for d, (stored, rej) in receipts.items()]
+                )
+                self._m.receipts.inc(sent)
             except Exception as exc:  # receipts are advisory: the device resends and we ack again
-                log.warning("receipt to %s not sent: %s", device_id, exc, extra={"device_id": device_id})
+                log.warning("%d receipts not sent: %s", len(receipts), exc)
         self._ack([msg for msg in unacked if msg.epoch >= 0])
         self._done(len(unacked))
 

@@ -230,3 +230,15 @@ def test_fuzz_signed_garbage_is_rejected_or_accepted_never_raises(obj: dict, rea
         return
     out = run(_signed_raw(body))
     assert isinstance(out, Accepted | Rejected)
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455])
+def test_receipt_packets_spell_remaining_length_as_paho_does(n: int) -> None:
+    """publish_many builds its PUBLISH packets itself; their length prefix must be MQTT's variable
+    byte integer exactly as paho writes it (the end-to-end receipt tests cover the rest)."""
+    import paho.mqtt.client as mqtt
+
+    from broker_bridge.mqtt import _varint
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    assert _varint(n) == bytes(client._pack_remaining_length(bytearray(), n))
