@@ -15,6 +15,7 @@ overwritten. Rows from before this column (``key_id`` NULL) count as an older ep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy import inspect, text, tuple_
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from cloud_core.models import BatchLedger, Device
@@ -116,6 +117,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, int], Known] = OrderedDict()
         self._cache_size = cache_size
+        # PostgreSQL lookups keep one autocommit connection per thread: one round trip per lookup,
+        # instead of a pool checkout with its liveness ping, the query and the reset on return.
+        self._conns = threading.local()
+        self._open: list[Connection] = []
 
     def remember(self, device_id: str, seq: int, sha256: str, key_id: str | None = None) -> None:
         with self._lock:
@@ -144,10 +149,14 @@ class Ledger:
         if self._engine.dialect.name == "postgresql":
             # One constant statement (prepared once by the server) whatever the number of pairs.
             pairs = orjson.dumps([{"d": d, "s": seq} for d, seq in ask]).decode()
-            with self._engine.connect() as conn:
-                rows = conn.execute(_PG_KNOWN, {"pairs": pairs})
-                for device_id, seq, digest, kid in rows:
-                    out[(device_id, seq)] = (digest, kid)
+            conn = self._lookup_connection()
+            try:
+                rows = conn.execute(_PG_KNOWN, {"pairs": pairs}).all()
+            except Exception:
+                self._drop_lookup_connection()  # a broken connection: the next lookup opens another
+                raise
+            for device_id, seq, digest, kid in rows:
+                out[(device_id, seq)] = (digest, kid)
             return out
         with Session(self._engine) as session:
             for i in range(0, len(ask), _CHUNK):
@@ -158,6 +167,33 @@ class Ledger:
                 for device_id, seq, digest, kid in session.exec(stmt):
                     out[(device_id, seq)] = (digest, kid)
         return out
+
+    def _lookup_connection(self) -> Connection:
+        conn: Connection | None = getattr(self._conns, "conn", None)
+        if conn is None:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conns.conn = conn
+            with self._lock:
+                self._open.append(conn)
+        return conn
+
+    def _drop_lookup_connection(self) -> None:
+        conn: Connection | None = getattr(self._conns, "conn", None)
+        self._conns.conn = None
+        if conn is not None:
+            with self._lock:
+                if conn in self._open:
+                    self._open.remove(conn)
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+
+    def close(self) -> None:
+        """Close the lookup connections (the engine's pool is its owner's to dispose)."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def known_in_memory(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Known]:
         with self._lock:

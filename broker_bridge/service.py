@@ -144,7 +144,7 @@ class Bridge:
         self.effects.stop()
         if self.http is not None:
             self.http.stop()
-        for closer in (self.store.close, self.cache.close, self.engine.dispose):
+        for closer in (self.store.close, self.cache.close, self.ledger.close, self.engine.dispose):
             with contextlib.suppress(Exception):  # closing is best-effort
                 closer()
         log.info("bridge stopped")

@@ -71,14 +71,21 @@ def test_postgres_down_readings_flow_and_bookkeeping_catches_up(mosquitto_factor
         with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
             bridge.wait_ready()
             rc = ReceiptCollector(broker.host, broker.port, topics)
-            pg.stop()  # the registry snapshot (a's key) keeps serving
-            with Publisher(broker.host, broker.port) as pub:
-                for seq in range(1, 11):
+            pub = Publisher(broker.host, broker.port)
+
+            def send(seqs: range) -> None:
+                for seq in seqs:
                     pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
-                pub.publish(topics.telemetry("a"), b"garbage")
                 pub.wait_acked()
-            wait_for(lambda: store.count() == 50, 30, what="50 points while PostgreSQL is down")
-            wait_for(lambda: len(rc.stored("a")) == 10, 20, what="receipts while PostgreSQL is down")
+
+            send(range(0, 1))  # the writer's ledger connection is open when the server goes away
+            wait_for(lambda: len(rc.stored("a")) == 1, 20, what="first receipt")
+            pg.stop()  # the registry snapshot (a's key) keeps serving
+            send(range(1, 11))
+            pub.publish(topics.telemetry("a"), b"garbage")
+            pub.wait_acked()
+            wait_for(lambda: store.count() == 55, 30, what="55 points while PostgreSQL is down")
+            wait_for(lambda: len(rc.stored("a")) == 11, 20, what="receipts while PostgreSQL is down")
             wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
             pg.start()
             engine.dispose()
@@ -88,9 +95,17 @@ def test_postgres_down_readings_flow_and_bookkeeping_catches_up(mosquitto_factor
                     ledger = s.exec(select(func.count()).select_from(BatchLedger)).one()
                     dead = s.exec(select(func.count()).select_from(RejectedMessage)).one()
                     seen = s.get(Device, "a").last_seen
-                return ledger == 10 and dead == 1 and seen is not None
+                return ledger == 11 and dead == 1 and seen is not None
 
             wait_for(caught_up, 30, interval=0.3, what="ledger, dead letter and last_seen written")
+            # the writer's ledger lookups work again (a new connection), without another failure
+            failures = bridge.metrics.write_failures.labels("ledger_lookup")._value.get()
+            assert failures >= 1
+            send(range(11, 14))
+            wait_for(lambda: len(rc.stored("a")) == 14, 20, what="receipts after PostgreSQL is back")
+            assert bridge.metrics.write_failures.labels("ledger_lookup")._value.get() == failures
+            assert store.count() == 70
+            pub.close()
             rc.close()
         store.close()
         engine.dispose()
