@@ -30,6 +30,11 @@ try:  # PyNaCl verifies about 1.6x faster than cryptography; the bridge installs
 except ImportError:  # pragma: no cover - exercised on the light edge install
     _NaclVerifyKey = None  # type: ignore[assignment,misc]
 
+try:  # SIMD base64 (pybase64): an 11 KB payload in ~2.5 us instead of ~45; the bridge installs it.
+    from pybase64 import b64decode as _simd_b64decode
+except ImportError:  # pragma: no cover - exercised on the light edge install
+    _simd_b64decode = None  # type: ignore[assignment]
+
 
 def b64url_encode(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
@@ -68,6 +73,8 @@ def b64url_decode(data: bytes | str) -> bytes:
         last = _CANONICAL_LAST[rem]
         if last is None or raw[-1] in last:
             try:
+                if _simd_b64decode is not None:  # validate: any letter outside the alphabet raises
+                    return _simd_b64decode(raw + _PAD[rem], altchars=b"-_", validate=True)
                 return _a2b(raw.translate(_URL_TO_STD) + _PAD[rem], strict_mode=True)
             except binascii.Error:
                 pass
