@@ -106,14 +106,13 @@ def sign(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str) -> bytes
     return signing_input + b"." + b64url_encode(key.sign(signing_input))
 
 
-def decode(token: bytes) -> Jws:
-    """Parse a compact JWS without verifying it. Raises DecodeError naming what is wrong."""
-    if len(token) > MAX_TOKEN_BYTES:
-        raise DecodeError(f"token of {len(token)} bytes exceeds {MAX_TOKEN_BYTES}", reason="too_large")
-    parts = token.split(b".")
-    if len(parts) != 3:
-        raise DecodeError("not a compact JWS (expected 3 dot-separated parts)", reason="bad_envelope")
-    h64, p64, s64 = parts
+# A device signs every batch with the same header, so its encoded form repeats: decoded and checked
+# headers are kept by their exact bytes (shared dicts: read them, never modify them).
+_headers: dict[bytes, dict[str, Any]] = {}
+_HEADER_CACHE_MAX = 10_000
+
+
+def _decode_header(h64: bytes) -> dict[str, Any]:
     try:
         header = orjson.loads(b64url_decode(h64))
     except orjson.JSONDecodeError:
@@ -124,6 +123,23 @@ def decode(token: bytes) -> Jws:
         raise DecodeError(f"JWS alg must be {ALG!r}, got {header.get('alg')!r}", reason="bad_envelope")
     if "crit" in header:  # RFC 7515 4.1.11: we understand no extensions
         raise DecodeError("JWS 'crit' header is not supported", reason="bad_envelope")
+    return header
+
+
+def decode(token: bytes) -> Jws:
+    """Parse a compact JWS without verifying it. Raises DecodeError naming what is wrong."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise DecodeError(f"token of {len(token)} bytes exceeds {MAX_TOKEN_BYTES}", reason="too_large")
+    parts = token.split(b".")
+    if len(parts) != 3:
+        raise DecodeError("not a compact JWS (expected 3 dot-separated parts)", reason="bad_envelope")
+    h64, p64, s64 = parts
+    header = _headers.get(h64)
+    if header is None:
+        header = _decode_header(h64)
+        if len(_headers) >= _HEADER_CACHE_MAX:
+            _headers.clear()
+        _headers[h64] = header
     signature = b64url_decode(s64)
     if len(signature) != 64:
         raise DecodeError("Ed25519 signature must be 64 bytes", reason="bad_envelope")
