@@ -58,9 +58,12 @@ class BridgeSettings(BaseSettings):
     tsdb_url: str = Field("sqlite:///readings.db", description="Time-series store (influxdb://host:port/db).")
     cache_url: str = Field("memory://", description="Latest-reading cache and event stream (redis://...).")
     # --- batching and backpressure ------------------------------------------------------------------
-    batch_max_points: int = Field(5000, ge=1, description="Flush a write when it holds this many points...")
-    batch_max_messages: int = Field(2000, ge=1, description="...or this many messages...")
-    batch_max_delay_s: float = Field(0.05, gt=0, description="...or when its oldest message waited this long.")
+    # Measured (docs/performance.md): units of up to 20,000 points, 5,000 messages or 0.2 s took
+    # 109-118k readings/s at 50 readings/msg where 5,000 / 2,000 / 0.05 s took 94-109k in the same
+    # hour (fewer InfluxDB requests, ledger lookups and receipt flushes), for a p99 of 0.27-0.34 s.
+    batch_max_points: int = Field(20_000, ge=1, description="Flush a write when it holds this many points...")
+    batch_max_messages: int = Field(5_000, ge=1, description="...or this many messages...")
+    batch_max_delay_s: float = Field(0.2, gt=0, description="...or when its oldest message waited this long.")
     max_backlog: int = Field(
         20000,
         ge=1,
