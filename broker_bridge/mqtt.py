@@ -149,9 +149,6 @@ class MqttConsumer:
         self._client._packet_queue(0x40, blob, 0, 1)
         return len(mids)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self._client.publish(topic, payload, qos=qos)
-
     def publish_many(self, messages: list[tuple[str, bytes]]) -> int:
         """Publish ``messages`` at QoS 1 as one write (receipts: one per device per flush). Returns how
         many were queued: none while disconnected.

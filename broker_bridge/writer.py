@@ -165,24 +165,12 @@ class Ingest:
             outcome = limited
         else:
             try:
-                outcome = process(
-                    msg.topic,
-                    msg.payload,
-                    topics=self._topics,
-                    lookup=self._lookup,
-                    now_ms=int(msg.received * 1000),
-                    max_skew_ms=self._skew_ms,
-                )
+                outcome = self._process(msg)
             except DirectoryUnavailable:
                 outcome = None
         s = self._s
         self._m.messages_received.inc()
-        npoints = 0
-        body = None
-        if type(outcome) is Accepted:
-            self._m.readings_received.inc(len(outcome.batch.readings))
-            outcome, body = self._encoded(outcome)
-            npoints = len(outcome.points) if type(outcome) is Accepted else 0
+        outcome, body, npoints = self._admitted(outcome)
         with self._cond:
             u = self._current
             if not u.items:
@@ -198,15 +186,31 @@ class Ingest:
                 self._current = Unit()
                 self._cond.notify()
 
-    def _encoded(self, o: Accepted) -> tuple[Accepted | Rejected, bytes | None]:
-        """``o`` with its points in the store's wire format (None when the store takes points, or
-        there are none); a point the store could never hold makes it a ``store_rejected`` batch."""
+    def _process(self, msg: Inbound) -> Accepted | Rejected:
+        """:func:`pipeline.process` for ``msg``; raises DirectoryUnavailable when the registry cannot tell."""
+        return process(
+            msg.topic,
+            msg.payload,
+            topics=self._topics,
+            lookup=self._lookup,
+            now_ms=int(msg.received * 1000),
+            max_skew_ms=self._skew_ms,
+        )
+
+    def _admitted(self, o: Accepted | Rejected | None) -> tuple[Accepted | Rejected | None, bytes | None, int]:
+        """An outcome ready for its unit: its readings counted, and for an accepted batch its points in
+        the store's wire format (None when the store takes points, or the batch is small: the writer
+        encodes those in bulk) and how many; a point the store could never hold makes the batch
+        ``store_rejected``."""
+        if type(o) is not Accepted:
+            return o, None, 0
+        self._m.readings_received.inc(len(o.batch.readings))
         if not self._encodes or len(o.points) < _ENCODE_ON_ARRIVAL_MIN:
-            return o, None
+            return o, None, len(o.points)
         try:
-            return o, self._store.encode_points(o.points)
+            return o, self._store.encode_points(o.points), len(o.points)
         except StoreError as exc:
-            return Rejected(o.device_id, "store_rejected", str(exc), o.sha256, o.batch.seq), None
+            return Rejected(o.device_id, "store_rejected", str(exc), o.sha256, o.batch.seq), None, 0
 
     def _rate_limited(self, msg: Inbound) -> Rejected | None:
         """A ``rate_limited`` rejection when the topic's device is over its message rate, else None.
@@ -289,14 +293,7 @@ class Ingest:
             backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
             while True:
                 try:
-                    o = process(
-                        msg.topic,
-                        msg.payload,
-                        topics=self._topics,
-                        lookup=self._lookup,
-                        now_ms=int(msg.received * 1000),
-                        max_skew_ms=self._skew_ms,
-                    )
+                    o = self._process(msg)
                     break
                 except DirectoryUnavailable as exc:
                     if self._stop.is_set() and time.monotonic() > self._drain_deadline:
@@ -306,13 +303,11 @@ class Ingest:
                         "registry unavailable, retrying in %.1fs: %s", delay, exc, extra={"device_id": exc.device_id}
                     )
                     time.sleep(delay)
-            if type(o) is Accepted:
-                self._m.readings_received.inc(len(o.batch.readings))
-                o, body = self._encoded(o)
-                if body is not None:
-                    unit.bodies[i] = body
-                unit.points += len(o.points) if type(o) is Accepted else 0
-            unit.items[i] = (msg, o)
+            admitted, body, npoints = self._admitted(o)
+            if body is not None:
+                unit.bodies[i] = body
+            unit.points += npoints
+            unit.items[i] = (msg, admitted)
 
     def _decide(self, unit: Unit) -> tuple[list[int], dict[int, str]]:
         """The indexes of the items to write, and per item index the decision
@@ -373,7 +368,7 @@ class Ingest:
                 if not self._schema_ready:
                     self._store.init_schema()
                     self._schema_ready = True
-                if type(points) is bytes:
+                if isinstance(points, bytes):
                     self._store.write_encoded(points)
                 elif points:
                     self._store.write(points)
