@@ -148,10 +148,10 @@ class Ledger:
             return out
         if self._engine.dialect.name == "postgresql":
             # One constant statement (prepared once by the server) whatever the number of pairs.
-            pairs = orjson.dumps([{"d": d, "s": seq} for d, seq in ask]).decode()
+            asked = orjson.dumps([{"d": d, "s": seq} for d, seq in ask]).decode()
             conn = self._lookup_connection()
             try:
-                rows = conn.execute(_PG_KNOWN, {"pairs": pairs}).all()
+                rows = conn.execute(_PG_KNOWN, {"pairs": asked}).all()
             except Exception:
                 self._drop_lookup_connection()  # a broken connection: the next lookup opens another
                 raise
