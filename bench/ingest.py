@@ -558,42 +558,34 @@ def main() -> None:
             "EDU_BRIDGE_RATE_LIMIT_MSGS_PER_S": "0",
         }
 
-        time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
-        print("(c) bridge, 50 readings per message ...", file=sys.stderr)
-        influx.query('CREATE DATABASE "bridge50"')
-        url50 = influx.url_for("bridge50")
-        r50, cpu50, n50 = run_bridge_phase(
-            "b50",
-            broker=broker,
-            env={**base_env, "EDU_BRIDGE_TSDB_URL": url50},
-            replicas=args.replicas,
-            log_dir=log_dir,
-            messages=msgs50,
-            per_msg=50,
-            store_url=url50,
-            server_pids=server_pids,
-        )
+        def bridge_phase(
+            tag: str, db: str, messages: list[tuple[str, bytes]], per_msg: int
+        ) -> tuple[float, dict[str, float], int]:
+            """One end-to-end phase into a fresh database: what run_bridge_phase measures."""
+            time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
+            print(f"(c) bridge, {per_msg} reading(s) per message ...", file=sys.stderr)
+            influx.query(f'CREATE DATABASE "{db}"')
+            url = influx.url_for(db)
+            return run_bridge_phase(
+                tag,
+                broker=broker,
+                env={**base_env, "EDU_BRIDGE_TSDB_URL": url},
+                replicas=args.replicas,
+                log_dir=log_dir,
+                messages=messages,
+                per_msg=per_msg,
+                store_url=url,
+                server_pids=server_pids,
+            )
+
+        r50, cpu50, n50 = bridge_phase("b50", "bridge50", msgs50, 50)
         out["bridge_batch50_readings_per_s"] = round(r50)
         out["bridge_batch50_stored"] = n50
         out["bridge_batch50_expected"] = len(msgs50) * 50
         out["bridge_batch50_cpu_us_per_reading"] = bridge_cpu_us(cpu50, r50)
         rows.append(("bridge end to end, 50 readings/msg", f"{r50:,.0f} readings/s (counted {n50:,})", str(cpu50)))
 
-        time.sleep(args.settle_s)  # let influxd finish compacting the previous phase
-        print("(c) bridge, 1 reading per message ...", file=sys.stderr)
-        influx.query('CREATE DATABASE "bridge1"')
-        url1 = influx.url_for("bridge1")
-        r1, cpu1, n1 = run_bridge_phase(
-            "s1",
-            broker=broker,
-            env={**base_env, "EDU_BRIDGE_TSDB_URL": url1},
-            replicas=args.replicas,
-            log_dir=log_dir,
-            messages=msgs1,
-            per_msg=1,
-            store_url=url1,
-            server_pids=server_pids,
-        )
+        r1, cpu1, n1 = bridge_phase("s1", "bridge1", msgs1, 1)
         out["bridge_single_msgs_per_s"] = round(r1)
         out["bridge_single_stored"] = n1
         out["bridge_single_expected"] = len(msgs1)
