@@ -27,20 +27,14 @@ from iot_protocol import (
     public_key_b64,
     seal_batch,
 )
+from iot_testing.waiting import wait_for as _wait_for
 
 __all__ = ["Publisher", "ReceiptCollector", "make_batch", "register_devices", "sealed", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, *, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``predicate`` until truthy; return its value, or raise AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {value!r}")
-        time.sleep(interval)
+    """:func:`iot_testing.wait_for` with the timeout first, as the bridge's tests call it."""
+    return _wait_for(predicate, what, timeout, interval=interval)
 
 
 def register_devices(
