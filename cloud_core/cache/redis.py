@@ -46,6 +46,15 @@ class RedisCache(Cache):
         except redis.exceptions.RedisError as exc:
             raise CacheError(f"Redis: {exc}") from exc
 
+    def _group_call(self, stream: str, group: str, fn: Callable[[], T]) -> T:
+        """:meth:`_call` for a consumer-group command: a missing group is named as such."""
+        try:
+            return self._call(fn)
+        except CacheError as exc:
+            if "NOGROUP" in str(exc):
+                raise CacheError(f"no consumer group {group!r} on stream {stream!r}: call ensure_group first") from exc
+            raise
+
     def _where(self) -> str:
         kw = self._r.connection_pool.connection_kwargs
         return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
@@ -148,18 +157,11 @@ class RedisCache(Cache):
     ) -> list[StreamEntry]:
         block = min(block_ms, MAX_BLOCK_MS) if block_ms and not pending else None
         client = self._rb if block else self._r
-        try:
-            reply = self._call(
-                lambda: client.xreadgroup(
-                    group, consumer, {stream: "0" if pending else ">"}, count=count, block=block
-                )
-            )
-        except CacheError as exc:
-            if "NOGROUP" in str(exc):
-                raise CacheError(
-                    f"no consumer group {group!r} on stream {stream!r}: call ensure_group first"
-                ) from exc
-            raise
+        reply = self._group_call(
+            stream,
+            group,
+            lambda: client.xreadgroup(group, consumer, {stream: "0" if pending else ">"}, count=count, block=block),
+        )
         if not reply:
             return []
         entries = reply[0][1]  # RESP2: [[stream, [(id, fields), ...]]]
@@ -177,18 +179,13 @@ class RedisCache(Cache):
         out: list[StreamEntry] = []
         start = "0-0"
         while len(out) < count:
-            try:
-                reply = self._call(
-                    lambda s=start, n=count - len(out): self._r.xautoclaim(  # type: ignore[misc]
-                        stream, group, consumer, min_idle_ms, start_id=s, count=n
-                    )
-                )
-            except CacheError as exc:
-                if "NOGROUP" in str(exc):
-                    raise CacheError(
-                        f"no consumer group {group!r} on stream {stream!r}: call ensure_group first"
-                    ) from exc
-                raise
+            reply = self._group_call(
+                stream,
+                group,
+                lambda s=start, n=count - len(out): self._r.xautoclaim(  # type: ignore[misc]
+                    stream, group, consumer, min_idle_ms, start_id=s, count=n
+                ),
+            )
             start, entries = str(reply[0]), reply[1]
             # Redis 6.2 lists trimmed entries as (id, None); 7 leaves them out (reply[2]).
             out.extend((str(i), dict(f)) for i, f in entries if f is not None)
