@@ -121,17 +121,7 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
         latest = cache.hgetall(LATEST_KEY.format(device_id="dev0"))
         assert orjson.loads(latest["values"])["temperature"] == 21.5
         wait_for(lambda: cache.stream_len("edu:readings") > 0, 10, what="stream events")
-        from cloud_core.analytics.worker import parse_entry
-
-        cache.ensure_group("edu:readings", "t", start="0")
-        parsed: list = []
-
-        def read_all() -> bool:
-            entries = cache.stream_read_group("edu:readings", "t", "c", count=1000)
-            parsed.extend(r for _, fields in entries for r in parse_entry(fields))
-            return len(parsed) >= 300
-
-        wait_for(read_all, 10, what="300 readings on the analytics stream")
+        parsed = stream_readings(cache, 300)
         assert len(parsed) == 300 and parsed[0][3]["temperature"] == 21.5
 
         def last_seen() -> dict[str, datetime | None]:
@@ -146,6 +136,26 @@ def test_signed_batches_stored_exactly_with_receipts_after_the_write_and_side_ef
         assert seen["dev3"] is None and seen["gone"] is None  # sent nothing
         rc.close()
         cache.close()
+
+
+def stream_readings(cache, at_least: int, *, then_wait_s: float = 0.0) -> list:
+    """The readings on the analytics stream (as the worker parses them), read through a consumer
+    group: once there are ``at_least``, plus whatever arrives in ``then_wait_s`` more."""
+    from cloud_core.analytics.worker import parse_entry
+
+    cache.ensure_group("edu:readings", "t", start="0")
+    parsed: list = []
+
+    def read_all() -> bool:
+        entries = cache.stream_read_group("edu:readings", "t", "c", count=1000)
+        parsed.extend(r for _, fields in entries for r in parse_entry(fields))
+        return len(parsed) >= at_least
+
+    wait_for(read_all, 10, what=f"{at_least} readings on the analytics stream")
+    if then_wait_s:
+        time.sleep(then_wait_s)
+        read_all()
+    return parsed
 
 
 def _raw(body: bytes, key, kid: str) -> bytes:
@@ -208,20 +218,8 @@ def test_each_rejection_reason_is_dead_lettered_counted_and_receipted(env: Env) 
             idx = s.exec(select(RejectedMessage.reading_index).where(RejectedMessage.device_id == "dev1")).all()
         assert sorted(idx) == [1, 2, 3, 4]
         # the analytics stream carries exactly the stored readings: not the dead-lettered ones, not the replay
-        from cloud_core.analytics.worker import parse_entry
-
         cache = open_cache(env.settings.cache_url)
-        cache.ensure_group("edu:readings", "t", start="0")
-        parsed: list = []
-
-        def read_all() -> bool:
-            entries = cache.stream_read_group("edu:readings", "t", "c", count=1000)
-            parsed.extend(r for _, fields in entries for r in parse_entry(fields))
-            return len(parsed) >= 3
-
-        wait_for(read_all, 10, what="3 readings on the analytics stream")
-        time.sleep(0.3)  # a few effects flushes: nothing more may arrive
-        read_all()
+        parsed = stream_readings(cache, 3, then_wait_s=0.3)  # a few effects flushes: nothing more may arrive
         q = partial.readings[0].quality
         assert sorted(parsed) == sorted(
             [("dev0", "bme280", r.ts, {**r.values, "quality_score": r.quality}) for r in first.readings]
