@@ -47,9 +47,9 @@ from iot_protocol import ProtocolError, Status, Topics, decode_receipt, encode, 
 
 from .attacks import Attacker, AttackMessage
 from .clock import SimClock
-from .faults import SENSOR_FAULTS, FaultSpec, SensorFaultInjector
+from .faults import SENSOR_FAULTS, FaultSpec
 from .labels import Label, LabelWriter
-from .physics import DevicePhysics, hash01
+from .physics import hash01
 from .scenario import DevicePlan, FleetPlan
 from .sensors import ModelledSensor
 
@@ -170,16 +170,10 @@ class _Device:
         self.key = key
         self.creds = creds
         g = plan.group
-        self.physics = DevicePhysics(plan.seed, fleet.plan.start_ms, g.physics_profile(), g.utc_offset_h)
-        self.injector = SensorFaultInjector(plan.seed)
         # The sensor measures the physical world: a skewed clock mis-stamps, it does not move the weather.
-        self.sensor = ModelledSensor(
-            self.physics,
-            sensor_type=g.sensor_type,
-            fields=g.fields,
-            faults=self.injector,
-            time_source=lambda ts: ts - self.skew_ms,
-        )
+        self.sensor = ModelledSensor.for_device(plan, fleet.plan.start_ms, lambda ts: ts - self.skew_ms)
+        self.physics = self.sensor.physics
+        self.injector = self.sensor.faults
         self.pipeline = self._make_pipeline(fleet._open_buffer(self.id))
         self.stats = DeviceStats()
         self.skew_ms = 0

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from edge_agent.sensors.base import SensorError
 
-from .faults import SENSOR_FAULTS, FaultSpec, SensorFaultInjector
+from .faults import SENSOR_FAULTS, FaultSpec
 from .labels import Label, LabelWriter, format_ts
-from .physics import DevicePhysics, hash01
+from .physics import hash01
 from .scenario import DevicePlan, FleetPlan, Scenario
 from .sensors import ModelledSensor
 
@@ -67,19 +67,12 @@ def label_for(spec: FaultSpec) -> Label:
 
 class _OfflineDevice:
     def __init__(self, plan: FleetPlan, dev: DevicePlan, events: list[FaultSpec]) -> None:
-        g = dev.group
         self.plan = dev
-        self.physics = DevicePhysics(dev.seed, plan.start_ms, g.physics_profile(), g.utc_offset_h)
-        self.injector = SensorFaultInjector(dev.seed)
         self.skew_ms = 0
-        self.sensor = ModelledSensor(
-            self.physics,
-            sensor_type=g.sensor_type,
-            fields=g.fields,
-            faults=self.injector,
-            time_source=lambda ts: ts - self.skew_ms,
-        )
-        self.interval_ms = max(1, int(g.sampling_interval * 1000))
+        self.sensor = ModelledSensor.for_device(dev, plan.start_ms, lambda ts: ts - self.skew_ms)
+        self.physics = self.sensor.physics
+        self.injector = self.sensor.faults
+        self.interval_ms = max(1, int(dev.group.sampling_interval * 1000))
         self.phase_ms = int(hash01(dev.seed, "phase", 0) * self.interval_ms)
         self.events = sorted(events, key=lambda s: s.start_ms)
         self.down_until: int | None = None  # reboot / battery death: not sampling up to this time

@@ -9,6 +9,7 @@ from edge_agent.sensors.base import Sample, Sensor, SensorError
 
 from .faults import DropoutError, SensorFaultInjector
 from .physics import FIELDS, DevicePhysics
+from .scenario import DevicePlan
 
 __all__ = ["ModelledSensor"]
 
@@ -35,6 +36,20 @@ class ModelledSensor(Sensor):
         self.faults = faults if faults is not None else SensorFaultInjector(physics.seed)
         self.time_source = time_source
         self.dead = False  # battery death: every read fails
+
+    @classmethod
+    def for_device(cls, dev: DevicePlan, start_ms: int, time_source: Callable[[int], int]) -> ModelledSensor:
+        """The sensor of a planned device: its own physics (seeded, from ``start_ms``) and fault
+        injector, as both the live fleet and the offline generator build it."""
+        g = dev.group
+        physics = DevicePhysics(dev.seed, start_ms, g.physics_profile(), g.utc_offset_h)
+        return cls(
+            physics,
+            sensor_type=g.sensor_type,
+            fields=g.fields,
+            faults=SensorFaultInjector(dev.seed),
+            time_source=time_source,
+        )
 
     def read(self, now_ms: int) -> Sample:
         t = self.time_source(now_ms) if self.time_source is not None else now_ms
