@@ -8,6 +8,7 @@ wildcards (``+``, ``#``) or a level separator.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -15,8 +16,8 @@ from .errors import TopicError
 
 __all__ = ["DEVICE_ID_RE", "Kind", "Topics", "validate_device_id"]
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+DEVICE_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
+_PREFIX_RE = re.compile(r"\A[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\Z")
 
 
 class Kind(enum.StrEnum):
@@ -90,15 +91,22 @@ class Topics:
 
     def parse(self, topic: str) -> tuple[str, Kind]:
         """Split a received topic into (device_id, kind), or raise :class:`TopicError`."""
-        head = f"{self.prefix}/devices/"
-        if not topic.startswith(head):
-            raise TopicError(f"topic {topic!r} is not under {head!r}")
-        device_id, sep, rest = topic[len(head) :].partition("/")
-        if not sep:
-            raise TopicError(f"topic {topic!r} names no message kind")
-        validate_device_id(device_id)
-        try:
-            kind = Kind(rest)
-        except ValueError:
-            raise TopicError(f"topic {topic!r}: unknown message kind {rest!r}") from None
-        return device_id, kind
+        return _parse(self.prefix, topic)
+
+
+# A fleet's topics repeat with every message: parsed ones are kept (by prefix and topic, at most
+# 64k of them; a topic that raises is not kept).
+@functools.lru_cache(maxsize=65_536)
+def _parse(prefix: str, topic: str) -> tuple[str, Kind]:
+    head = f"{prefix}/devices/"
+    if not topic.startswith(head):
+        raise TopicError(f"topic {topic!r} is not under {head!r}")
+    device_id, sep, rest = topic[len(head) :].partition("/")
+    if not sep:
+        raise TopicError(f"topic {topic!r} names no message kind")
+    validate_device_id(device_id)
+    try:
+        kind = Kind(rest)
+    except ValueError:
+        raise TopicError(f"topic {topic!r}: unknown message kind {rest!r}") from None
+    return device_id, kind

@@ -119,11 +119,17 @@ def test_topics_round_trip_and_reject_wildcards() -> None:
     topics = p.Topics("school")
     assert topics.telemetry("dev-1") == "school/devices/dev-1/telemetry"
     assert topics.parse("school/devices/dev-1/config/desired") == ("dev-1", p.Kind.CONFIG_DESIRED)
-    for bad in ("a/b", "+", "#", "", "x" * 65, "dev 1"):
+    for bad in ("a/b", "+", "#", "", "x" * 65, "dev 1", "dev-1\n"):
         with pytest.raises(p.TopicError):
             topics.telemetry(bad)
+    for bad_topic in ("school/devices/dev-1/nonsense", "school/devices/dev-1\n/telemetry", "other/devices/d/health"):
+        for _ in range(2):  # parsed topics are cached: a bad one must fail every time
+            with pytest.raises(p.TopicError):
+                topics.parse(bad_topic)
     with pytest.raises(p.TopicError):
-        topics.parse("school/devices/dev-1/nonsense")
+        p.Topics("school\n")
+    with pytest.raises(p.TopicError):  # the same topic under another prefix is another answer
+        p.Topics("lab").parse("school/devices/dev-1/telemetry")
 
 
 def test_reading_checks_name_the_rule() -> None:
