@@ -241,9 +241,12 @@ class _LeanClient(mqtt.Client):
     packet handling), and it handles up to 1000 packets per wake-up of the network loop instead of
     paho's one. Reads are buffered: paho asks the socket for one byte of command, one per length byte
     and then the rest, three or more system calls per message; here one ``recv`` of up to 256 KiB
-    serves hundreds of messages (plain TCP only; TLS keeps paho's reads). Overrides paho 2.x internals
-    (``_handle_publish``, ``loop_read``, ``_sock_recv``, ``_sock_close``; paho is pinned < 3); QoS 2,
-    which the bridge never subscribes with, still goes to paho."""
+    serves hundreds of messages (plain TCP only; TLS keeps paho's reads), and the complete QoS 0/1
+    PUBLISH packets in that buffer are parsed in place (``_publishes_from_buffer``) without paho's
+    per-packet state. Anything else (CONNACK, SUBACK, PUBACK, PINGRESP, QoS 2, a packet split across
+    reads) goes through paho's own ``_packet_read``, which reads from the same buffer. Overrides paho
+    2.x internals (``_handle_publish``, ``loop_read``, ``_sock_recv``, ``_sock_close``,
+    ``_handle_pubackcomp``; paho is pinned < 3)."""
 
     on_raw_publish: Callable[[bytes, int, int, bytes], None]
     _rbuf = b""  # bytes received and not yet handed to paho
@@ -258,6 +261,13 @@ class _LeanClient(mqtt.Client):
         while True:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self._in_packet["command"] == 0 and self._rpos < len(self._rbuf):
+                n = self._publishes_from_buffer()
+                if n:
+                    handled += n
+                    if handled >= 1000:
+                        self._refill = False
+                    continue
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -268,6 +278,41 @@ class _LeanClient(mqtt.Client):
                 # Let the loop write (acks, receipts) between wake-ups; what is buffered is still
                 # handled first (select cannot see it), then reading stops at the buffer's end.
                 self._refill = False
+
+    def _publishes_from_buffer(self) -> int:
+        """Hand over the complete QoS 0/1 PUBLISH packets at the start of the receive buffer; stop at
+        the first other or incomplete packet (paho's ``_packet_read`` takes it). Returns how many."""
+        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+        v5 = self._protocol == mqtt.MQTTv5
+        deliver = self.on_raw_publish
+        n = 0
+        while pos < end:
+            cmd = buf[pos]
+            qos = (cmd >> 1) & 3
+            if cmd >> 4 != 3 or qos > 1:
+                break
+            p, length, shift = pos + 1, 0, 0
+            while p < end and shift <= 21:  # the remaining length: at most 4 bytes
+                b = buf[p]
+                p += 1
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            else:
+                break  # cut by the buffer's end (or malformed): paho's reader decides
+            if p + length > end:
+                break
+            parsed = _parse_publish(buf, p, p + length, qos, v5)
+            if parsed is None:
+                break  # malformed: paho's reader reports it
+            pos = self._rpos = p + length
+            deliver(*parsed)
+            n += 1
+        if n:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        return n
 
     def _sock_recv(self, bufsize: int) -> bytes:
         pos = self._rpos
@@ -300,22 +345,40 @@ class _LeanClient(mqtt.Client):
         if qos == 2:
             return super()._handle_publish()
         packet = self._in_packet["packet"]
-        (slen,) = _U16.unpack_from(packet, 0)
-        pos = 2 + slen
-        topic = bytes(packet[2:pos])
-        mid = 0
-        if qos:
-            (mid,) = _U16.unpack_from(packet, pos)
-            pos += 2
-        if self._protocol == mqtt.MQTTv5:  # skip the properties: a variable byte integer length, then them
-            length, shift = 0, 0
-            while True:
-                b = packet[pos]
-                pos += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            pos += length
-        self.on_raw_publish(topic, mid, qos, bytes(packet[pos:]))
+        parsed = _parse_publish(packet, 0, len(packet), qos, self._protocol == mqtt.MQTTv5)
+        if parsed is None:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self.on_raw_publish(*parsed)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def _parse_publish(
+    buf: bytes | bytearray, start: int, end: int, qos: int, v5: bool
+) -> tuple[bytes, int, int, bytes] | None:
+    """(topic, packet id, qos, payload) of the PUBLISH packet body ``buf[start:end]`` (after the fixed
+    header), or None when it is malformed. MQTT 5 properties are skipped, not parsed."""
+    if end - start < 2:
+        return None
+    pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
+    topic = bytes(buf[start + 2 : pos])
+    mid = 0
+    if qos:
+        if pos + 2 > end:
+            return None
+        mid = (buf[pos] << 8) | buf[pos + 1]
+        pos += 2
+    if v5:  # the properties: a variable byte integer length, then them
+        length, shift = 0, 0
+        while True:
+            if pos >= end or shift > 21:
+                return None
+            b = buf[pos]
+            pos += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        pos += length
+    if pos > end:
+        return None
+    return topic, mid, qos, bytes(buf[pos:end])

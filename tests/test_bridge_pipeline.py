@@ -242,3 +242,68 @@ def test_receipt_packets_spell_remaining_length_as_paho_does(n: int) -> None:
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     assert _varint(n) == bytes(client._pack_remaining_length(bytearray(), n))
+
+
+def _publish_packet(topic: bytes, mid: int, qos: int, payload: bytes, props: bytes) -> bytes:
+    """A PUBLISH packet as the broker sends it (MQTT 5: ``props`` is the property block)."""
+    from broker_bridge.mqtt import _varint
+
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + props + payload
+    return bytes([0x30 | qos << 1]) + _varint(len(body)) + body
+
+
+_publishes = st.lists(
+    st.tuples(
+        st.binary(min_size=1, max_size=40),  # topic
+        st.integers(1, 65535),  # packet id
+        st.sampled_from([0, 1]),  # qos
+        st.binary(max_size=300),  # payload
+        st.booleans(),  # with MQTT 5 properties (a user property) or none
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msgs=_publishes, cuts=st.lists(st.integers(0, 20_000), max_size=4), ping_at=st.integers(0, 30))
+def test_bridge_client_reads_every_publish_however_the_stream_is_cut(
+    msgs: list[tuple[bytes, int, int, bytes, bool]], cuts: list[int], ping_at: int
+) -> None:
+    """The bridge's MQTT client parses the PUBLISH packets of its receive buffer itself and leaves the
+    rest (here a PINGRESP, and packets cut by the end of a read) to paho's reader. Whatever the packets
+    and wherever the TCP stream is cut, every message arrives once, in order, with its topic, packet
+    id, QoS and payload, and MQTT 5 properties never leak into the payload."""
+    import socket
+
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from broker_bridge.mqtt import _LeanClient
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("source", "device")
+    packed_props = bytes(props.pack())
+    stream = [_publish_packet(t, mid, q, p, packed_props if has else b"\0") for t, mid, q, p, has in msgs]
+    stream.insert(min(ping_at, len(stream)), b"\xd0\x00")  # PINGRESP: not a PUBLISH, paho handles it
+    data = b"".join(stream)
+
+    client = _LeanClient(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    got: list[tuple[bytes, int, int, bytes]] = []
+    client.on_raw_publish = lambda *m: got.append(m)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours  # type: ignore[assignment]
+    try:
+        start = 0
+        for cut in sorted({c % (len(data) + 1) for c in cuts} | {len(data)}):
+            broker.sendall(data[start:cut])
+            start = cut
+            for _ in range(3):  # a read may stop mid-packet; the next one goes on from there
+                assert client.loop_read() == 0
+    finally:
+        client._sock = None
+        ours.close()
+        broker.close()
+    assert got == [(t, mid if q else 0, q, p) for t, mid, q, p, _ in msgs]
