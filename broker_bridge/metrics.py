@@ -10,7 +10,16 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,6 +47,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds
+        GCCollector(registry=r)  # python_gc_collections_total and objects collected, per generation
         self.messages_received = Counter("bridge_messages_received", "Telemetry messages received.", registry=r)
         self.readings_received = Counter("bridge_readings_received", "Readings in verified batches.", registry=r)
         self.messages_stored = Counter("bridge_messages_stored", "Batches durably stored and acknowledged.", registry=r)

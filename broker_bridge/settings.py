@@ -112,11 +112,12 @@ class BridgeSettings(BaseSettings):
         "default 5 ms makes the network thread wait behind the writer after every socket call; None keeps it).",
     )
     gc_threshold: int | None = Field(
-        50_000,
+        500_000,
         ge=1,
-        description="Allocations between young-generation garbage collections in a bridge process run by "
-        "run_bridge (Python's default 700 runs a collection every few 50-reading messages; objects alive "
-        "at startup are frozen out of collection too); None keeps Python's default.",
+        description="Net allocations between young-generation garbage collections in a bridge process run "
+        "by run_bridge (objects alive at startup are frozen out of collection too); None keeps Python's "
+        "default of 700. Measured at 50 readings/msg: 50,000 spent 11% of the bridge's CPU in the collector "
+        "(each collection walks every live in-flight reading), 500,000 under 1% at the same peak memory.",
     )
     # --- observability ------------------------------------------------------------------------------
     metrics_port: int | None = Field(

@@ -117,6 +117,11 @@ def test_three_replicas_one_killed_and_restarted_exact_counts(
         assert store.count() == total
         for d in devices:
             assert store.count(device_id=d) == per_device * 4
+        # What an SRE scrapes from a replica: its own counters, and the process's memory and GC.
+        with urllib.request.urlopen(f"http://127.0.0.1:{replicas[0].port}/metrics", timeout=5) as resp:
+            scraped = resp.read().decode()
+        for name in ("bridge_readings_stored_total", "process_resident_memory_bytes", "python_gc_collections_total"):
+            assert f"\n{name}" in scraped, f"{name} missing from /metrics"
     finally:
         for r in replicas:
             r.stop()
