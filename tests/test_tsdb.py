@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud_core.tsdb import Point, StoreRejected, StoreUnavailable, TimeSeriesStore, open_tsdb
 from cloud_core.tsdb.base import DAY_MS, HOUR_MS, pick_resolution
@@ -168,6 +170,35 @@ def test_fast_line_protocol_stores_the_same_numbers_as_the_reference() -> None:
     ref = encode_points(points)
     assert _parsed(fast) == _parsed(ref)
     assert len(fast.splitlines()) == 2000
+
+
+_field_names = st.one_of(
+    st.sampled_from(["temperature", "humidity", "quality_score", "µ", "a-b.c+d_e", ""]),
+    st.text(alphabet=st.sampled_from(list('ab:"\\,= {}[]\nµ-')), max_size=6),
+)
+_field_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_field_names, _field_values, max_size=4), min_size=1, max_size=5))
+def test_fast_line_protocol_agrees_with_the_reference_on_any_fields(field_sets: list[dict[str, Any]]) -> None:
+    """Whatever the field names and values, the fast encoder writes what the reference writes (up to
+    the spelling of numbers) or refuses with the reference's error."""
+    points = [Point("d", "s", "l", i + 1, fields) for i, fields in enumerate(field_sets)]
+    try:
+        ref = encode_points(points)
+    except StoreRejected as exc:
+        with pytest.raises(StoreRejected) as fast_exc:
+            encode_points_fast(points)
+        assert str(fast_exc.value) == str(exc)
+        return
+    fast = encode_points_fast(points)
+    assert fast == ref or _parsed(fast) == _parsed(ref)
 
 
 # ---- both stores ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ escaped field key are cached, and the body is built as one list of strings joine
 
 :func:`encode_points_fast` (what InfluxStore writes with) writes the same lines faster: all field sets
 are serialized by one ``orjson.dumps`` call and turned into line protocol by a few whole-body byte
-replacements. Only the spelling of numbers may differ from :func:`encode_points` (orjson's shortest
+operations. Only the spelling of numbers may differ from :func:`encode_points` (orjson's shortest
 form: ``40`` for the integer 40, ``0.00001``, ``1e+20``; the same float is stored). Whenever the batch holds
 anything it cannot prove plain (a field name needing escaping, a non-number, a non-finite value...)
 it returns :func:`encode_points`'s body instead, which raises the same errors.
@@ -19,6 +19,7 @@ it returns :func:`encode_points`'s body instead, which raises the same errors.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import orjson
@@ -111,6 +112,13 @@ _PLAIN = bytes(
 )
 
 
+# In orjson's JSON of field sets that passed the shape check, a value that is not a number (null for NaN
+# or infinities, true, false) starts with a letter, and an empty field name is "". One regex pass finds
+# either (four `in` scans took twice as long; bytes searches run at about 1 GB/s here).
+_NOT_A_NUMBER = re.compile(rb'":[^-0-9]|""')
+_COLON_TO_EQUALS = bytes.maketrans(b":", b"=")
+
+
 def encode_points_fast(points: Sequence[Point]) -> bytes:
     """The same lines as :func:`encode_points` (up to the spelling of numbers), about 2x faster.
 
@@ -131,10 +139,11 @@ def encode_points_fast(points: Sequence[Point]) -> bytes:
     shape = j.translate(None, _PLAIN).replace(b',"":', b"")
     if shape != b"[" + b'{"":},' * (n - 1) + b'{"":}]':
         return encode_points(points)
-    if b'":n' in j or b'":t' in j or b'":f' in j or b'""' in j:  # null (NaN, inf), true, false, empty name
+    if _NOT_A_NUMBER.search(j) is not None:
         return encode_points(points)
-    # j = [{"k":v,"k2":v2},{"k":v}] -> per point: k=v,k2=v2
-    fields = j[3:-2].replace(b'},{"', b"\n").replace(b'":', b"=").replace(b',"', b",").split(b"\n")
+    # j = [{"k":v,"k2":v2},{"k":v}] -> per point: k=v,k2=v2. No name holds a quote or a colon here (the
+    # shape check), so deleting every quote and turning every colon into "=" is exact: one C pass.
+    fields = j.translate(_COLON_TO_EQUALS, b'"')[2:-2].split(b"},{")
     out: list[bytes] = []
     append = out.append
     cache = _series_bytes
