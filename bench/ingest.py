@@ -434,9 +434,12 @@ def run_latency_phase(
     rate_msgs: float,
     topics: Topics,
     warmup: int,
-) -> tuple[float, float]:
+    server_pids: dict[str, int],
+) -> tuple[float, float, dict[str, float]]:
     """p50/p99 publish -> receipt of ``messages`` sent at ``rate_msgs``; the first ``warmup`` messages
-    (the bridges' first writes: schema checks, cold caches) are sent at the same rate but not counted."""
+    (the bridges' first writes: schema checks, cold caches) are sent at the same rate but not counted.
+    Also the cores each process used meanwhile: a long tail with the cores full is CPU starvation (of
+    the bridges, or of this process, which timestamps the receipts), not the bridge waiting."""
     bridges = Bridges(replicas, env, log_dir)
     rc = ReceiptCollector(broker.host, broker.port, topics)
     try:
@@ -449,6 +452,9 @@ def run_latency_phase(
             keys.append((device_id, seq))
         packets = encode_all(messages)
         pub = RawPublisher(broker.host, broker.port, client_id="bench-latency")
+        pids = {**server_pids, "bench (publisher, receipts)": os.getpid()}
+        pids.update({f"bridge{i}": p.pid for i, p in enumerate(bridges.procs)})
+        meter = CpuMeter(pids)
         t0 = time.monotonic()
         step = 0.01
         i = 0
@@ -463,6 +469,7 @@ def run_latency_phase(
             time.sleep(step)
         pub.drain()
         wait(lambda: len(rc.stored()) >= len(messages), 60, "latency receipts")
+        cpu = meter.result()
         lat = []
         seen: set[tuple[str, int]] = set()
         for at, device_id, receipt in list(rc.receipts):
@@ -476,7 +483,7 @@ def run_latency_phase(
         slow = bridges.slow_writes(1.0)
         if slow:
             print(f"(d) note: {slow} store writes took over 1 s during the latency phase", file=sys.stderr)
-        return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))], cpu
     finally:
         rc.close()
         bridges.stop()
@@ -606,7 +613,7 @@ def main() -> None:
         msgsl = signed_messages(topics, keysl, 50, n_lat, ts0)
         influx.query('CREATE DATABASE "bridgelat"')
         lat_env = {**base_env, "EDU_BRIDGE_TSDB_URL": influx.url_for("bridgelat")}
-        p50, p99 = run_latency_phase(
+        p50, p99, cpul = run_latency_phase(
             broker=broker,
             env=lat_env,
             replicas=args.replicas,
@@ -615,6 +622,7 @@ def main() -> None:
             rate_msgs=rate,
             topics=topics,
             warmup=warmup,
+            server_pids=server_pids,
         )
         out["latency_p50_ms"] = round(p50, 1)
         out["latency_p99_ms"] = round(p99, 1)
@@ -623,7 +631,7 @@ def main() -> None:
             (
                 f"publish -> receipt at half load ({rate * 50:,.0f} readings/s, 50/msg)",
                 f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
-                "",
+                str(cpul),
             )
         )
     finally:

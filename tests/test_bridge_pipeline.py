@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -307,3 +308,184 @@ def test_bridge_client_reads_every_publish_however_the_stream_is_cut(
         ours.close()
         broker.close()
     assert got == [(t, mid if q else 0, q, p) for t, mid, q, p, _ in msgs]
+
+
+# ---- the bridge's msgspec decoder (broker_bridge.wire) agrees with the contract's reference decoder ----
+def _assert_same_batch(wire: object, ref: Batch) -> None:
+    """Same fields, same values, same types (an int stays an int, quality is always a float)."""
+
+    def shape(b: object) -> list[object]:
+        out: list[object] = [(getattr(b, k), type(getattr(b, k))) for k in ("device_id", "batch_id", "seq", "sent_at")]
+        for r in b.readings:  # type: ignore[attr-defined]
+            out.append((r.ts, type(r.ts), r.sensor_type, r.quality, type(r.quality), tuple(r.flags)))
+            out.append([(k, v, type(v)) for k, v in r.values.items()])
+        return out
+
+    assert shape(wire) == shape(ref)
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+)
+
+
+def _mostly(valid: st.SearchStrategy[object], *invalid: object) -> st.SearchStrategy[object]:
+    """``valid`` three times in four, else one of ``invalid`` or any JSON scalar: whole batches that
+    are valid but for one field are common, which is where two decoders can disagree."""
+    return st.one_of(valid, valid, valid, st.one_of(st.sampled_from(invalid), _scalars) if invalid else _scalars)
+
+
+_names = _mostly(st.sampled_from(["temperature", "humidity", "µ" * 64, "x" * 64]), "µ" * 65, "x" * 65, "")
+_numbers = _mostly(
+    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**63), 2**63 - 1)),
+    2**63,
+    -(2**63) - 1,
+    2**64 - 1,
+    2**64,
+    -(2**64),
+)
+_readings = st.fixed_dictionaries(
+    {
+        "ts": _mostly(st.integers(1_700_000_000_000, 1_800_000_000_000), 0, -1, 2**63, 2**64),
+        "sensor_type": _mostly(st.sampled_from(["bme280", "x" * 64]), "x" * 65, ""),
+        "values": _mostly(st.dictionaries(_names, _numbers, min_size=1, max_size=4), {}),
+    },
+    optional={
+        "quality": _mostly(st.one_of(st.floats(0, 1), st.sampled_from([0, 1])), True),
+        "flags": _mostly(st.lists(st.sampled_from(["stale", "x" * 64]), max_size=2), ["x" * 65], [1]),
+        "extra": _scalars,
+    },
+)
+_batches = st.fixed_dictionaries(
+    {
+        "v": _mostly(st.just(1), 1.0, True, 2, "1"),
+        "device_id": _mostly(st.sampled_from(["dev-1", "x" * 64]), "dev-1\n", "", "x" * 65, "a b"),
+        "batch_id": _mostly(st.sampled_from(["b-1", "x" * 128]), "", "x" * 129),
+        "seq": _mostly(st.integers(0, 10), -1, 2**63, 2**64, 1.0, True),
+        "sent_at": _mostly(st.integers(1_700_000_000_000, 1_800_000_000_000), -1, 2**64),
+        "readings": _mostly(st.lists(_readings, min_size=1, max_size=3), []),
+    },
+    optional={"extra": _scalars},
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=_batches)
+def test_wire_decoder_accepts_only_what_the_reference_accepts_with_the_same_values(obj: dict[str, object]) -> None:
+    """The bridge decodes batches with msgspec and hands whatever msgspec refuses to decode_batch. For
+    that to change no outcome, anything msgspec accepts must be accepted by the reference decoder with
+    the same values and types; the reference then names the error of everything else."""
+    import json
+
+    from broker_bridge.wire import decode_batch_fast, decode_wire
+    from iot_protocol import ProtocolError
+    from iot_protocol.messages import decode_batch
+
+    payload = json.dumps(obj).encode()  # the standard library writes integers of any size
+    wire = decode_wire(payload)
+    try:
+        ref = decode_batch(payload)
+    except ProtocolError as exc:
+        assert wire is None
+        with pytest.raises(ProtocolError) as fast_exc:
+            decode_batch_fast(payload)
+        assert (fast_exc.value.reason, str(fast_exc.value)) == (exc.reason, str(exc))
+        return
+    if wire is not None:
+        _assert_same_batch(wire, ref)
+    _assert_same_batch(decode_batch_fast(payload), ref)
+
+
+_HEAD = b'{"v":1,"device_id":"d","batch_id":"b","seq":1,"sent_at":1,"readings":'
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":1,"x":2.5}}]}',
+        b'{"v":1,"device_id":"d","batch_id":"b","seq":1,"seq":2,"sent_at":1,"readings":[{"ts":1,"sensor_type":"s","values":{"x":1}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":1e400}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"\\ud800":1}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":NaN}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":1}}]} x',
+        b'\xef\xbb\xbf{"v":1,"device_id":"d","batch_id":"b","seq":1,"sent_at":1,"readings":[]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":1}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":-0.0},"quality":1}]}',
+        b'{"v":1,"device_id":"d","batch_id":"b","seq":18446744073709551615,"sent_at":1,"readings":[{"ts":1,"sensor_type":"s","values":{"x":1}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":18446744073709551616}}]}',
+        _HEAD + b'[{"ts":1,"sensor_type":"s","values":{"x":1}}],"readings":7}',
+        b"[1]",
+        b"\xff",
+    ],
+)
+def test_wire_decoder_agrees_on_raw_json_edge_cases(payload: bytes) -> None:
+    """Duplicate keys, numbers out of range, lone surrogates, NaN, trailing bytes, a BOM, integers past
+    int64 and past uint64: where JSON parsers tend to differ."""
+    from broker_bridge.wire import decode_wire
+    from iot_protocol import ProtocolError
+    from iot_protocol.messages import decode_batch
+
+    wire = decode_wire(payload)
+    try:
+        ref = decode_batch(payload)
+    except ProtocolError:
+        assert wire is None
+        return
+    if wire is not None:
+        _assert_same_batch(wire, ref)
+
+
+_ODD_VALUES = [
+    None, True, False, 0, 1, -1, 1.0, 0.5, "", "x", "x" * 64, "x" * 65, "µ" * 64, "µ" * 65, "x" * 128, "x" * 129,
+    "dev-1\n", "a b",
+    2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, [], [1], ["x" * 65], {}, {"x": 1}, {"": 1},
+]  # fmt: skip
+_FIELDS = [
+    ("v",), ("device_id",), ("batch_id",), ("seq",), ("sent_at",), ("readings",),
+    ("readings", 0, "ts"), ("readings", 0, "sensor_type"), ("readings", 0, "values"), ("readings", 0, "quality"),
+    ("readings", 0, "flags"), ("readings", 0, "values", "temperature"), ("readings", 0, "values", "x" * 64),
+    ("readings", 0, "values", "x" * 65), ("readings", 0, "values", ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", _FIELDS, ids=lambda p: "/".join(map(str, p))[:40])
+def test_wire_decoder_agrees_when_any_one_field_is_odd(path: tuple[str | int, ...]) -> None:
+    """A valid batch with one field replaced by each of a list of odd values (wrong types, bounds,
+    int64 and uint64 limits, a device id ending in a newline...): both decoders decide alike."""
+    import json
+
+    from broker_bridge.wire import decode_wire
+    from iot_protocol import ProtocolError
+    from iot_protocol.messages import decode_batch
+
+    for odd in _ODD_VALUES:
+        obj = make_batch("dev-1", 3, 2).to_json()
+        target: Any = obj
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = odd
+        payload = json.dumps(obj).encode()
+        wire = decode_wire(payload)
+        try:
+            ref = decode_batch(payload)
+        except ProtocolError:
+            assert wire is None, f"{path}={odd!r}: the fast decoder accepts what the reference refuses"
+            continue
+        if wire is not None:
+            _assert_same_batch(wire, ref)
+
+
+def test_wire_decoder_takes_the_devices_batches() -> None:
+    """The fast path is the one taken for what devices send (or the bridge would only be slower)."""
+    from broker_bridge.wire import WireBatch, decode_wire
+    from iot_protocol.messages import decode_batch, encode
+
+    for n in (1, 50, 1000):
+        payload = encode(make_batch("dev-1", 3, n))
+        wire = decode_wire(payload)
+        assert isinstance(wire, WireBatch)
+        _assert_same_batch(wire, decode_batch(payload))

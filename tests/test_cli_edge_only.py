@@ -15,7 +15,8 @@ import pytest
 # Installed by the cloud/dev extras only (see pyproject.toml).
 CLOUD_ONLY = [
     "sqlmodel", "sqlalchemy", "fastapi", "starlette", "uvicorn", "redis", "psycopg", "numpy", "sklearn",
-    "httpx", "prometheus_client", "amqtt", "yaml", "nacl", "pybase64", "hiredis", "cloud_core", "broker_bridge", "firmware_sim",
+    "httpx", "prometheus_client", "amqtt", "yaml", "nacl", "pybase64", "hiredis", "msgspec",
+    "cloud_core", "broker_bridge", "firmware_sim",
 ]  # fmt: skip
 
 RUNNER = """
