@@ -291,16 +291,10 @@ class _LeanClient(mqtt.Client):
             qos = (cmd >> 1) & 3
             if cmd >> 4 != 3 or qos > 1:
                 break
-            p, length, shift = pos + 1, 0, 0
-            while p < end and shift <= 21:  # the remaining length: at most 4 bytes
-                b = buf[p]
-                p += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            else:
+            remaining = _read_varint(buf, pos + 1, end)
+            if remaining is None:
                 break  # cut by the buffer's end (or malformed): paho's reader decides
+            length, p = remaining
             if p + length > end:
                 break
             parsed = _parse_publish(buf, p, p + length, qos, v5)
@@ -352,6 +346,20 @@ class _LeanClient(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+def _read_varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at ``buf[pos:end]``: (value, position after it), or None when
+    ``end`` cuts it or it runs past the 4 bytes MQTT allows."""
+    value, shift = 0, 0
+    while pos < end and shift <= 21:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+    return None
+
+
 def _parse_publish(
     buf: bytes | bytearray, start: int, end: int, qos: int, v5: bool
 ) -> tuple[bytes, int, int, bytes] | None:
@@ -368,16 +376,10 @@ def _parse_publish(
         mid = (buf[pos] << 8) | buf[pos + 1]
         pos += 2
     if v5:  # the properties: a variable byte integer length, then them
-        length, shift = 0, 0
-        while True:
-            if pos >= end or shift > 21:
-                return None
-            b = buf[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        props = _read_varint(buf, pos, end)
+        if props is None:
+            return None
+        length, pos = props
         pos += length
     if pos > end:
         return None

@@ -234,15 +234,20 @@ def test_fuzz_signed_garbage_is_rejected_or_accepted_never_raises(obj: dict, rea
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455])
-def test_receipt_packets_spell_remaining_length_as_paho_does(n: int) -> None:
+def test_remaining_length_is_written_as_paho_writes_it_and_read_back(n: int) -> None:
     """publish_many builds its PUBLISH packets itself; their length prefix must be MQTT's variable
-    byte integer exactly as paho writes it (the end-to-end receipt tests cover the rest)."""
+    byte integer exactly as paho writes it (the end-to-end receipt tests cover the rest), and the
+    bridge's own packet reader must read it back."""
     import paho.mqtt.client as mqtt
 
-    from broker_bridge.mqtt import _varint
+    from broker_bridge.mqtt import _read_varint, _varint
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    assert _varint(n) == bytes(client._pack_remaining_length(bytearray(), n))
+    encoded = _varint(n)
+    assert encoded == bytes(client._pack_remaining_length(bytearray(), n))
+    # ... and the reader of received packets reads it back, and sees when a read cut it short
+    assert _read_varint(b"x" + encoded + b"y", 1, 1 + len(encoded)) == (n, 1 + len(encoded))
+    assert _read_varint(encoded, 0, len(encoded) - 1) is None
 
 
 def _publish_packet(topic: bytes, mid: int, qos: int, payload: bytes, props: bytes) -> bytes:
