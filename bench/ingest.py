@@ -323,6 +323,12 @@ class Bridges:
             pass
         return 0.0
 
+    def cpu_meter(self, server_pids: dict[str, int], bench_label: str) -> CpuMeter:
+        """CPU of the servers, this process (as ``bench_label``) and each bridge, from now on."""
+        pids = {**server_pids, bench_label: os.getpid()}
+        pids.update({f"bridge{i}": p.pid for i, p in enumerate(self.procs)})
+        return CpuMeter(pids)
+
     def ready(self) -> bool:
         for port in self.ports:
             try:
@@ -399,9 +405,7 @@ def run_bridge_phase(
         packets = encode_all(messages)
         total = len(messages) * per_msg
         pub = RawPublisher(broker.host, broker.port, client_id=f"bench-{name}")
-        pids = {**server_pids, "bench (publisher)": os.getpid()}
-        pids.update({f"bridge{i}": p.pid for i, p in enumerate(bridges.procs)})
-        meter = CpuMeter(pids)
+        meter = bridges.cpu_meter(server_pids, "bench (publisher)")
         t0 = time.monotonic()
         sender = threading.Thread(target=lambda: (pub.send(packets), pub.drain()))
         sender.start()
@@ -452,9 +456,7 @@ def run_latency_phase(
             keys.append((device_id, seq))
         packets = encode_all(messages)
         pub = RawPublisher(broker.host, broker.port, client_id="bench-latency")
-        pids = {**server_pids, "bench (publisher, receipts)": os.getpid()}
-        pids.update({f"bridge{i}": p.pid for i, p in enumerate(bridges.procs)})
-        meter = CpuMeter(pids)
+        meter = bridges.cpu_meter(server_pids, "bench (publisher, receipts)")
         t0 = time.monotonic()
         step = 0.01
         i = 0
