@@ -27,12 +27,13 @@ import msgspec
 from msgspec import Meta, Struct
 
 from iot_protocol import Batch
-from iot_protocol.messages import MAX_READINGS_PER_BATCH, decode_batch
+from iot_protocol.messages import MAX_BATCH_ID_LENGTH, MAX_NAME_LENGTH, MAX_READINGS_PER_BATCH, decode_batch
+from iot_protocol.topics import DEVICE_ID_RE
 
 __all__ = ["WireBatch", "WireReading", "decode_batch_fast", "decode_wire"]
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-_Name = Annotated[str, Meta(min_length=1, max_length=64)]
+_Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 _Count = Annotated[int, Meta(ge=0, le=_I64_MAX)]
 _Number = Annotated[int, Meta(ge=_I64_MIN, le=_I64_MAX)] | float
 
@@ -42,13 +43,13 @@ class WireReading(Struct, frozen=True, gc=False):
     sensor_type: _Name
     values: Annotated[dict[_Name, _Number], Meta(min_length=1)]
     quality: float = 1.0  # an integer quality becomes a float, as the reference's float(quality)
-    flags: tuple[Annotated[str, Meta(max_length=64)], ...] = ()
+    flags: tuple[Annotated[str, Meta(max_length=MAX_NAME_LENGTH)], ...] = ()
 
 
 class WireBatch(Struct, frozen=True, gc=False):
     v: Literal[1]
-    device_id: Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
-    batch_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    device_id: Annotated[str, Meta(pattern=DEVICE_ID_RE.pattern)]
+    batch_id: Annotated[str, Meta(min_length=1, max_length=MAX_BATCH_ID_LENGTH)]
     seq: _Count
     sent_at: _Count
     readings: Annotated[tuple[WireReading, ...], Meta(min_length=1, max_length=MAX_READINGS_PER_BATCH)]

@@ -19,6 +19,8 @@ from .errors import DecodeError, UnsupportedVersion
 from .topics import DEVICE_ID_RE, validate_device_id
 
 __all__ = [
+    "MAX_BATCH_ID_LENGTH",
+    "MAX_NAME_LENGTH",
     "MAX_READINGS_PER_BATCH",
     "VERSION",
     "Alert",
@@ -44,7 +46,8 @@ VERSION = 1
 MAX_READINGS_PER_BATCH = 1000
 TYP_BATCH = "edu.batch.v1"
 TYP_CONFIG = "edu.config.v1"
-_NAME_MAX = 64
+MAX_NAME_LENGTH = 64  # sensor types, field names, flags
+MAX_BATCH_ID_LENGTH = 128
 
 
 def _loads(data: bytes, what: str) -> dict[str, Any]:
@@ -69,7 +72,7 @@ def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0) -> in
     return value
 
 
-def _str(obj: Mapping[str, Any], key: str, what: str, *, max_len: int = _NAME_MAX) -> str:
+def _str(obj: Mapping[str, Any], key: str, what: str, *, max_len: int = MAX_NAME_LENGTH) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
         raise DecodeError(f"{what}.{key} must be a string of 1-{max_len} characters", reason="bad_schema")
@@ -129,13 +132,13 @@ def _decode_reading(obj: Any, i: int) -> Reading:
     if not isinstance(values, dict) or not values:
         raise DecodeError(f"{what}.values must be a non-empty object", reason="bad_schema")
     for name, value in values.items():
-        if not 0 < len(name) <= _NAME_MAX or not _num(value):
-            raise DecodeError(f"{what}.values.{name[:_NAME_MAX]} must be a number", reason="bad_schema")
+        if not 0 < len(name) <= MAX_NAME_LENGTH or not _num(value):
+            raise DecodeError(f"{what}.values.{name[:MAX_NAME_LENGTH]} must be a number", reason="bad_schema")
     quality = obj.get("quality", 1.0)
     if not _num(quality):
         raise DecodeError(f"{what}.quality must be a number", reason="bad_schema")
     flags = obj.get("flags", [])
-    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= _NAME_MAX for f in flags):
+    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= MAX_NAME_LENGTH for f in flags):
         raise DecodeError(f"{what}.flags must be a list of short strings", reason="bad_schema")
     return Reading(
         ts=_int(obj, "ts", what),
@@ -162,7 +165,7 @@ def _decode_batch_obj(obj: dict[str, Any]) -> Batch:
         raise DecodeError(f"batch.device_id {device_id!r} is not a valid device id", reason="bad_schema") from None
     return Batch(
         device_id=device_id,
-        batch_id=_str(obj, "batch_id", "batch", max_len=128),
+        batch_id=_str(obj, "batch_id", "batch", max_len=MAX_BATCH_ID_LENGTH),
         seq=_int(obj, "seq", "batch"),
         sent_at=_int(obj, "sent_at", "batch"),
         readings=tuple(_decode_reading(r, i) for i, r in enumerate(readings)),
@@ -211,10 +214,9 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
     sent_at = obj.get("sent_at")
     if (
         type(device_id) is not str
-        or len(device_id) > _NAME_MAX  # the pattern's $ also matches before a final newline
-        or not _device_id_match(device_id)
+        or not _device_id_match(device_id)  # the pattern bounds the length too
         or type(batch_id) is not str
-        or not 0 < len(batch_id) <= 128
+        or not 0 < len(batch_id) <= MAX_BATCH_ID_LENGTH
         or type(seq) is not int
         or seq < 0
         or type(sent_at) is not int
@@ -231,7 +233,7 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
         if type(values) is not dict or not values:
             return None
         for name, value in values.items():
-            if type(value) not in number or not 0 < len(name) <= _NAME_MAX:
+            if type(value) not in number or not 0 < len(name) <= MAX_NAME_LENGTH:
                 return None
         ts = r.get("ts")
         sensor_type = r.get("sensor_type")
@@ -241,7 +243,7 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
             type(ts) is not int
             or ts < 0
             or type(sensor_type) is not str
-            or not 0 < len(sensor_type) <= _NAME_MAX
+            or not 0 < len(sensor_type) <= MAX_NAME_LENGTH
             or type(quality) not in number
         ):
             return None
@@ -249,7 +251,7 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
             if type(flags) is not list:
                 return None
             for f in flags:
-                if type(f) is not str or len(f) > _NAME_MAX:
+                if type(f) is not str or len(f) > MAX_NAME_LENGTH:
                     return None
             flags = tuple(flags)
         reading = _new(Reading)
