@@ -80,8 +80,17 @@ def call(
     """Send one request and return the decoded JSON body; raise CliError on any failure."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
     guessed = not api and find_platform() is None
+    no_platform = (
+        f"no platform is running with state dir {state_dir()}, and nothing answers at {DEFAULT_API}: start "
+        "'iotctl up' (with the same --state-dir), or pass --api URL"
+    )
+    try:
+        headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    except CliError:
+        if guessed:  # the missing token is the smaller problem
+            raise CliError(no_platform) from None
+        raise
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
@@ -94,10 +103,7 @@ def call(
         raise CliError(f"the API at {api} did not answer within {timeout_s:g}s") from None
     except httpx.HTTPError as exc:
         if guessed:
-            raise CliError(
-                f"no platform is running with state dir {state_dir()}, and nothing answers at {api}: start "
-                "'iotctl up' (with the same --state-dir), or pass --api URL"
-            ) from None
+            raise CliError(no_platform) from None
         raise CliError(f"cannot reach the API at {api} ({exc}): is 'iotctl up' running? Or pass --api URL") from None
     try:
         body = response.json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -207,6 +208,11 @@ def ledger(
     from cloud_core.paths import default_db_url
 
     url = db or default_db_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().exists():
+        raise CliError(
+            f"no metadata database at {url[len('sqlite:///') :]}: start 'iotctl up' first (with the same "
+            "--state-dir) or pass --db URL"
+        )
     try:
         engine = make_engine(url)
     except ValueError as exc:
@@ -274,7 +280,12 @@ def _verdict(books: Any) -> str:
         return "no health message from the device yet: produced is unknown"
     missing = _seq_ranges(books.missing)
     if books.balanced:
-        note = f" (seqs {missing}: still on the device, or rejected whole)" if missing else ""
+        note = (
+            f" (seqs {missing} not stored: on the device at its last report, or rejected whole; the next health "
+            "message shows any that were lost)"
+            if missing
+            else ""
+        )
         return (
             "balanced: every reading produced by the last health message is stored, rejected, still on the device "
             "or dropped by policy" + note
