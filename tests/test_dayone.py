@@ -120,6 +120,16 @@ def test_a_taken_id_is_reused_only_with_take_over(tmp_path: Path) -> None:
     with UpProcess(state, *_up_args("--devices", "0")):
         reg = iotctl("devices", "register", "lab-000", "--state-dir", str(state))
         assert reg.returncode == 0, reg.stderr
+        # device types are free-form labels, but a new one (a typo?) gets a note, and a malformed one an error
+        typo = iotctl("devices", "register", "lab-x", "--type", "enviroment", "--state-dir", str(state))
+        assert typo.returncode == 0 and typo.stderr.strip() == (
+            "note: no other device has type 'enviroment' (types in use: environment); types are free-form "
+            "labels, so check the spelling"
+        )
+        bad = iotctl("devices", "register", "lab-y", "--type", "weather station!", "--state-dir", str(state))
+        assert bad.returncode == 2 and bad.stderr.strip() == (
+            "error: bad --type 'weather station!': use 1-64 of letters, digits, _ . - (e.g. environment)"
+        )
         sd = str(state)
         refused = iotctl("sim", "run", "--devices", "1", "--fleet", "lab", "--duration", "3s", "--state-dir", sd)
         assert refused.returncode == 2 and "lab-000 already registered" in refused.stderr
@@ -152,7 +162,11 @@ def test_one_iotctl_up_per_state_dir_and_clients_do_not_guess(tmp_path: Path) ->
     """A second ``iotctl up`` on the same state dir used to run too (shared databases, and on stop it
     deleted the first one's URL files); then ``sim run`` silently went to some broker on 1883."""
     state = tmp_path / "state"
-    with UpProcess(state, *_up_args("--devices", "1", "--interval", "0.5")) as first:
+    # PATH without this environment's bin: as after ./scripts/up, whose .venv is not on PATH
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != Path(IOTCTL).parent)
+    with UpProcess(state, *_up_args("--devices", "1", "--interval", "0.5"), env={"PATH": path}) as first:
+        # the banner's commands work as printed: iotctl's full path, and this state dir
+        assert f"in another terminal: {IOTCTL} devices list --state-dir {state}  |" in first.stderr
         api_url = (state / "api.url").read_text()
         second = subprocess.run(
             [IOTCTL, "up", "--state-dir", str(state), "--no-view", *_up_args()],
