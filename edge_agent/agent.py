@@ -640,8 +640,8 @@ class Agent:
     def reload_identity(self) -> bool:
         """Take up the identity now in ``identity_dir`` if it is a new one for this device: re-sign the
         unreceipted batches with its key and reconnect with its credentials. Returns True when the
-        directory was dealt with (taken up, or nothing new), False to look again later (unreadable,
-        half-written, or another device's identity)."""
+        directory was dealt with (taken up, nothing new, or another device's identity refused), False
+        to look again later (unreadable or half-written)."""
         from .errors import IdentityError
         from .identity import load_identity
 
@@ -658,7 +658,7 @@ class Agent:
                 old.device_id,
                 extra={"device_id": old.device_id, "new_device_id": new.device_id},
             )
-            return False
+            return True
         same_key = new.key.private_bytes_raw() == old.key.private_bytes_raw()
         if same_key and (new.mqtt_username, new.mqtt_password, new.mqtt_url, new.client_id) == (
             old.mqtt_username,

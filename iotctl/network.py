@@ -29,6 +29,8 @@ __all__ = [
     "PortInUse",
     "PortPlan",
     "advertised_host",
+    "any_free_port",
+    "can_bind",
     "internal_host",
     "is_wildcard",
     "port_free",
@@ -107,6 +109,17 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def can_bind(host: str) -> bool:
+    """Whether ``host`` is an address of this machine (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, 0))
         except OSError:
             return False
     return True

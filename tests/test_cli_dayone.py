@@ -136,3 +136,20 @@ def test_pip_install_shows_no_setuptools_deprecation() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Deprecat" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bind", "everywhere"], "error: --bind 'everywhere': give an IP address of this machine"),
+        (["--bind", "192.0.2.55"], "error: --bind 192.0.2.55: not an address of this machine (try 0.0.0.0"),
+        (["--advertise", "192.0.2.7"], "error: --advertise 192.0.2.7 with --bind 127.0.0.1: the platform listens on"),
+        (["--mqtt-port", "70000"], "Invalid value for '--mqtt-port'"),
+    ],
+)
+def test_up_network_options_are_checked_before_anything_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    out = iotctl("up", "--state-dir", str(tmp_path / "s"), "--no-view", *args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr
+    assert not (tmp_path / "s" / "up.lock").exists()

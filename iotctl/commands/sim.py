@@ -226,7 +226,7 @@ def run(
     if json_out:
         print(json.dumps(summary))
     else:
-        _print_outcome(report, fleet_name, ids)
+        _print_outcome(report, fleet_name, ids, f" --state-dir {state_dir}" if state_dir else "")
     if report.connected_peak == 0:
         raise CliError(f"no device could connect to {settings.mqtt_url}: is the broker running?", exit_code=1)
     if report.not_stored:
@@ -237,7 +237,7 @@ def run(
         )
 
 
-def _print_outcome(report: Any, fleet_name: str, ids: list[str]) -> None:
+def _print_outcome(report: Any, fleet_name: str, ids: list[str], flag: str) -> None:
     """The run's readings by outcome, and how to find them."""
     rej = ", ".join(f"{reason} {n:,}" for reason, n in sorted(report.rejected_batches.items()))
     down = f" ({report.held_by_down_devices:,} on devices down at the end)" if report.held_by_down_devices else ""
@@ -254,7 +254,7 @@ def _print_outcome(report: Any, fleet_name: str, ids: list[str]) -> None:
         print(f"{name:16} {value}")
     start, end = _iso(report.start_ms), _iso(report.end_ms)
     print(f"data             {start} .. {end} (simulated time)")
-    print(f"see it with      iotctl query --device {ids[0]} --start {start} --end {end}")
+    print(f"see it with      iotctl query --device {ids[0]} --start {start} --end {end}{flag}")
 
 
 @app.command("generate")

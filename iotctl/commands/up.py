@@ -128,7 +128,7 @@ def up(
     from cloud_core.core.logging import setup_logging
     from cloud_core.paths import default_state_dir
 
-    from ..network import is_wildcard
+    from ..network import can_bind, is_wildcard
     from ..platform import Platform, PlatformError, PlatformSettings
 
     if broker_kind not in ("auto", "mosquitto", "amqtt"):
@@ -142,9 +142,16 @@ def up(
         if url is not None and not url.startswith(schemes):
             raise CliError(f"{name} {url!r}: expected a URL starting with {' or '.join(schemes)}")
     try:
-        ipaddress.ip_address(bind)
+        bind_ip = ipaddress.ip_address(bind)
     except ValueError:
         raise CliError(f"--bind {bind!r}: give an IP address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    if not is_wildcard(bind) and not can_bind(bind):
+        raise CliError(f"--bind {bind}: not an address of this machine (try 0.0.0.0, every interface)")
+    if advertise and bind_ip.is_loopback and advertise not in ("localhost", "127.0.0.1", "::1"):
+        raise CliError(
+            f"--advertise {advertise} with --bind {bind}: the platform listens on loopback only, so devices could "
+            "not reach it there; add --bind 0.0.0.0"
+        )
     state = (state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     log_path = state / "platform.log"
@@ -180,7 +187,7 @@ def up(
             f"{cli} sim run --devices 20 --speed 60 --duration 10m{flag}",
             file=sys.stderr,
         )
-        if is_wildcard(bind) or not ipaddress.ip_address(bind).is_loopback:
+        if not bind_ip.is_loopback:
             print(
                 f"  listening on {bind} (the network) in plain text: MQTT and HTTP are not encrypted yet, so use "
                 "it on a network you trust (a classroom LAN), not the internet",
