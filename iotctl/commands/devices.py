@@ -46,6 +46,8 @@ def _registration(body: dict[str, Any], what: str, api: str | None) -> None:
 
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Types that need no note: the default and the simulator's physics profiles.
+KNOWN_TYPES = frozenset({"environment", "outdoor", "indoor", "greenhouse"})
 
 
 @app.command()
@@ -84,9 +86,9 @@ def register(
         json={"id": device_id, "device_type": device_type, "location": location},
     )
     _json(body) if as_json else _registration(body, "registered", api)
-    if in_use and device_type not in in_use:
+    if device_type not in in_use | KNOWN_TYPES:
         typer.echo(
-            f"note: no other device has type {device_type!r} (types in use: {', '.join(sorted(in_use))}); "
+            f"note: no other device has type {device_type!r} (types in use: {', '.join(sorted(in_use)) or 'none'}); "
             "types are free-form labels, so check the spelling",
             err=True,
         )
@@ -253,11 +255,14 @@ def ledger(
             }
         )
         return
-    when = books.health_received_at.strftime("%Y-%m-%dT%H:%M:%SZ") if books.health_received_at else "never"
-    typer.echo(
-        f"ledger of {books.device_id} as of its last health message (received {when}; batches up to seq "
-        f"{books.last_seq}, {books.stored_batches} stored)"
-    )
+    if books.health_received_at is None:
+        typer.echo(f"ledger of {books.device_id} (no health message yet; {books.stored_batches} batches stored)")
+    else:
+        when = books.health_received_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        typer.echo(
+            f"ledger of {books.device_id} as of its last health message (received {when}; batches up to seq "
+            f"{books.last_seq}, {books.stored_batches} stored)"
+        )
     typer.echo(f"  produced   {books.produced:>10}  readings (the device's count then)")
     typer.echo(f"= stored     {books.stored:>10}  (in batches up to seq {books.last_seq}, whenever stored)")
     typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings and batches rejected whole, dead-lettered)")
