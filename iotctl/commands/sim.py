@@ -226,7 +226,7 @@ def run(
     if json_out:
         print(json.dumps(summary))
     else:
-        _print_outcome(report, fleet_name, ids, f" --state-dir {state_dir}" if state_dir else "")
+        _print_outcome(report, ids, f" --state-dir {state_dir}" if state_dir else "")
     if report.connected_peak == 0:
         raise CliError(f"no device could connect to {settings.mqtt_url}: is the broker running?", exit_code=1)
     if report.not_stored:
@@ -237,7 +237,7 @@ def run(
         )
 
 
-def _print_outcome(report: Any, fleet_name: str, ids: list[str], flag: str) -> None:
+def _print_outcome(report: Any, ids: list[str], flag: str) -> None:
     """The run's readings by outcome, and how to find them."""
     rej = ", ".join(f"{reason} {n:,}" for reason, n in sorted(report.rejected_batches.items()))
     down = f" ({report.held_by_down_devices:,} on devices down at the end)" if report.held_by_down_devices else ""
