@@ -260,23 +260,35 @@ def missing_ranges(seqs: Iterable[int], *, first: int, last: int) -> list[tuple[
 
 @dataclass(frozen=True, slots=True)
 class DeviceLedger:
-    """A device's books. ``in_flight`` is what the other terms do not explain: sent, not yet stored."""
+    """A device's books as of its last health message, like with like: the device's counts at that
+    moment against the batches it had sealed by then (seqs up to its ``last_seq``), however late they
+    were stored. See :func:`compute_ledger`.
+
+    produced = stored + rejected + buffered + dropped + in_flight holds exactly; no term is negative.
+    """
 
     device_id: str
     produced: int
-    stored: int
-    rejected: int
-    buffered: int
+    stored: int  # readings stored in batches up to last_seq
+    rejected: int  # invalid readings of stored batches, plus readings of batches rejected whole
+    buffered: int  # on the device at the health message and not stored (yet)
     dropped: int
-    in_flight: int
+    in_flight: int  # none of the above: deleted by the device yet not stored (lost unless a resend comes)
     stored_batches: int
     last_seq: int
-    missing: tuple[tuple[int, int], ...]
-    health_at: int | None
+    missing: tuple[tuple[int, int], ...]  # seqs up to last_seq without a stored batch
+    health_at: int | None  # the health message's own time (the device's clock)
+    awaiting_receipt: int = 0  # in the device's buffer at the health message but already stored
+    excess: int = 0  # stored beyond what the device accounts for (another writer under its id?)
+    lost: int = 0  # receipted as stored by the device, absent from the ledger
+    stored_after: int = 0  # batches sealed after the health message and already stored (not counted)
+    health_received_at: datetime | None = None  # when the cloud received that health message
 
     @property
     def balanced(self) -> bool:
-        return self.in_flight == 0 and not self.missing
+        """Nothing unaccounted, lost or in excess. Seqs still on the device, or rejected whole, may be
+        missing from the ledger of a balanced device."""
+        return self.in_flight == 0 and self.excess == 0 and self.lost == 0
 
 
 def current_key_id(device: Device) -> str | None:
@@ -291,10 +303,20 @@ def current_key_id(device: Device) -> str | None:
 
 def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> DeviceLedger:
     """Balance ``device_id``'s books for its current seq epoch from the BatchLedger and its last
-    Health (Device.health).
+    Health (Device.health), comparing like with like.
 
-    produced = stored + rejected + buffered + dropped + in flight, in readings. ``missing`` names the
-    seq ranges up to the device's last sent seq (or the highest stored one) that are not stored.
+    The health message is a snapshot at one moment of the device's clock; the ledger keeps growing.
+    So only batches the device had sealed by then count (seq <= the message's ``last_seq``), however
+    late they were stored, and nothing sealed after it: a healthy device balances at any moment.
+    A batch stored before its receipt reached the device is in both the ledger and the device's
+    buffer; it is counted once, as stored (``awaiting_receipt`` says how many readings).
+
+    produced = stored + rejected + buffered + dropped + in flight, in readings, every term >= 0.
+    ``in_flight`` > 0 means readings the device no longer holds that were never stored;
+    ``lost`` > 0 that the device was told they were stored (its ``extra.stored`` counter) and the ledger
+    lacks them; ``excess`` > 0 more stored than the device accounts for. Any of them: not balanced.
+    ``missing`` names seq ranges up to ``last_seq`` without a stored batch (on the device still, or
+    rejected whole: a rejected batch leaves no ledger row).
 
     The current epoch is the rows signed by the device's registered key, plus rows of earlier keys
     below the first seq stored under it (a device that kept its buffer across a rotation continues its
@@ -309,10 +331,13 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     if device is None:
         raise KeyError(device_id)
     health = device.health or {}
+    extra = health.get("extra") if isinstance(health.get("extra"), dict) else {}
     produced = int(health.get("produced", 0) or 0)
     buffered = int(health.get("buffer_depth", 0) or 0)
     dropped = int(health.get("dropped", 0) or 0)
     health_last = int(health.get("last_seq", 0) or 0)
+    dev_stored = extra.get("stored") if isinstance(extra.get("stored"), int) else None
+    dev_rejected = extra.get("rejected") if isinstance(extra.get("rejected"), int) else None
     rows: list[tuple[int, int, int, str | None]] = [
         (int(seq), int(n), int(rej), kid)
         for seq, n, rej, kid in session.exec(
@@ -326,25 +351,44 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
         mine = [r for r in rows if r[3] == cur]
         floor = min(r[0] for r in mine) if mine else health_last + 1
         rows = mine + [r for r in rows if r[3] != cur and r[0] < floor]
-    stored = sum(r[1] for r in rows)
-    rejected = sum(r[2] for r in rows)
-    seqs = [r[0] for r in rows]
-    last_seq = max([health_last, *seqs])
-    missing = missing_ranges(seqs, first=first_seq, last=last_seq)
-    in_flight = produced - stored - rejected - buffered - dropped
+    if device.health is None:  # nothing to compare with: show everything stored
+        upto, after = rows, []
+        last_seq = max((r[0] for r in rows), default=0)
+    else:
+        upto = [r for r in rows if r[0] <= health_last]
+        after = [r for r in rows if r[0] > health_last]
+        last_seq = health_last
+    kept = [r for r in upto if r[1] > 0]  # batches with stored readings (the receipt said stored)
+    stored = sum(r[1] for r in kept)
+    partly_rejected = sum(r[2] for r in kept)  # invalid readings inside stored batches
+    # Batches whose every reading was invalid were receipted as rejected: the device's own counter
+    # (readings of batches rejected whole) covers them, and batches rejected before any write too.
+    whole = dev_rejected if dev_rejected is not None else sum(r[2] for r in upto if r[1] == 0)
+    rejected = partly_rejected + whole
+    gap = produced - stored - rejected - buffered - dropped
+    in_flight = max(0, gap)
+    awaiting = min(buffered, max(0, -gap))
+    excess = max(0, -gap - buffered)
+    lost = max(0, dev_stored - stored - partly_rejected) if dev_stored is not None else 0
+    missing = missing_ranges([r[0] for r in upto], first=first_seq, last=last_seq)
     at = health.get("at")
     return DeviceLedger(
         device_id=device_id,
         produced=produced,
         stored=stored,
         rejected=rejected,
-        buffered=buffered,
+        buffered=buffered - awaiting,
         dropped=dropped,
         in_flight=in_flight,
-        stored_batches=len(rows),
+        stored_batches=len(kept),
         last_seq=last_seq,
         missing=tuple(missing),
         health_at=int(at) if isinstance(at, int) else None,
+        awaiting_receipt=awaiting,
+        excess=excess,
+        lost=lost,
+        stored_after=len(after),
+        health_received_at=device.last_health_at,
     )
 
 

@@ -51,9 +51,17 @@ class Metrics:
         GCCollector(registry=r)  # python_gc_collections_total and objects collected, per generation
         self.messages_received = Counter("bridge_messages_received", "Telemetry messages received.", registry=r)
         self.readings_received = Counter("bridge_readings_received", "Readings in verified batches.", registry=r)
-        self.messages_stored = Counter("bridge_messages_stored", "Batches durably stored and acknowledged.", registry=r)
+        self.messages_stored = Counter(
+            "bridge_messages_stored", "Batches stored (at least one valid reading) and acknowledged.", registry=r
+        )
         self.readings_stored = Counter("bridge_readings_stored", "Readings durably stored.", registry=r)
         self.rejected = Counter("bridge_rejected", "Rejected messages or readings, by reason.", ["reason"], registry=r)
+        self.batches_rejected = Counter(
+            "bridge_batches_rejected",
+            "Messages refused whole (not a stored batch), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.duplicates = Counter("bridge_duplicates", "Redelivered batches already stored (acked again).", registry=r)
         self.batch_points = Histogram(
             "bridge_write_batch_points",

@@ -439,6 +439,8 @@ class Ingest:
                 if d == "duplicate":
                     self._m.duplicates.inc()
                     continue
+                if not o.points:
+                    self._m.batches_rejected.labels(o.problems[0].reason).inc()
                 for p in o.problems:
                     m_rej.labels(p.reason).inc()
                     self._dead_letter(
@@ -459,9 +461,9 @@ class Ingest:
                         o.key_id,
                     )
                 )
-                stored_msgs += 1
                 stored_readings += len(o.points)
                 if o.points:
+                    stored_msgs += 1
                     accepted.append(o)
             else:
                 assert type(o) is Rejected
@@ -504,6 +506,7 @@ class Ingest:
         self, msg: Inbound, o: Rejected, now: datetime, receipts: dict[str, tuple[list[int], list[Rejection]]]
     ) -> None:
         self._m.rejected.labels(o.reason).inc()
+        self._m.batches_rejected.labels(o.reason).inc()
         limited = o.reason == RATE_LIMITED  # a flood: keep its rows small (hash, no payload), its logs quiet
         self._dead_letter(
             DeadLetter(

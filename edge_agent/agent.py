@@ -3,8 +3,10 @@ config apply, health) and the :class:`Agent` that runs it with threads around pa
 
 Threads: the sampler (reads every sensor each sampling interval, commits to the buffer), the
 publisher (seals and publishes batches, resends unreceipted ones after the receipt timeout,
-heartbeats) and the network thread (connect, paho's loop, reconnect with exponential backoff and
-jitter). The simulator drives many pipelines without any of these threads.
+heartbeats), the network thread (connect, paho's loop, reconnect with exponential backoff and
+jitter) and the identity watcher (a re-enrollment into the identity dir is taken up without a
+restart: unreceipted batches are re-signed with the new key, the client reconnects with the new
+credentials). The simulator drives many pipelines without any of these threads.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -224,6 +227,19 @@ class Pipeline:
                 self._inflight[b.seq] = (b, float("-inf"))
         return due + new
 
+    def rekey(self, key: Ed25519PrivateKey, cloud_public_key: bytes | None = None) -> int:
+        """Adopt a new identity's signing key (rotation or re-enrollment). Every sealed batch still
+        waiting for its receipt is re-signed under it (same seq, batch id and readings: the readings are
+        honest, only the old key is no longer accepted) and goes out again at the next cycle; readings
+        not yet sealed are sealed with the new key. Returns how many batches were re-signed."""
+        with self._lock:
+            n = self.buffer.reseal(key)
+            self.key = key
+            if cloud_public_key is not None:
+                self.cloud_public_key = cloud_public_key
+            self._inflight = {b.seq: (b, float("-inf")) for b in self.buffer.unreceipted()}
+        return n
+
     def mark_sent(self, seq: int, now_mono: float) -> None:
         with self._lock:
             entry = self._inflight.get(seq)
@@ -369,13 +385,25 @@ def wifi_signal_dbm() -> float | None:
         return None
 
 
+def _identity_stamp(directory: Path) -> tuple[int, int, int] | None:
+    """What changes when ``iotctl agent enroll`` writes the identity dir again: its credentials file,
+    replaced (a new inode) after the key and the cloud key."""
+    from .identity import CREDENTIALS_FILE
+
+    try:
+        st = os.stat(Path(directory) / CREDENTIALS_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 # ---------------------------------------------------------------------------------------- logging
 class _JsonFormatter(logging.Formatter):
     _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 3),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -419,10 +447,14 @@ class Agent:
         self._fresh_due = threading.Event()
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and subscribed: receipts cannot be missed
+        self._wake_net = threading.Event()  # cut the reconnect wait short (stop, new identity)
+        self._check_identity = threading.Event()  # SIGHUP: look at the identity dir now
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
+        self._identity_seen = _identity_stamp(settings.identity_dir)
         self._client = self._make_client()
         self.connects = 0
+        self.identity_reloads = 0
 
     # -- MQTT client
     def _make_client(self) -> Any:
@@ -525,11 +557,18 @@ class Agent:
             self._ready.clear()
             if self._stop.is_set():
                 break
+            if self._wake_net.is_set():  # a new identity: connect with it at once
+                self._wake_net.clear()
+                delay = s.backoff_initial_s
+                continue
             if self.connects > connects:
                 delay = s.backoff_initial_s  # we were connected: start the backoff afresh
             wait = delay * (1 - s.backoff_jitter * random.random())
             log.info("reconnecting", extra={"in_s": round(wait, 3)})
-            self._stop.wait(wait)
+            if self._wake_net.wait(wait):
+                self._wake_net.clear()
+                delay = s.backoff_initial_s
+                continue
             delay = min(delay * 2, s.backoff_max_s)
 
     def _sampler_loop(self) -> None:
@@ -582,11 +621,71 @@ class Agent:
             if self._wake_pub.wait(max(0.01, min(waits))):
                 self._wake_pub.clear()
 
+    # -- identity
+    def _identity_loop(self) -> None:
+        poll = self.settings.identity_poll_s
+        while not self._stop.is_set():
+            if self._check_identity.wait(poll if poll > 0 else None):
+                self._check_identity.clear()
+            if self._stop.is_set():
+                break
+            stamp = _identity_stamp(self.settings.identity_dir)
+            if stamp != self._identity_seen:
+                try:
+                    if self.reload_identity():
+                        self._identity_seen = stamp
+                except Exception:  # never let a half-written identity kill the watcher
+                    log.exception("could not take up the new identity")
+
+    def reload_identity(self) -> bool:
+        """Take up the identity now in ``identity_dir`` if it is a new one for this device: re-sign the
+        unreceipted batches with its key and reconnect with its credentials. Returns True when the
+        directory was dealt with (taken up, nothing new, or another device's identity refused), False
+        to look again later (unreadable or half-written)."""
+        from .errors import IdentityError
+        from .identity import load_identity
+
+        try:
+            new = load_identity(self.settings.identity_dir)
+        except IdentityError as exc:
+            log.warning("identity dir changed but is not usable (yet)", extra={"error": str(exc)})
+            return False
+        old = self.identity
+        if new.device_id != old.device_id:
+            log.error(
+                "the identity dir now holds another device; keeping this one (this buffer is %s's): stop the "
+                "agent and give the new device its own buffer_path",
+                old.device_id,
+                extra={"device_id": old.device_id, "new_device_id": new.device_id},
+            )
+            return True
+        same_key = new.key.private_bytes_raw() == old.key.private_bytes_raw()
+        if same_key and (new.mqtt_username, new.mqtt_password, new.mqtt_url, new.client_id) == (
+            old.mqtt_username,
+            old.mqtt_password,
+            old.mqtt_url,
+            old.client_id,
+        ):
+            return True
+        resealed = 0 if same_key else self.pipeline.rekey(new.key, new.cloud_public_key)
+        self.identity = new
+        self.identity_reloads += 1
+        log.info(
+            "new identity taken up",
+            extra={"key_version": new.key_version, "resealed_batches": resealed, "broker": new.mqtt_url},
+        )
+        old_client, self._client = self._client, self._make_client()
+        self._wake_net.set()
+        with contextlib.suppress(Exception):
+            old_client.disconnect()  # loop_forever returns; the network thread connects the new client
+        return True
+
     def start(self) -> None:
         for name, target in (
             ("sampler", self._sampler_loop),
             ("publisher", self._publisher_loop),
             ("network", self._network_loop),
+            ("identity", self._identity_loop),
         ):
             t = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
             t.start()
@@ -598,6 +697,8 @@ class Agent:
         self._stop.set()
         self._wake_pub.set()
         self._wake_sampler.set()
+        self._wake_net.set()
+        self._check_identity.set()
         if self._connected.is_set():
             with contextlib.suppress(Exception):
                 info = self._client.publish(
@@ -615,9 +716,10 @@ class Agent:
         log.info("agent stopped", extra={"device_id": self.device_id})
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop cleanly. SIGHUP: look for a new identity now."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._check_identity.set())
         self.start()
         while not self._stop.wait(3600):
             pass

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from iot_protocol import jws
 from iot_protocol.messages import Batch, Reading
 from iot_protocol.signing import seal_batch
 
@@ -227,6 +228,18 @@ class Buffer:
             self._c["last_seq"] = seq
             self._save_counters("last_seq")
         return PendingBatch(seq, batch.batch_id, token, len(rows))
+
+    def reseal(self, key: Ed25519PrivateKey) -> int:
+        """Sign every sealed, unreceipted batch again with ``key`` (after a rotation or re-enrollment):
+        the same payload bytes (seq, batch id, readings), a new signature, in one transaction.
+        Returns how many batches were re-sealed. Their readings are honest; only the key changed."""
+        with self._lock, self._tx():
+            rows = self._db.execute("SELECT seq, token FROM batches ORDER BY seq").fetchall()
+            for seq, token in rows:
+                old = jws.decode(bytes(token))
+                new = jws.sign(old.payload, key, kid=old.kid, typ=old.typ)
+                self._db.execute("UPDATE batches SET token = ? WHERE seq = ?", (new, seq))
+        return len(rows)
 
     def unreceipted(self) -> list[PendingBatch]:
         """Sealed batches without a receipt, in seq order (to resend after a restart or reconnect)."""

@@ -105,6 +105,13 @@ class AgentSettings:
         None, "Override the broker URL from enrollment (mqtt://host:port or mqtts://host:port)."
     )
     topic_prefix: str | None = setting(None, "Override the topic prefix from enrollment.")
+    identity_poll_s: float = setting(
+        5.0,
+        "Seconds between looks at identity_dir for a new identity (after a rotation and re-enrollment), "
+        "taken up without a restart; SIGHUP looks at once. 0: only on SIGHUP.",
+        ge=0,
+        le=3600,
+    )
     mqtt_keepalive_s: int = setting(30, "MQTT keepalive; the last will fires ~1.5x after.", ge=5, le=3600)
     session_expiry_s: int = setting(
         7 * 86_400, "MQTT 5 session expiry: how long the broker keeps our session while away.", ge=0

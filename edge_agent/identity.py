@@ -67,9 +67,11 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
     creds = {k: info.get(k) for k in _FIELDS}
     creds["client_id"] = creds["client_id"] or creds["device_id"]
     creds["key_version"] = int(creds["key_version"] or 1)
+    # Each file is replaced atomically, the credentials last: a running agent watching the directory
+    # takes up the new identity when the credentials change (edge_agent.agent), by then complete.
     save_private_key(key, d / KEY_FILE)
+    write_private_file(d / CLOUD_KEY_FILE, (str(info["cloud_public_key"]) + "\n").encode())
     write_private_file(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
-    (d / CLOUD_KEY_FILE).write_text(str(info["cloud_public_key"]) + "\n")
     return load_identity(d)
 
 

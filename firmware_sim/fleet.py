@@ -100,6 +100,7 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
     client_id: str | None = None
     cloud_public_key: bytes | None = None
+    mqtt_url: str | None = None  # the broker enrollment named (the platform's advertised URL)
 
 
 @dataclass(slots=True)
@@ -113,6 +114,9 @@ class DeviceStats:
     attack_messages: int = 0
     connects: int = 0
     dropped: int = 0  # readings the buffer's bound dropped (counted, never silent)
+    rejected_batches: dict[str, int] = field(default_factory=dict)  # by the receipt's reason
+    held: int = 0  # readings still in the buffer at the end (unreceipted)
+    down_at_end: bool = False  # rebooting or dead when the run ended: its buffer could not drain
 
 
 @dataclass(slots=True)
@@ -132,7 +136,16 @@ class FleetReport:
     sensor_errors: int = 0
     real_seconds: float = 0.0
     sim_seconds: float = 0.0
+    start_ms: int = 0  # simulated time span of the run
+    end_ms: int = 0
+    rejected_batches: dict[str, int] = field(default_factory=dict)  # batches rejected, by reason
+    held_by_down_devices: int = 0  # part of unreceipted: on devices dead or rebooting at the end
     per_device: dict[str, DeviceStats] = field(default_factory=dict)
+
+    @property
+    def not_stored(self) -> int:
+        """Honest readings that did not reach storage: rejected, unreceipted or dropped by a buffer."""
+        return self.rejected + self.unreceipted + self.dropped
 
     def summary(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__slots__ if k != "per_device"}  # type: ignore[attr-defined]
@@ -307,14 +320,24 @@ class _Device:
         f._connected_changed(+1)
 
     def on_receipt(self, payload: bytes) -> None:
-        if len(self.sent_tokens) < 4 and self.published_tokens:
-            try:
-                for s in decode_receipt(payload).stored:
+        try:
+            receipt = decode_receipt(payload)
+        except ProtocolError:
+            receipt = None  # the pipeline logs and ignores it
+        if receipt is not None:
+            if len(self.sent_tokens) < 4 and self.published_tokens:
+                for s in receipt.stored:
                     token = self.published_tokens.get(s)
                     if token is not None and token not in self.sent_tokens:
                         self.sent_tokens.append(token)
-            except ProtocolError:
-                pass
+            for r in receipt.rejected:
+                seen = self.stats.rejected_batches.get(r.reason, 0)
+                self.stats.rejected_batches[r.reason] = seen + 1
+                if not seen:  # the first per reason and device; the run's summary counts them all
+                    log.warning(
+                        "%s: batch %d rejected by the platform: %s (more for this reason are counted, not logged)",
+                        self.id, r.seq, r.reason, extra={"device_id": self.id, "seq": r.seq, "reason": r.reason},
+                    )  # fmt: skip
         if self.pipeline.on_receipt(payload) and self.buffer.depth:
             self.transmit(self.fleet.clock.now_ms())  # drain a backlog at the pace of receipts
 
@@ -463,6 +486,22 @@ class Fleet:
     @property
     def connected(self) -> int:
         return self._connected
+
+    def progress(self) -> tuple[int, float, float]:
+        """(simulated now in ms, fraction of the run done, real seconds left) for a progress line."""
+        p = self.plan
+        now = min(self.clock.now_ms(), p.end_ms)
+        span = max(1, p.end_ms - p.start_ms)
+        return now, (now - p.start_ms) / span, max(0.0, self.clock.real_delay(p.end_ms))
+
+    def stored_so_far(self) -> tuple[int, int]:
+        """(readings receipted as stored, as rejected) over the fleet, from the buffers' counters."""
+        stored = rejected = 0
+        for dev in self.devices.values():
+            c = dev.buffer.counters
+            stored += c["stored"]
+            rejected += c["rejected"]
+        return stored, rejected
 
     # ------------------------------------------------------------------ timers
     def _at_real(self, when: float, fn: Callable[..., None], *args: Any) -> None:
@@ -671,6 +710,8 @@ class Fleet:
         for dev in self.devices.values():
             c = dev.buffer.counters
             dev.stats.dropped, dev.stats.stored, dev.stats.rejected = c["dropped"], c["stored"], c["rejected"]
+            dev.stats.held = dev.buffer.depth
+            dev.stats.down_at_end = dev.down
             dev.stats.sensor_errors = dev.pipeline.sensor_errors
             dev.pipeline.close()
         self._sel.close()
@@ -687,5 +728,10 @@ class Fleet:
             r.resends += s.resends
             r.sensor_errors += s.sensor_errors
             r.dropped += s.dropped
-        r.unreceipted = r.produced - r.stored - r.rejected
+            for reason, n in s.rejected_batches.items():
+                r.rejected_batches[reason] = r.rejected_batches.get(reason, 0) + n
+            if s.down_at_end:
+                r.held_by_down_devices += s.held
+        r.unreceipted = r.produced - r.stored - r.rejected - r.dropped
+        r.start_ms, r.end_ms = self.plan.start_ms, self.plan.end_ms
         return r

@@ -1,5 +1,10 @@
 """Getting simulated devices known to the cloud: the real enrollment flow through the API, or
-direct rows in the metadata database (embedded or anonymous brokers, tests, benchmarks)."""
+direct rows in the metadata database (embedded or anonymous brokers, tests, benchmarks).
+
+A simulated device never takes over an id that is already registered unless asked to
+(``take_over=True``): the registry may hold another student's fleet, ``iotctl up``'s own devices or a
+real Raspberry Pi under that id, and rotating its key would cut it off. Fleets get their own ids
+instead (``iotctl sim run --fleet``)."""
 
 from __future__ import annotations
 
@@ -10,15 +15,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iot_protocol import public_key_b64, public_key_from_b64
 
-from .errors import FleetError
+from .errors import DeviceIdTaken, FleetError
 from .fleet import Credentials
 from .scenario import DevicePlan
 
 __all__ = ["enroll_via_api", "register_in_db"]
 
 
-def register_in_db(db_url: str, devices: Iterable[DevicePlan], keys: dict[str, Ed25519PrivateKey]) -> int:
-    """Upsert one ``active`` Device row per simulated device with its public key. Returns the count."""
+def taken_message(taken: list[str]) -> str:
+    shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+    return (
+        f"device id{'s' if len(taken) > 1 else ''} {shown} already registered (another fleet or a real device "
+        "uses them): give this fleet other ids with --fleet NAME, or pass --take-over to rotate them and take "
+        "them over (whatever runs as them now is cut off)"
+    )
+
+
+def register_in_db(
+    db_url: str, devices: Iterable[DevicePlan], keys: dict[str, Ed25519PrivateKey], *, take_over: bool = False
+) -> int:
+    """Insert one ``active`` Device row per simulated device with its public key. Returns the count.
+
+    Raises:
+        DeviceIdTaken: an id is registered with another key and ``take_over`` is false (nothing written).
+    """
+    devices = list(devices)
     from cloud_core.core.db import create_all, make_engine, session_scope
     from cloud_core.models import Device
 
@@ -30,6 +51,15 @@ def register_in_db(db_url: str, devices: Iterable[DevicePlan], keys: dict[str, E
         create_all(engine)
         n = 0
         with session_scope(engine) as session:
+            if not take_over:
+                taken = [
+                    d.device_id
+                    for d in devices
+                    if (row := session.get(Device, d.device_id)) is not None
+                    and row.public_key != public_key_b64(keys[d.device_id])
+                ]
+                if taken:
+                    raise DeviceIdTaken(taken_message(taken), device_ids=tuple(taken))
             for d in devices:
                 pk = public_key_b64(keys[d.device_id])
                 row = session.get(Device, d.device_id)
@@ -54,18 +84,38 @@ def enroll_via_api(
     devices: Iterable[DevicePlan],
     keys: dict[str, Ed25519PrivateKey],
     *,
+    take_over: bool = False,
     timeout_s: float = 30.0,
 ) -> dict[str, Credentials]:
     """Register each device (``POST /v1/devices/register``, bearer admin token), then enroll it
     (``POST /v1/enroll`` with the one-time token and the public key), as a real device would.
 
-    Returns the broker credentials per device. Raises FleetError naming the device and the API's answer.
+    With ``take_over``, a device already registered is rotated for a fresh token (its current holder is
+    cut off); without, any such id stops the registration before a device is written.
+
+    Returns the broker credentials per device.
+
+    Raises:
+        DeviceIdTaken: an id is already registered and ``take_over`` is false.
+        FleetError: the API refused or is unreachable (naming the device and the API's answer).
     """
     import httpx
 
     base = api_url.rstrip("/")
+    devices = list(devices)
     out: dict[str, Credentials] = {}
+    auth = {"Authorization": f"Bearer {admin_token}"}
     with httpx.Client(base_url=base, timeout=timeout_s) as http:
+        if not take_over:
+            try:
+                listed = http.get("/v1/devices", headers=auth)
+            except httpx.HTTPError as exc:
+                raise FleetError(f"API {base} unreachable: {exc}") from None
+            _check(listed, "the fleet", "list the registry before registering")
+            known = {str(d.get("id")) for d in listed.json()}
+            taken = [d.device_id for d in devices if d.device_id in known]
+            if taken:
+                raise DeviceIdTaken(taken_message(taken), device_ids=tuple(taken))
         for d in devices:
             body: dict[str, Any] = {
                 "id": d.device_id,
@@ -73,14 +123,11 @@ def enroll_via_api(
                 "location": d.group.location,
             }
             try:
-                r = http.post(
-                    "/v1/devices/register", json=body, headers={"Authorization": f"Bearer {admin_token}"}
-                )
-                if r.status_code == 409:  # already registered: rotate for a fresh token
-                    r = http.post(
-                        f"/v1/devices/{d.device_id}/rotate",
-                        headers={"Authorization": f"Bearer {admin_token}"},
-                    )
+                r = http.post("/v1/devices/register", json=body, headers=auth)
+                if r.status_code == 409:
+                    if not take_over:  # registered meanwhile by someone else
+                        raise DeviceIdTaken(taken_message([d.device_id]), device_ids=(d.device_id,))
+                    r = http.post(f"/v1/devices/{d.device_id}/rotate", headers=auth)
                 _check(r, d.device_id, "register")
                 token = r.json()["enrollment_token"]
                 e = http.post(
@@ -96,6 +143,7 @@ def enroll_via_api(
                 password=info.get("mqtt_password"),
                 client_id=info.get("client_id") or d.device_id,
                 cloud_public_key=public_key_from_b64(cloud_key) if cloud_key else None,
+                mqtt_url=info.get("mqtt_url"),
             )
     return out
 

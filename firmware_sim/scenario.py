@@ -6,7 +6,8 @@ or a number of seconds; times inside the run are offsets from ``simulation.start
     [simulation]
     name = "classroom"              # free text, shown in logs
     seed = 42                       # everything random derives from it: same seed, same run
-    start = "2026-01-05T08:00:00Z"  # simulated start (ISO 8601); omitted = now
+    start = "2026-01-05T08:00:00Z"  # simulated start (ISO 8601); omitted: the run ends when it finishes
+                                    # (now - duration * (1 - 1/speed): history, never the future)
     duration = "6h"                 # simulated time to run
     speed = 60                      # simulated seconds per real second (60: an hour per minute)
     topic_prefix = "edu"            # MQTT topic prefix shared with the bridge
@@ -71,6 +72,8 @@ __all__ = [
     "RandomEvent",
     "Scenario",
     "SimulationSection",
+    "ahead_of_clock_ms",
+    "live_start_ms",
     "load_scenario",
     "parse_duration",
     "parse_scenario",
@@ -272,12 +275,26 @@ def _to_spec(ev: _EventBase, device_id: str, start_ms: int, interval_s: float) -
     return FaultSpec(ev.kind, device_id, start_ms, end_ms, ev.field, ev.magnitude, params)
 
 
+def live_start_ms(duration_s: float, speed: float, now_ms: int) -> int:
+    """Where a live run without a fixed start begins: simulated time faster than real time starts in
+    the past, so that it reaches the wall clock exactly when the run ends and no reading is ever
+    stamped in the future (the bridge refuses those). At speed <= 1 that is now."""
+    return now_ms - int(max(0.0, duration_s * (1.0 - 1.0 / speed)) * 1000)
+
+
+def ahead_of_clock_ms(plan: FleetPlan, now_ms: int) -> int:
+    """How far a live run of ``plan`` started at ``now_ms`` would stamp readings ahead of the wall
+    clock at its worst (its end when faster than real time, its start when slower); <= 0: never."""
+    sim = plan.scenario.simulation
+    real_end_ms = now_ms + int(sim.duration / sim.speed * 1000)
+    return max(plan.start_ms - now_ms, plan.end_ms - real_end_ms)
+
+
 def _plan(sc: Scenario, start_ms: int | None) -> FleetPlan:
     sim = sc.simulation
     if start_ms is None:
-        start_ms = (
-            int(sim.start.timestamp() * 1000) if sim.start else int(datetime.now(UTC).timestamp() * 1000)
-        )
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        start_ms = int(sim.start.timestamp() * 1000) if sim.start else live_start_ms(sim.duration, sim.speed, now_ms)
     end_ms = start_ms + int(sim.duration * 1000)
     devices: list[DevicePlan] = []
     for g in sc.devices:

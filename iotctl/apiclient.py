@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .errors import CliError
+from .statedir import find_platform, state_dir
 
-__all__ = ["DEFAULT_API", "ApiOption", "JsonOption", "TokenOption", "call"]
+__all__ = ["DEFAULT_API", "ApiOption", "JsonOption", "TokenOption", "call", "public_api", "resolve_api"]
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
 ApiOption = Annotated[
-    str, typer.Option("--api", envvar="IOTCTL_API", help="Cloud API base URL.", show_default=True)
+    str | None,
+    typer.Option(
+        "--api",
+        envvar="IOTCTL_API",
+        help=f"Cloud API base URL. Default: the platform 'iotctl up' runs from the state dir, else {DEFAULT_API}.",
+        show_default=False,
+    ),
 ]
 TokenOption = Annotated[
     str | None,
@@ -29,16 +35,10 @@ TokenOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 
 
-def _admin_token_path() -> Path:
-    from cloud_core.paths import default_state_dir
-
-    return default_state_dir() / "admin.token"
-
-
 def resolve_token(token: str | None) -> str:
     if token:
         return token
-    path = _admin_token_path()
+    path = state_dir() / "admin.token"
     try:
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -49,24 +49,29 @@ def resolve_token(token: str | None) -> str:
         raise CliError(f"cannot read the API token {path}: {exc.strerror}") from None
 
 
-def resolve_api(api: str) -> str:
-    """``api`` as given; but the default URL yields to ``<state dir>/api.url``, which ``iotctl up``
-    writes when it had to take another port."""
-    if api != DEFAULT_API:
+def resolve_api(api: str | None) -> str:
+    """``api`` as given (``--api`` or ``IOTCTL_API``); else the platform that ``iotctl up`` runs from the
+    state dir; else the conventional :data:`DEFAULT_API`."""
+    if api:
         return api
-    from cloud_core.paths import default_state_dir
+    found = find_platform()
+    return found.api_url if found is not None else DEFAULT_API
 
-    try:
-        return (default_state_dir() / "api.url").read_text(encoding="utf-8").strip() or api
-    except OSError:
+
+def public_api(api: str | None) -> str:
+    """The API URL a device elsewhere should enroll with (for hints): the given one, or the running
+    platform's advertised one, or a placeholder."""
+    if api:
         return api
+    found = find_platform()
+    return found.public_api_url if found is not None else "<API URL>"
 
 
 def call(
     method: str,
     path: str,
     *,
-    api: str,
+    api: str | None,
     token: str | None,
     json: Any = None,
     auth: bool = True,
@@ -75,7 +80,17 @@ def call(
     """Send one request and return the decoded JSON body; raise CliError on any failure."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    guessed = not api and find_platform() is None
+    no_platform = (
+        f"no platform is running with state dir {state_dir()}, and nothing answers at {DEFAULT_API}: start "
+        "'iotctl up' (with the same --state-dir), or pass --api URL"
+    )
+    try:
+        headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    except CliError:
+        if guessed:  # the missing token is the smaller problem
+            raise CliError(no_platform) from None
+        raise
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
@@ -87,9 +102,9 @@ def call(
     except httpx.TimeoutException:
         raise CliError(f"the API at {api} did not answer within {timeout_s:g}s") from None
     except httpx.HTTPError as exc:
-        raise CliError(
-            f"cannot reach the API at {api} ({exc}): start it with 'iotctl api' or pass --api"
-        ) from None
+        if guessed:
+            raise CliError(no_platform) from None
+        raise CliError(f"cannot reach the API at {api} ({exc}): is 'iotctl up' running? Or pass --api URL") from None
     try:
         body = response.json()
     except ValueError:

@@ -3,6 +3,7 @@ on a Raspberry Pi with only the ``edge`` extra installed."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from typing import Any
@@ -30,16 +31,61 @@ COMMANDS: dict[str, tuple[str, str]] = {
 _OWN_PACKAGES = {"iotctl", "iot_protocol", "edge_agent", "broker_bridge", "cloud_core", "firmware_sim", "iot_testing"}
 
 
+HELP_OPTIONS = ["-h", "--help"]
+
+
+def _tidy(command: Any) -> None:
+    """Help that reads the same everywhere: ``-h`` as well as ``--help``, and no shell-completion
+    options on sub-commands (they are about the shell, not the command)."""
+    command.context_settings = {**(command.context_settings or {}), "help_option_names": HELP_OPTIONS}
+    command.params = [p for p in command.params if p.name not in ("install_completion", "show_completion")]
+    for sub in getattr(command, "commands", {}).values():
+        _tidy(sub)
+
+
+def _quiet_flags() -> None:
+    """Recent typer prints a value type after every option, flags included (``--help <bool>``,
+    ``--json <bool>``); a flag takes no value, so its help shows none."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if option is None or shown is None or getattr(shown, "_iotctl", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._iotctl = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
 class LazyGroup(TyperGroup):
     """A group whose sub-commands are Typer apps imported on first use."""
 
+    _listing = False  # while the root's help is drawn: stand-ins, no imports
+
     def list_commands(self, ctx: Any) -> list[str]:
         return list(COMMANDS)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+            close = difflib.get_close_matches(args[0], list(COMMANDS), n=2)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            ctx.fail(f"No such command {args[0]!r}.{hint} ('iotctl -h' lists them.)")
+        return super().resolve_command(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        LazyGroup._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            LazyGroup._listing = False
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         entry = COMMANDS.get(cmd_name)
         if entry is None:
             return None
+        if LazyGroup._listing:  # the root's help lists one-liners: importing every command is slow
+            return typer.core.TyperCommand(cmd_name, help=entry[1])
         try:
             module = importlib.import_module(f"iotctl.commands.{entry[0]}")
         except ModuleNotFoundError as exc:
@@ -51,6 +97,7 @@ class LazyGroup(TyperGroup):
             ) from None
         command = typer.main.get_command(module.app)
         command.help = command.help or entry[1]
+        _tidy(command)
         return command
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
@@ -59,16 +106,44 @@ class LazyGroup(TyperGroup):
             formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
 
 
-app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app = typer.Typer(
+    cls=LazyGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": HELP_OPTIONS},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("edu-platform")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        from edge_agent import FIRMWARE_VERSION
+        from iot_protocol import VERSION
+
+        typer.echo(f"iotctl (edu-platform) {v}; wire protocol v{VERSION}; agent firmware {FIRMWARE_VERSION}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
-    """Manage and run the edu-platform IoT fleet: devices, config, ingest, simulation, queries."""
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Manage and run the edu-platform IoT fleet: devices, config, ingest, simulation, queries.
+
+    Every command takes -h for its help. Start with 'iotctl up'.
+    """
 
 
 def main() -> None:
     """Console entry point: user errors print one line and exit non-zero; bugs keep their traceback."""
+    _quiet_flags()
     try:
         app(prog_name="iotctl")
     except CliError as exc:

@@ -4,6 +4,10 @@ worker and a simulated fleet, each the real component, composed in dependency or
 Embedded defaults: a ``mosquitto`` child process with dynamic security when the binary is on PATH
 (else the in-process amqtt broker), SQLite for metadata, the embedded SQLite time-series store and an
 in-process cache. Any of them can be replaced by a real server's URL.
+
+While it runs, the platform holds the state directory's lock (:mod:`iotctl.statedir`): a second
+``iotctl up`` on the same directory is refused. It listens on ``bind_host`` (loopback by default), tells
+devices the ``advertised_host``, and keeps its ports across restarts (:mod:`iotctl.network`).
 """
 
 from __future__ import annotations
@@ -11,21 +15,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from cloud_core.paths import default_state_dir
 
+from .network import (
+    Endpoint,
+    PortInUse,
+    PortPlan,
+    advertised_host,
+    any_free_port,
+    internal_host,
+    port_free,
+)
+from .statedir import PlatformLock, StateDirLocked
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Platform", "PlatformError", "PlatformSettings", "PlatformStats"]
+
+# The schemes of what the platform serves. The TLS listeners (deployment work) switch these to
+# mqtts / https for binds beyond loopback; every URL below is built from them.
+MQTT_SCHEME = "mqtt"
+HTTP_SCHEME = "http"
 
 
 class PlatformError(Exception):
@@ -45,46 +66,69 @@ class PlatformSettings:
     db_url: str | None = None
     tsdb_url: str | None = None
     cache_url: str | None = None
-    mqtt_port: int = 1883
-    api_port: int = 8080
-    bridge_metrics_port: int = 9108
+    # Ports: None = the one this state dir used before (first start: the conventional one when it is
+    # free, else any free one); a number = that port, refused naming the holder when taken; 0 = any.
+    mqtt_port: int | None = None
+    api_port: int | None = None
+    bridge_metrics_port: int = 9108  # internal (loopback); any free one when taken
+    bind_host: str = "127.0.0.1"  # where the API and the embedded broker listen; 0.0.0.0 = every interface
+    advertised_host: str | None = None  # the host devices are told at enrollment; None: network.advertised_host
     topic_prefix: str = "edu"
+    fleet_prefix: str = "up"  # ids of the platform's own simulated devices: up-000, up-001, ...
     broker_kind: str = "auto"  # auto | mosquitto | amqtt (embedded broker only)
     drain_timeout_s: float = 5.0  # on stop, how long simulated devices wait for outstanding receipts
 
 
 @dataclass(frozen=True)
 class PlatformStats:
-    """One snapshot for the live view."""
+    """One snapshot for the live view: every device the registry knows, and this run's ingest."""
 
     devices_registered: int
-    devices_connected: int
     devices_online: int
+    devices_stale: int
+    devices_offline: int
+    fleet_size: int  # the platform's own simulated devices
+    fleet_connected: int
     readings_stored: int
     batches_stored: int
-    rejected: dict[str, int]
+    batches_rejected: dict[str, int]  # messages refused whole, by reason
+    rejected: dict[str, int]  # rejections by reason: whole messages, or single readings of a stored batch
     duplicates: int
     backlog: int
     anomalies: int
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The columns of a device row that liveness needs."""
+
+    status: str
+    presence: str | None
+    presence_at: datetime | None
+    last_health_at: datetime | None
+    last_seen: datetime | None
 
 
-def _pick_port(wanted: int) -> int:
-    """``wanted`` when it is free, else any free port (0 asks for any free port)."""
-    if wanted and _port_free(wanted):
+def _internal_port(wanted: int) -> int:
+    """``wanted`` on loopback when it is free, else any free port (0 asks for any)."""
+    if wanted and port_free(wanted):
         return wanted
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return any_free_port()
+
+
+def _with_host(url: str, host: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _counts(counter: Any) -> dict[str, int]:
+    return {
+        sample.labels["reason"]: int(sample.value)
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.value
+    }
 
 
 class Platform:
@@ -96,8 +140,14 @@ class Platform:
         self._stack = contextlib.ExitStack()
         self._stop = threading.Event()
         self.broker_desc = ""
-        self.mqtt_url = ""
-        self.api_url = ""
+        self.mqtt_url = ""  # how the platform's own parts reach the broker
+        self.api_url = ""  # ... and the API (loopback when the bind covers it)
+        self.public_mqtt_url = ""  # what enrollment tells devices
+        self.public_api_url = ""  # what devices and other machines use to reach the API
+        self.advertised = advertised_host(settings.bind_host, settings.advertised_host)
+        self._internal = internal_host(settings.bind_host)
+        self._ports = PortPlan(self.state_dir, settings.bind_host)
+        self._lock = PlatformLock(self.state_dir)
         self.db_url = settings.db_url or f"sqlite:///{self.state_dir / 'meta.db'}"
         self.tsdb_url = settings.tsdb_url or f"sqlite:///{self.state_dir / 'readings.db'}"
         self.cache_url = settings.cache_url or "memory://edu-platform"
@@ -107,6 +157,8 @@ class Platform:
         self._fleet_thread: threading.Thread | None = None
         self.fleet_error: str | None = None
         self.mqtt_protocol = "5"
+        self.mqtt_port = 0
+        self.api_port = 0
 
     # ---- parts, in start order -------------------------------------------------------------------
     def _start_broker(self) -> tuple[str | None, str | None, Any]:
@@ -114,27 +166,33 @@ class Platform:
         s = self.s
         if s.broker_url is not None:
             self.mqtt_url = s.broker_url
+            host = urlsplit(s.broker_url).hostname or ""
+            # A broker on this machine's loopback is reached by devices through the advertised host.
+            loopback = host in ("127.0.0.1", "localhost", "::1")
+            self.public_mqtt_url = _with_host(s.broker_url, self.advertised) if loopback else s.broker_url
             self.broker_desc = f"external {s.broker_url}"
             return s.broker_admin_username, s.broker_admin_password, None
-        port = _pick_port(s.mqtt_port)
+        port = self._ports.choose("mqtt", given=s.mqtt_port, default=1883, option="--mqtt-port")
+        self.mqtt_port = port
+        self.mqtt_url = Endpoint(MQTT_SCHEME, self._internal, port).url
+        self.public_mqtt_url = Endpoint(MQTT_SCHEME, self.advertised, port).url
+        listen = Endpoint(MQTT_SCHEME, s.bind_host, port).url
         kind = s.broker_kind
         if kind == "auto":
             kind = "mosquitto" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "amqtt"
         if kind == "mosquitto":
             from cloud_core.broker.mosquitto_process import MosquittoProcess
 
-            proc = MosquittoProcess(self.state_dir / "mosquitto", port=port, dynsec=True)
+            proc = MosquittoProcess(self.state_dir / "mosquitto", host=s.bind_host, port=port, dynsec=True)
             self._stack.enter_context(proc)
-            self.mqtt_url = proc.url
-            self.broker_desc = f"mosquitto (pid {proc.pid}) {proc.url}"
+            self.broker_desc = f"mosquitto (pid {proc.pid}) listening on {listen}"
             return proc.admin_username, proc.admin_password, None
         from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
 
-        broker = AmqttBroker(self.state_dir / "amqtt", port=port)
+        broker = AmqttBroker(self.state_dir / "amqtt", host=s.bind_host, port=port)
         self._stack.enter_context(broker)
-        self.mqtt_url = broker.url
         self.mqtt_protocol = "3.1.1"
-        self.broker_desc = f"amqtt (in-process, MQTT 3.1.1) {broker.url}"
+        self.broker_desc = f"amqtt (in-process, MQTT 3.1.1) listening on {listen}"
         return None, None, AmqttAdmin(broker)
 
     def _start_api(self, admin_user: str | None, admin_password: str | None, broker_admin: Any) -> None:
@@ -145,27 +203,30 @@ class Platform:
         from cloud_core.api.app import create_app
         from cloud_core.core.config import CloudSettings
 
-        port = _pick_port(self.s.api_port)
+        port = self._ports.choose("api", given=self.s.api_port, default=8080, option="--api-port")
+        self.api_port = port
+        self.api_url = Endpoint(HTTP_SCHEME, self._internal, port).url
+        self.public_api_url = Endpoint(HTTP_SCHEME, self.advertised, port).url
         self.cloud = CloudSettings(
             state_dir=self.state_dir,
             db_url=self.db_url,
             tsdb_url=self.tsdb_url,
             cache_url=self.cache_url,
             mqtt_url=self.mqtt_url,
-            public_mqtt_url=self.mqtt_url,
+            public_mqtt_url=self.public_mqtt_url,
             mqtt_admin_username=admin_user,
             mqtt_admin_password=SecretStr(admin_password) if admin_password else None,
             mqtt_protocol=self.mqtt_protocol,
             topic_prefix=self.s.topic_prefix,
+            api_host=self.s.bind_host,
             api_port=port,
         )
         app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings())
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on")
         )
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()
-        self.api_url = f"http://127.0.0.1:{port}"
 
         def stop_api() -> None:
             server.should_exit = True
@@ -180,11 +241,6 @@ class Platform:
             try:
                 r = httpx.get(f"{self.api_url}/ready", timeout=2)
                 if r.status_code == 200:
-                    # Where the running platform is, for `iotctl devices|config|sim` without flags.
-                    for name, url in (("api.url", self.api_url), ("mqtt.url", self.mqtt_url)):
-                        url_file = self.state_dir / name
-                        url_file.write_text(url + "\n")
-                        self._stack.callback(url_file.unlink, missing_ok=True)
                     return
                 last = r.text
             except httpx.HTTPError as exc:
@@ -206,7 +262,7 @@ class Platform:
             db_url=self.db_url,
             tsdb_url=self.tsdb_url,
             cache_url=self.cache_url,
-            metrics_port=_pick_port(self.s.bridge_metrics_port),
+            metrics_port=_internal_port(self.s.bridge_metrics_port),
             client_id="bridge-up",
         )
         self.bridge = self._stack.enter_context(Bridge(settings))
@@ -226,7 +282,7 @@ class Platform:
                 "devices": [
                     {
                         "count": self.s.devices,
-                        "id_prefix": "sim",
+                        "id_prefix": self.s.fleet_prefix,
                         "sampling_interval": interval,
                         "transmission_interval": interval,
                     }
@@ -237,7 +293,8 @@ class Platform:
         plan = scenario.plan()
         keys = {d.device_id: device_key(scenario.simulation.seed, d.device_id) for d in plan.devices}
         token = self.cloud.admin_token_path.read_text().strip()
-        credentials = enroll_via_api(self.api_url, token, plan.devices, keys)
+        # The fleet's ids are this platform's own: a restart takes its devices over again.
+        credentials = enroll_via_api(self.api_url, token, plan.devices, keys, take_over=True)
         settings = FleetSettings(
             mqtt_url=self.mqtt_url,
             topic_prefix=self.s.topic_prefix,
@@ -266,10 +323,34 @@ class Platform:
         self._stack.callback(stop_fleet)
 
     # ---- lifecycle -------------------------------------------------------------------------------
+    def _announce(self) -> None:
+        """Tell clients where the platform is: the lock's record (the source of truth, dies with the
+        process) and the ``api.url`` / ``mqtt.url`` files of earlier versions."""
+        self._lock.write(
+            api_url=self.api_url,
+            mqtt_url=self.mqtt_url,
+            public_api_url=self.public_api_url,
+            public_mqtt_url=self.public_mqtt_url,
+        )
+        for name, url in (("api.url", self.api_url), ("mqtt.url", self.mqtt_url)):
+            url_file = self.state_dir / name
+            url_file.write_text(url + "\n")
+            self._stack.callback(url_file.unlink, missing_ok=True)
+
     def start(self, *, devices: bool = True) -> Platform:
         """Start every part; with ``devices=False`` the simulated fleet waits for :meth:`start_devices`
-        (tests attach observers to the broker first)."""
+        (tests attach observers to the broker first).
+
+        Raises:
+            PlatformError: the state dir is in use by another ``iotctl up``, a port it must use is
+                taken, or a part did not start.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except StateDirLocked as exc:
+            raise PlatformError(str(exc)) from None
+        self._stack.callback(self._lock.release)
         try:
             admin_user, admin_password, broker_admin = self._start_broker()
             self._start_api(admin_user, admin_password, broker_admin)
@@ -278,8 +359,15 @@ class Platform:
 
             self.engine = make_engine(self.db_url)
             self._stack.callback(self.engine.dispose)
+            self._ports.remember(
+                **({"mqtt": self.mqtt_port} if self.s.broker_url is None else {}), api=self.api_port
+            )
             if devices:
                 self._start_fleet()
+            self._announce()  # only now: a client that finds the platform finds every part running
+        except PortInUse as exc:
+            self._stack.close()
+            raise PlatformError(str(exc)) from None
         except BaseException:
             self._stack.close()
             raise
@@ -314,28 +402,28 @@ class Platform:
         from sqlmodel import Session, select
 
         from cloud_core.analytics.models import Anomaly
+        from cloud_core.liveness import Liveness, liveness
         from cloud_core.models import Device
 
         m = self.bridge.metrics
-        rejected = {
-            sample.labels["reason"]: int(sample.value)
-            for metric in m.rejected.collect()
-            for sample in metric.samples
-            if sample.name.endswith("_total")
-        }
+        now = datetime.now(UTC)
+        states = dict.fromkeys(Liveness, 0)
         with Session(self.engine) as session:
-            registered = session.exec(select(func.count()).select_from(Device)).one()
-            online = session.exec(
-                select(func.count()).select_from(Device).where(Device.presence == "online")
-            ).one()
+            cols = (Device.status, Device.presence, Device.presence_at, Device.last_health_at, Device.last_seen)
+            for row in session.exec(select(*cols)):
+                states[liveness(_Seen(*row), now, self.cloud)[0]] += 1
             anomalies = session.exec(select(func.count()).select_from(Anomaly)).one()
         return PlatformStats(
-            devices_registered=int(registered),
-            devices_connected=self.fleet.connected if self.fleet is not None else 0,
-            devices_online=int(online),
+            devices_registered=sum(states.values()),
+            devices_online=states[Liveness.ONLINE],
+            devices_stale=states[Liveness.STALE],
+            devices_offline=states[Liveness.OFFLINE],
+            fleet_size=len(self.fleet.devices) if self.fleet is not None else 0,
+            fleet_connected=self.fleet.connected if self.fleet is not None else 0,
             readings_stored=int(m.readings_stored._value.get()),
             batches_stored=int(m.messages_stored._value.get()),
-            rejected=rejected,
+            batches_rejected=_counts(m.batches_rejected),
+            rejected=_counts(m.rejected),
             duplicates=int(m.duplicates._value.get()),
             backlog=int(m.backlog._value.get()),
             anomalies=int(anomalies),

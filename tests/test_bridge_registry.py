@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session, delete, select
 
 from broker_bridge import Bridge, BridgeSettings, compute_ledger
 from broker_bridge.ledger import _PG_KNOWN, Ledger, LedgerRow, ensure_ledger_schema
@@ -104,6 +104,42 @@ def test_ledger_balances_and_names_gaps(setup) -> None:
     assert ledger.in_flight == 20
     assert ledger.missing == ((3, 3), (6, 7), (9, 9))
     assert not ledger.balanced
+
+
+def test_ledger_compares_the_health_message_with_the_batches_sealed_by_then(setup) -> None:
+    """A healthy device: its last health message said 12 produced, 3 of them still buffered (seq 4,
+    sent, its receipt not yet back), last seq 4. Since then seq 4 and seq 5 were stored. Compared with
+    everything stored, the books showed "in flight -6", NOT BALANCED; like with like they balance."""
+    broker, engine, keys, settings, topics = setup
+    with Bridge(settings) as bridge:
+        bridge.wait_ready()
+        rc = ReceiptCollector(broker.host, broker.port, topics)
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in (1, 2, 3, 4, 5):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 3), keys["a"]))
+            pub.wait_acked()
+        wait_for(lambda: len(rc.stored()) == 5, 20, what="5 receipts")
+        wait_for(lambda: len(_ledger_keys(engine, "a")) == 5, 10, what="5 ledger rows")
+        rc.close()
+    with Session(engine) as s:
+        a = s.get(Device, "a")
+        a.health = {"produced": 12, "buffer_depth": 3, "dropped": 0, "last_seq": 4, "at": 1,
+                    "extra": {"stored": 9, "rejected": 0}}  # fmt: skip
+        s.add(a)
+        s.commit()
+        ledger = compute_ledger(s, "a")
+        assert (ledger.stored, ledger.buffered, ledger.in_flight, ledger.awaiting_receipt) == (12, 0, 0, 3)
+        assert (ledger.stored_batches, ledger.stored_after, ledger.missing, ledger.lost) == (4, 1, (), 0)
+        assert ledger.balanced
+        # Had seq 2 vanished from the ledger, the next health message (every batch receipted by then)
+        # shows it: receipted as stored, not in the ledger.
+        s.exec(delete(BatchLedger).where(BatchLedger.device_id == "a", BatchLedger.seq == 2))
+        a.health = {"produced": 15, "buffer_depth": 0, "dropped": 0, "last_seq": 5, "at": 2,
+                    "extra": {"stored": 15, "rejected": 0}}  # fmt: skip
+        s.add(a)
+        s.commit()
+        lost = compute_ledger(s, "a")
+        assert (lost.in_flight, lost.lost, lost.missing, lost.balanced) == (3, 3, ((2, 2),), False)
 
 
 def test_a_rotated_device_restarting_its_seqs_is_a_new_epoch_not_a_replay(setup) -> None:
@@ -253,17 +289,13 @@ def test_iotctl_devices_ledger_through_the_cli(setup, tmp_path) -> None:
     out = iotctl("a")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "ledger of a (last seq 5, 3 batches stored)"
-    assert [(ln.split()[-1] if ln.startswith("missing") else ln[:24].split()[-1]) for ln in lines[1:7]] == [
-        "15",
-        "9",
-        "0",
-        "3",
-        "0",
-        "3",
-    ]
+    assert lines[0].startswith("ledger of a as of its last health message (received ")
+    assert lines[0].endswith("; batches up to seq 5, 3 stored)")
+    assert [ln[:24].split()[-1] for ln in lines[1:7]] == ["15", "9", "0", "3", "0", "3"]
     assert "missing seqs: 3, 5" in lines
-    assert lines[-1].startswith("verdict: NOT BALANCED: 3 readings in flight; seqs 3, 5 not stored")
+    assert lines[-1].startswith(
+        "verdict: NOT BALANCED: 3 readings neither stored, rejected, buffered nor dropped; seqs 3, 5 not stored"
+    )
     as_json = orjson.loads(iotctl("a", "--json").stdout)
     assert {k: as_json[k] for k in ("produced", "stored", "buffered", "dropped", "in_flight", "missing")} == {
         "produced": 15,

@@ -133,7 +133,43 @@ def test_auto_resolution_reads_hourly_means_for_long_ranges(tmp_path: Path) -> N
 def test_unknown_device_is_an_error(tsdb_url: str) -> None:
     r = run("query", "--tsdb", tsdb_url, "--device", "ghost", "--start", START, "--end", END)
     assert r.returncode == 1
-    assert r.stderr.strip() == "error: no readings for device ghost in that range"
+    assert r.stderr.strip() == f"error: no readings for device ghost from {START} to {END}"
+
+
+def test_unknown_field_is_an_error_naming_the_fields_there(tsdb_url: str) -> None:
+    """It printed "no readings" and exited 0, as if the range were empty."""
+    r = run("query", "--tsdb", tsdb_url, "--field", "nosuchfield", "--start", START, "--end", END)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.strip() == (
+        "error: no field 'nosuchfield' in the readings of that range; fields there: humidity, quality_score, "
+        "temperature"
+    ) or r.stderr.strip() == (
+        "error: no field 'nosuchfield' in the readings of that range; fields there: humidity, temperature"
+    )
+    ok = run("query", "--tsdb", tsdb_url, "--field", "humidity", "--start", START, "--end", END, "--format", "csv")
+    assert ok.returncode == 0, ok.stderr  # a field some rows lack is fine
+
+
+def test_an_empty_range_says_where_the_readings_are(tsdb_url: str) -> None:
+    """The classroom scenario's data was months old and 'query --since 1d' found nothing, silently."""
+    r = run("query", "--tsdb", tsdb_url, "--since", "1h")
+    assert r.returncode == 0
+    assert f"the store has older readings, from {iso_ms(BASE + 1)} on (try --start {iso_ms(BASE + 1)[:19]}Z)" in (
+        r.stderr
+    )
+
+
+def test_state_dir_option_finds_the_embedded_store(tmp_path: Path) -> None:
+    """'iotctl up' takes --state-dir; 'iotctl query' had none, so it read another (empty) store."""
+    state = tmp_path / "class-state"
+    store = open_tsdb(f"sqlite:///{state / 'readings.db'}")
+    store.init_schema()
+    store.write([Point("dev-9", "bme280", "lab", BASE + 5, {"temperature": 19.0})])
+    store.close()
+    env = {"EDU_STATE_DIR": str(tmp_path / "elsewhere")}
+    r = run("query", "--state-dir", str(state), "--start", START, "--end", END, "--format", "csv", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:] == [f"{iso_ms(BASE + 5)},dev-9,bme280,lab,19.0"]
 
 
 def _free_port() -> int:

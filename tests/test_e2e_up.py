@@ -119,7 +119,7 @@ def test_embedded_defaults_store_exactly_what_was_sent(tmp_path: Path) -> None:
         bridge_metrics_port=0, drain_timeout_s=30,
     )  # fmt: skip
     platform, sent = run_and_compare(settings, seconds=3)
-    assert {d for d, _ in sent} == {"sim-000", "sim-001", "sim-002"}
+    assert {d for d, _ in sent} == {"up-000", "up-001", "up-002"}
     # the data stays on disk after the platform stops
     assert len(query_cli(platform.tsdb_url)) == len(sent)
 

@@ -153,3 +153,11 @@ def test_labels_csv_and_jsonl_round_trip(tmp_path: Path) -> None:
     ]
     assert read_labels(path.with_suffix(".jsonl")) == [a, b]
     assert format_ts(START) == "2026-01-05T08:00:00.000Z"
+
+
+def test_the_cli_knows_every_simulator_device_type() -> None:
+    """``devices register --type`` notes unknown types; the simulator's own profiles are not unknown."""
+    from firmware_sim.physics import PROFILES
+    from iotctl.commands.devices import KNOWN_TYPES
+
+    assert set(PROFILES) | {"environment"} == KNOWN_TYPES

@@ -34,12 +34,13 @@ def enroll(
 
 @app.command()
 def run(
-    config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (see agent.example.toml)."),
+    config: Path = typer.Option(..., "--config", "-c", help="Agent TOML file (docs/agent.md shows one)."),
 ) -> None:
     """Run the agent until SIGTERM/SIGINT (what the systemd unit starts).
 
-    The settings are checked here (errors as one line), then this process execs the lean
-    ``python -m edge_agent.agent``: same pid, no CLI framework in memory.
+    The settings are checked first (errors as one line); then the agent replaces this process (same
+    pid, a small footprint). It picks up a new identity (after 'iotctl agent enroll' into its identity
+    dir) without a restart; SIGHUP makes it look at once.
     """
     from edge_agent.config import load_settings
     from edge_agent.errors import AgentError

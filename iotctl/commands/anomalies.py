@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..errors import CliError
+from ..statedir import StateDirOption
 
 app = typer.Typer(no_args_is_help=True, help="List anomaly alerts; evaluate detectors on labelled data.")
 
@@ -66,7 +67,7 @@ def evaluate(
         None, "--sim-labels", help="firmware_sim ground truth (CSV or JSONL)."
     ),
 ) -> None:
-    """Score detectors with the event-level metric of issue 7 (see docs/anomaly.md)."""
+    """Score detectors with the event-level metric of docs/anomaly.md (precision, recall, F1 per event)."""
     from cloud_core.analytics.errors import AnalyticsError
 
     try:
@@ -151,6 +152,7 @@ def list_(
         None, "--db", envvar="EDU_DB_URL", help="Metadata database URL (default: the state dir's meta.db)."
     ),
     limit: int = typer.Option(50, "--limit"),
+    state_dir: StateDirOption = None,
 ) -> None:
     """Show stored anomaly episodes, newest first."""
     from cloud_core.paths import default_db_url
@@ -269,6 +271,7 @@ def train(
     hours: float = typer.Option(168.0, "--hours", help="Hours of history to train on."),
     max_points: int = typer.Option(200_000, "--max-points", help="At most this many readings read per device."),
     budget_s: float = typer.Option(600.0, "--budget-s", help="Start no new device after this many seconds."),
+    state_dir: StateDirOption = None,
 ) -> None:
     """Train a new IsolationForest version per device and field from stored history (bounded)."""
     from cloud_core.analytics.errors import AnalyticsError

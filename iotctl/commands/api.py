@@ -19,7 +19,7 @@ def api(
         bool, typer.Option("--events/--no-events", help="Also consume device status/health/config reports.")
     ] = True,
 ) -> None:
-    """Serve the REST API until interrupted. Settings come from EDU_* (see cloud_core/core/config.py)."""
+    """Serve the REST API until interrupted. Settings come from EDU_* environment variables (docs/deployment.md)."""
     import uvicorn
     from pydantic import ValidationError
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from iotctl.apiclient import DEFAULT_API, ApiOption, JsonOption, TokenOption, call
+from iotctl.apiclient import ApiOption, JsonOption, TokenOption, call
 from iotctl.errors import CliError
+from iotctl.statedir import StateDirOption
 
 app = typer.Typer(no_args_is_help=True, help="Set and show devices' desired configuration.")
 
@@ -54,9 +55,10 @@ def set_(
     settings: Annotated[
         list[str], typer.Argument(help="key=value ... (key=null removes a key).", show_default=False)
     ],
-    api: ApiOption = DEFAULT_API,
+    api: ApiOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Change settings; the cloud signs the new version and publishes it (retained) to the device."""
     changes = parse_assignments(settings)
@@ -70,9 +72,10 @@ def set_(
 @app.command()
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id.", show_default=False)],
-    api: ApiOption = DEFAULT_API,
+    api: ApiOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Desired config (version and settings) against what the device reported applying."""
     view = call("GET", f"/v1/devices/{device_id}/config", api=api, token=token)

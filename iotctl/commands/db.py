@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import CliError
+from ..statedir import StateDirOption
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -40,6 +41,7 @@ def init(
         envvar="IOTCTL_TSDB",
         help="Time-series store: sqlite:///PATH or influxdb://HOST:PORT/DB (default: the embedded one).",
     ),
+    state_dir: StateDirOption = None,
 ) -> None:
     """Create the metadata tables and the time-series schema (retention policies, continuous queries)."""
     from sqlalchemy.exc import SQLAlchemyError

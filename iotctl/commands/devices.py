@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
-from iotctl.apiclient import DEFAULT_API, ApiOption, JsonOption, TokenOption, call
+from iotctl.apiclient import ApiOption, JsonOption, TokenOption, call, public_api
 from iotctl.errors import CliError
+from iotctl.statedir import StateDirOption
 
 app = typer.Typer(no_args_is_help=True, help="Register, list, deactivate and rotate devices.")
 
-DeviceArg = Annotated[str, typer.Argument(help="Device id.", show_default=False)]
+DeviceArg = Annotated[str, typer.Argument(help="Device id.", show_default=False, metavar="DEVICE_ID")]
 
 
 def _json(body: Any) -> None:
@@ -31,26 +34,50 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 86400:.0f}d ago"
 
 
-def _registration(body: dict[str, Any], what: str) -> None:
+def _registration(body: dict[str, Any], what: str, api: str | None) -> None:
     device = body["device"]
     typer.echo(f"{what} {device['id']} ({device['device_type']}, {device['location']})")
     typer.echo(f"enrollment token (one use, expires {body['expires_at']}):")
     typer.echo(body["enrollment_token"])
-    typer.echo(f"on the device: iotctl agent enroll --api <API URL> --token {body['enrollment_token']}")
+    typer.echo(
+        f"on the device: iotctl agent enroll --api {public_api(api)} --token {body['enrollment_token']} "
+        "--dir /var/lib/edu-agent/identity"
+    )
+
+
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Types that need no note: the default and the simulator's physics profiles.
+KNOWN_TYPES = frozenset({"environment", "outdoor", "indoor", "greenhouse"})
 
 
 @app.command()
 def register(
     device_id: DeviceArg,
-    device_type: Annotated[str, typer.Option("--type", help="Kind of device.")] = "environment",
+    device_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="Kind of device: a free-form label (letters, digits, _ . -), e.g. environment, greenhouse, "
+            "weather-station. A type no other device has is accepted with a note, in case it is a typo.",
+        ),
+    ] = "environment",
     location: Annotated[
         str, typer.Option("--location", help="Where it is (the 'location' tag).")
     ] = "unknown",
-    api: ApiOption = DEFAULT_API,
+    api: ApiOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Create a device and print its one-time enrollment token."""
+    if not _TYPE_RE.match(device_type):
+        raise CliError(f"bad --type {device_type!r}: use 1-64 of letters, digits, _ . - (e.g. environment)")
+    try:
+        in_use = {d["device_type"] for d in call("GET", "/v1/devices", api=api, token=token)}
+    except CliError as exc:
+        if exc.exit_code != 1:  # unreachable, no token: the registration would fail the same way
+            raise
+        in_use = set()  # not allowed to list: register without the note
     body = call(
         "POST",
         "/v1/devices/register",
@@ -58,15 +85,22 @@ def register(
         token=token,
         json={"id": device_id, "device_type": device_type, "location": location},
     )
-    _json(body) if as_json else _registration(body, "registered")
+    _json(body) if as_json else _registration(body, "registered", api)
+    if device_type not in in_use | KNOWN_TYPES:
+        typer.echo(
+            f"note: no other device has type {device_type!r} (types in use: {', '.join(sorted(in_use)) or 'none'}); "
+            "types are free-form labels, so check the spelling",
+            err=True,
+        )
 
 
 @app.command("list")
 def list_(
     status: Annotated[str | None, typer.Option("--status", help="Only pending, active or inactive.")] = None,
-    api: ApiOption = DEFAULT_API,
+    api: ApiOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Every device with its state (online / stale / offline) and last-seen age."""
     path = "/v1/devices" + (f"?status={status}" if status else "")
@@ -90,7 +124,11 @@ def list_(
 
 @app.command()
 def show(
-    device_id: DeviceArg, api: ApiOption = DEFAULT_API, token: TokenOption = None, as_json: JsonOption = False
+    device_id: DeviceArg,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """One device in detail."""
     d = call("GET", f"/v1/devices/{device_id}", api=api, token=token)
@@ -121,7 +159,11 @@ def show(
 
 @app.command()
 def deactivate(
-    device_id: DeviceArg, api: ApiOption = DEFAULT_API, token: TokenOption = None, as_json: JsonOption = False
+    device_id: DeviceArg,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Cut the device off now: the broker drops its connection and refuses it; the bridge refuses its data."""
     d = call("POST", f"/v1/devices/{device_id}/deactivate", api=api, token=token)
@@ -130,11 +172,15 @@ def deactivate(
 
 @app.command()
 def rotate(
-    device_id: DeviceArg, api: ApiOption = DEFAULT_API, token: TokenOption = None, as_json: JsonOption = False
+    device_id: DeviceArg,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Revoke the device's broker credentials now and print a new enrollment token to re-enroll with."""
     body = call("POST", f"/v1/devices/{device_id}/rotate", api=api, token=token)
-    _json(body) if as_json else _registration(body, "rotated")
+    _json(body) if as_json else _registration(body, "rotated", api)
 
 
 def _seq_ranges(missing: list[list[int]] | tuple[tuple[int, int], ...]) -> str:
@@ -149,11 +195,13 @@ def ledger(
         typer.Option("--db", envvar="IOTCTL_DB", help="Metadata database URL (default: the state dir's meta.db)."),
     ] = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """A device's books: produced = stored + rejected + buffered + dropped + in flight, and any seq gap.
 
     Reads the metadata database directly (the bridge's batch ledger and the device's last health
-    message); counts the device's current key epoch."""
+    message), as of that health message: the batches the device had sealed by then, against its counts
+    then. Counts the device's current key epoch."""
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
@@ -162,6 +210,11 @@ def ledger(
     from cloud_core.paths import default_db_url
 
     url = db or default_db_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().exists():
+        raise CliError(
+            f"no metadata database at {url[len('sqlite:///') :]}: start 'iotctl up' first (with the same "
+            "--state-dir) or pass --db URL"
+        )
     try:
         engine = make_engine(url)
     except ValueError as exc:
@@ -188,36 +241,71 @@ def ledger(
                 "buffered": books.buffered,
                 "dropped": books.dropped,
                 "in_flight": books.in_flight,
+                "awaiting_receipt": books.awaiting_receipt,
+                "lost": books.lost,
+                "excess": books.excess,
                 "stored_batches": books.stored_batches,
+                "stored_after": books.stored_after,
                 "last_seq": books.last_seq,
                 "missing": [list(r) for r in books.missing],
                 "health_at": books.health_at,
+                "health_received_at": books.health_received_at.isoformat() if books.health_received_at else None,
                 "balanced": books.balanced,
                 "verdict": verdict,
             }
         )
         return
-    typer.echo(f"ledger of {books.device_id} (last seq {books.last_seq}, {books.stored_batches} batches stored)")
-    typer.echo(f"  produced   {books.produced:>10}  readings (the device's last health message)")
-    typer.echo(f"= stored     {books.stored:>10}")
-    typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings, dead-lettered)")
-    typer.echo(f"+ buffered   {books.buffered:>10}  (on the device, not yet receipted)")
+    if books.health_received_at is None:
+        typer.echo(f"ledger of {books.device_id} (no health message yet; {books.stored_batches} batches stored)")
+    else:
+        when = books.health_received_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        typer.echo(
+            f"ledger of {books.device_id} as of its last health message (received {when}; batches up to seq "
+            f"{books.last_seq}, {books.stored_batches} stored)"
+        )
+    typer.echo(f"  produced   {books.produced:>10}  readings (the device's count then)")
+    typer.echo(f"= stored     {books.stored:>10}  (in batches up to seq {books.last_seq}, whenever stored)")
+    typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings and batches rejected whole, dead-lettered)")
+    typer.echo(f"+ buffered   {books.buffered:>10}  (on the device then, not stored yet)")
     typer.echo(f"+ dropped    {books.dropped:>10}  (by the device's buffer policy)")
-    typer.echo(f"+ in flight  {books.in_flight:>10}  (sent, not yet stored)")
+    typer.echo(f"+ in flight  {books.in_flight:>10}  (none of the above: lost unless the device resends them)")
+    if books.awaiting_receipt:
+        typer.echo(
+            f"  ({books.awaiting_receipt} readings in the device's buffer then were already stored, "
+            "their receipt on the way)"
+        )
+    if books.stored_after:
+        typer.echo(f"  ({books.stored_after} batches sealed after that health message are stored too, not counted)")
     typer.echo(f"missing seqs: {_seq_ranges(books.missing) or 'none'}")
     typer.echo(f"verdict: {verdict}")
 
 
 def _verdict(books: Any) -> str:
-    if books.health_at is None and books.produced == 0:
+    if books.health_received_at is None and books.produced == 0:
         return "no health message from the device yet: produced is unknown"
+    missing = _seq_ranges(books.missing)
     if books.balanced:
-        return "balanced: every reading produced is stored, rejected, buffered or dropped by policy"
+        note = (
+            f" (seqs {missing} not stored: on the device at its last report, or rejected whole; the next health "
+            "message shows any that were lost)"
+            if missing
+            else ""
+        )
+        return (
+            "balanced: every reading produced by the last health message is stored, rejected, still on the device "
+            "or dropped by policy" + note
+        )
     parts = []
-    if books.in_flight > 0:
-        parts.append(f"{books.in_flight} readings in flight")
-    elif books.in_flight < 0:
-        parts.append(f"{-books.in_flight} readings more stored than the health message accounts for (it is older)")
-    if books.missing:
-        parts.append(f"seqs {_seq_ranges(books.missing)} not stored")
-    return "NOT BALANCED: " + "; ".join(parts) + " (a gap fills when the device resends; one that stays is lost data)"
+    if books.in_flight:
+        parts.append(f"{books.in_flight} readings neither stored, rejected, buffered nor dropped")
+    if books.lost:
+        parts.append(f"{books.lost} readings receipted as stored are not in the ledger")
+    if books.excess:
+        parts.append(
+            f"{books.excess} readings more stored than the device accounts for (another writer, or reset counters?)"
+        )
+    if missing:
+        parts.append(f"seqs {missing} not stored")
+    return (
+        "NOT BALANCED: " + "; ".join(parts) + " (a gap fills if the device still resends it; one that stays is lost)"
+    )

@@ -14,6 +14,7 @@ import orjson
 import typer
 
 from ..errors import CliError
+from ..statedir import StateDirOption
 
 app = typer.Typer()
 
@@ -105,6 +106,7 @@ def query(
         envvar="IOTCTL_TSDB",
         help="Store URL: sqlite:///PATH or influxdb://HOST:PORT/DB (default: embedded, in the state dir).",
     ),
+    state_dir: StateDirOption = None,
 ) -> None:
     """Read stored readings back as a table, CSV or JSON; times are ISO 8601 UTC."""
     from cloud_core.paths import default_tsdb_url
@@ -143,6 +145,7 @@ def query(
         store = open_tsdb(url)
     except ValueError as exc:
         raise CliError(_one_line(exc)) from None
+    unknown = hint = ""
     try:
         rows = store.query(
             device_id=device,
@@ -154,14 +157,22 @@ def query(
             limit=limit,
             resolution=resolution,
         )
+        if fields:
+            unknown = _unknown_fields(store, rows, fields, device=device, start_ms=start_ms, end_ms=end_ms)
+        if not rows:
+            hint = _range_hint(store, device=device, start_ms=start_ms)
     except ValueError as exc:
         raise CliError(_one_line(exc)) from None
     except StoreError as exc:
         raise CliError(f"cannot read from {store.url}: {_one_line(exc)}", exit_code=1) from None
     finally:
         store.close()
+    if fields and unknown:
+        raise CliError(unknown, exit_code=1)
     if not rows and device is not None:
-        raise CliError(f"no readings for device {device} in that range", exit_code=1)
+        raise CliError(
+            f"no readings for device {device} from {iso_ms(start_ms)} to {iso_ms(end_ms)}{hint}", exit_code=1
+        )
 
     # ---- output --------------------------------------------------------------------------------
     names = fields or sorted({k for r in rows for k in r.values})
@@ -190,7 +201,32 @@ def query(
     else:
         _print_table(header, table, len(names))
         if not rows:
-            print("no readings in that range", file=sys.stderr)
+            print(f"no readings from {iso_ms(start_ms)} to {iso_ms(end_ms)}{hint}", file=sys.stderr)
+
+
+def _unknown_fields(
+    store: object, rows: Sequence[object], fields: Sequence[str], *, device: str | None, start_ms: int, end_ms: int
+) -> str:
+    """A one-line error when a requested field is in none of the readings of the range, naming the
+    fields that are; "" when every requested field has values."""
+    have = {k for r in rows for k, v in r.values.items() if v is not None}  # type: ignore[attr-defined]
+    if all(f in have for f in fields):
+        return ""
+    sample = store.query(device_id=device, fields=None, start_ms=start_ms, end_ms=end_ms, limit=5000)  # type: ignore[attr-defined]
+    present = sorted({k for r in sample for k in r.values})
+    absent = [f for f in fields if f not in present]
+    if not absent or not present:  # the field exists, just not in these rows; or there is nothing at all
+        return ""
+    return f"no field {', '.join(map(repr, absent))} in the readings of that range; fields there: {', '.join(present)}"
+
+
+def _range_hint(store: object, *, device: str | None, start_ms: int) -> str:
+    """Where the store's readings are when a range found none: "; the last reading is ... (try ...)"."""
+    before = store.query(device_id=device, fields=None, start_ms=0, end_ms=start_ms, limit=1)  # type: ignore[attr-defined]
+    if not before:
+        return ""
+    first = before[0].ts_ms
+    return f"; the store has older readings, from {iso_ms(first)} on (try --start {iso_ms(first)[:19]}Z)"
 
 
 def _print_table(header: Sequence[str], table: Sequence[Sequence[object]], n_values: int) -> None:

@@ -7,6 +7,7 @@ URLs to run against real servers instead.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sys
@@ -22,6 +23,21 @@ from ..errors import CliError
 app = typer.Typer(add_completion=False)
 
 
+def _cli() -> str:
+    """How to run this very iotctl from another terminal: plain ``iotctl`` when that is what PATH finds,
+    else its full path (``./scripts/up`` installs into .venv, which is not on PATH)."""
+    import shutil
+
+    mine = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("iotctl")
+    if mine is not None and mine.name == "iotctl" and (found is None or Path(found).resolve() != mine):
+        return str(mine)
+    if found is None:
+        venv = Path(sys.executable).parent / "iotctl"
+        return str(venv) if venv.exists() else f"{sys.executable} -m iotctl"
+    return "iotctl"
+
+
 def _view(platform, started: float, rate: float):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
@@ -30,15 +46,25 @@ def _view(platform, started: float, rate: float):  # type: ignore[no-untyped-def
     table.add_column(style="bold cyan")
     table.add_column()
     table.add_row("broker", platform.broker_desc)
-    table.add_row("API", platform.api_url)
+    table.add_row("devices connect to", f"{platform.public_mqtt_url}   (enroll with --api {platform.public_api_url})")
+    table.add_row("API", platform.api_url if platform.api_url == platform.public_api_url
+                  else f"{platform.api_url}  (network: {platform.public_api_url})")  # fmt: skip
     table.add_row("state dir", str(platform.state_dir))
-    table.add_row("devices", f"{st.devices_registered} registered, {st.devices_connected} connected, "
-                  f"{st.devices_online} online")  # fmt: skip
+    table.add_row("devices", f"{st.devices_registered} registered: {st.devices_online} online, "
+                  f"{st.devices_stale} stale, {st.devices_offline} offline")  # fmt: skip
+    if st.fleet_size:
+        table.add_row("simulated here", f"{st.fleet_connected}/{st.fleet_size} connected ({platform.s.fleet_prefix}-*)")
     table.add_row("readings/s", f"{rate:,.1f} (last 10 s)")
-    table.add_row("readings stored", f"{st.readings_stored:,} in {st.batches_stored:,} batches")
-    rejected = ", ".join(f"{k} {v}" for k, v in sorted(st.rejected.items())) or "none"
-    table.add_row("rejections", f"{sum(st.rejected.values()):,} ({rejected})")
-    table.add_row("duplicates", f"{st.duplicates:,} (resends stored once)")
+    table.add_row("readings stored", f"{st.readings_stored:,} this run")
+    rejected_b = sum(st.batches_rejected.values())
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(st.batches_rejected.items()))
+    table.add_row("batches", f"{st.batches_stored:,} stored, {st.duplicates:,} duplicates (resends stored once), "
+                  f"{rejected_b:,} rejected" + (f" ({reasons})" if reasons else ""))  # fmt: skip
+    readings_rej = {k: v - st.batches_rejected.get(k, 0) for k, v in st.rejected.items()}
+    readings_rej = {k: v for k, v in readings_rej.items() if v > 0}
+    if readings_rej:
+        table.add_row("readings rejected", ", ".join(f"{k} {v:,}" for k, v in sorted(readings_rej.items()))
+                      + " (in stored batches)")  # fmt: skip
     table.add_row("backlog", f"{st.backlog:,} messages awaiting their write")
     table.add_row("anomaly episodes", f"{st.anomalies:,}")
     if platform.fleet_error:
@@ -52,7 +78,21 @@ def up(
     devices: int = typer.Option(5, "--devices", min=0, help="Simulated devices to run (0: none)."),
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between a device's readings."),
     state_dir: Path | None = typer.Option(
-        None, "--state-dir", help="Where data lives (default: the user's data dir, or $EDU_STATE_DIR)."
+        None,
+        "--state-dir",
+        envvar="EDU_STATE_DIR",
+        help="Where data lives (default: $EDU_STATE_DIR, else the user's data dir). One 'iotctl up' per state dir.",
+    ),
+    bind: str = typer.Option(
+        "127.0.0.1",
+        "--bind",
+        help="Address the API and the broker listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (the network).",
+    ),
+    advertise: str | None = typer.Option(
+        None,
+        "--advertise",
+        help="Host name or address devices are told to connect to (default: the --bind address, or this "
+        "machine's LAN address with --bind 0.0.0.0).",
     ),
     broker: str | None = typer.Option(None, "--broker", help="Use this broker (mqtt://host:port) instead."),
     broker_admin_user: str | None = typer.Option(
@@ -64,8 +104,22 @@ def up(
     db: str | None = typer.Option(None, "--db", help="Metadata DB URL (postgresql://...) instead of SQLite."),
     tsdb: str | None = typer.Option(None, "--tsdb", help="Readings store URL (influxdb://host:port/db)."),
     cache: str | None = typer.Option(None, "--cache", help="Cache URL (redis://host:port/0)."),
-    mqtt_port: int = typer.Option(1883, "--mqtt-port", help="Embedded broker port (a free one if taken)."),
-    api_port: int = typer.Option(8080, "--api-port", help="API port (a free one if taken)."),
+    mqtt_port: int | None = typer.Option(
+        None,
+        "--mqtt-port",
+        min=0,
+        max=65535,
+        help="Embedded broker port (0: any free one). Default: the one this state dir used before; "
+        "first start: 1883, or a free one if taken.",
+    ),
+    api_port: int | None = typer.Option(
+        None,
+        "--api-port",
+        min=0,
+        max=65535,
+        help="API port (0: any free one). Default: the one this state dir used before; first start: 8080, or a "
+        "free one if taken.",
+    ),
     broker_kind: str = typer.Option("auto", "--embedded-broker", help="auto | mosquitto | amqtt"),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds."),
     no_view: bool = typer.Option(False, "--no-view", help="Print one status line every few seconds instead."),
@@ -74,6 +128,7 @@ def up(
     from cloud_core.core.logging import setup_logging
     from cloud_core.paths import default_state_dir
 
+    from ..network import can_bind, is_wildcard
     from ..platform import Platform, PlatformError, PlatformSettings
 
     if broker_kind not in ("auto", "mosquitto", "amqtt"):
@@ -86,6 +141,17 @@ def up(
     ):
         if url is not None and not url.startswith(schemes):
             raise CliError(f"{name} {url!r}: expected a URL starting with {' or '.join(schemes)}")
+    try:
+        bind_ip = ipaddress.ip_address(bind)
+    except ValueError:
+        raise CliError(f"--bind {bind!r}: give an IP address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    if not is_wildcard(bind) and not can_bind(bind):
+        raise CliError(f"--bind {bind}: not an address of this machine (try 0.0.0.0, every interface)")
+    if advertise and bind_ip.is_loopback and advertise not in ("localhost", "127.0.0.1", "::1"):
+        raise CliError(
+            f"--advertise {advertise} with --bind {bind}: the platform listens on loopback only, so devices could "
+            "not reach it there; add --bind 0.0.0.0"
+        )
     state = (state_dir or default_state_dir()).expanduser()
     state.mkdir(parents=True, exist_ok=True)
     log_path = state / "platform.log"
@@ -96,7 +162,7 @@ def up(
         state_dir=state, devices=devices, sampling_interval_s=interval, broker_url=broker,
         broker_admin_username=broker_admin_user, broker_admin_password=broker_admin_password,
         db_url=db, tsdb_url=tsdb, cache_url=cache, mqtt_port=mqtt_port, api_port=api_port,
-        broker_kind=broker_kind,
+        broker_kind=broker_kind, bind_host=bind, advertised_host=advertise,
     )  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -112,13 +178,21 @@ def up(
         ) from None
     started = time.monotonic()
     try:
-        env = "" if state == default_state_dir() else f"EDU_STATE_DIR={state} "
+        cli = _cli()
+        flag = "" if state == default_state_dir() else f" --state-dir {state}"
         print(
-            f"API {platform.api_url}  broker {platform.mqtt_url}\n"
-            f"  in another terminal: {env}iotctl devices list  |  {env}iotctl query --since 5m  |  "
-            f"{env}iotctl sim run --scenario firmware_sim/scenarios/classroom.toml",
+            f"API {platform.public_api_url}  broker {platform.public_mqtt_url}  (devices enroll with "
+            f"--api {platform.public_api_url})\n"
+            f"  in another terminal: {cli} devices list{flag}  |  {cli} query --since 5m{flag}  |  "
+            f"{cli} sim run --devices 20 --speed 60 --duration 10m{flag}",
             file=sys.stderr,
         )
+        if not bind_ip.is_loopback:
+            print(
+                f"  listening on {bind} (the network) in plain text: MQTT and HTTP are not encrypted yet, so use "
+                "it on a network you trust (a classroom LAN), not the internet",
+                file=sys.stderr,
+            )
         deadline = started + duration if duration is not None else None
         history: deque[tuple[float, int]] = deque()  # (time, readings stored) over the last 10 s
 
@@ -136,8 +210,9 @@ def up(
             while not stop.wait(5.0) and (deadline is None or time.monotonic() < deadline):
                 st = platform.stats()
                 print(
-                    f"devices connected {st.devices_connected}/{st.devices_registered}  "
-                    f"stored {st.readings_stored}  rejected {sum(st.rejected.values())}  backlog {st.backlog}",
+                    f"devices {st.devices_registered} registered, {st.devices_online} online  "
+                    f"stored {st.readings_stored} readings in {st.batches_stored} batches  "
+                    f"rejected {sum(st.batches_rejected.values())} batches  backlog {st.backlog}",
                     file=sys.stderr,
                     flush=True,
                 )
