@@ -10,7 +10,11 @@ Seq epochs: each row records the id of the key that signed the batch (``key_id``
 :func:`pipeline.key_id_of`). A device that re-enrolls or is rotated signs with a new key and may
 restart its seqs; a seq stored under another key is a new batch, not a replay, and its row is
 overwritten. Rows from before this column (``key_id`` NULL) count as an older epoch.
-:func:`ensure_ledger_schema` adds the column to an existing table (``create_all`` does not).
+
+Each row also keeps what the device was told (``reason`` for a batch finally rejected, NULL when
+stored; ``rejections``: its rejected readings as JSON ``[[index, reason], ...]``), so a resend of the
+same bytes is receipted exactly as the first time. :func:`ensure_ledger_schema` adds the columns to
+an existing table (``create_all`` does not).
 """
 
 from __future__ import annotations
@@ -55,42 +59,52 @@ _CHUNK = 500
 # per-element array dumping cost ~2.5 us of bridge CPU per value (measured: a ledger row of 8 values
 # 20 us as arrays, under 4 us as JSON; the server's share 10 -> 12 us).
 _PG_KNOWN = text(
-    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id "
+    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id, l.reason, l.rejections "
     "FROM json_to_recordset(CAST(:pairs AS json)) AS q(d text, s bigint) "
-    "CROSS JOIN LATERAL (SELECT b.device_id, b.seq, b.payload_sha256, b.key_id FROM batch_ledger b "
-    "WHERE b.device_id = q.d AND b.seq = q.s LIMIT 1) AS l"
+    "CROSS JOIN LATERAL (SELECT b.device_id, b.seq, b.payload_sha256, b.key_id, b.reason, b.rejections "
+    "FROM batch_ledger b WHERE b.device_id = q.d AND b.seq = q.s LIMIT 1) AS l"
 )
 # A row of another key epoch (or of none recorded) is overwritten; one of the same key is kept (a
 # replica racing on a redelivered batch writes the same row). :rows is the JSON of LedgerRow objects.
 _PG_RECORD = text(
     "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, rejected_readings, stored_at, "
-    "key_id) "
-    "SELECT device_id, seq, batch_id, sha256, readings, rejected_readings, stored_at, key_id "
+    "key_id, reason, rejections) "
+    "SELECT device_id, seq, batch_id, sha256, readings, rejected_readings, stored_at, key_id, reason, rejections "
     "FROM json_to_recordset(CAST(:rows AS json)) AS r(device_id text, seq bigint, batch_id text, sha256 text, "
-    "readings integer, rejected_readings integer, stored_at timestamptz, key_id text) "
+    "readings integer, rejected_readings integer, stored_at timestamptz, key_id text, reason text, "
+    "rejections text) "
     "ON CONFLICT (device_id, seq) DO UPDATE SET batch_id = EXCLUDED.batch_id, "
     "payload_sha256 = EXCLUDED.payload_sha256, readings = EXCLUDED.readings, "
-    "rejected_readings = EXCLUDED.rejected_readings, stored_at = EXCLUDED.stored_at, key_id = EXCLUDED.key_id "
+    "rejected_readings = EXCLUDED.rejected_readings, stored_at = EXCLUDED.stored_at, key_id = EXCLUDED.key_id, "
+    "reason = EXCLUDED.reason, rejections = EXCLUDED.rejections "
     "WHERE batch_ledger.key_id IS DISTINCT FROM EXCLUDED.key_id"
 )
 
-Known = tuple[str, str | None]  # (payload hash, key id or None) stored under a (device, seq)
+# What is stored under a (device, seq): (payload hash, key id or None, final reason or None, rejected
+# readings as JSON or None).
+Known = tuple[str, str | None, str | None, str | None]
+
+
+_ADDED_COLUMNS = (("key_id", "VARCHAR(16)"), ("reason", "VARCHAR(64)"), ("rejections", "TEXT"))
 
 
 def ensure_ledger_schema(engine: Engine) -> None:
-    """Add ``batch_ledger.key_id`` to a table created before seq epochs (idempotent, additive).
-    Raises what the DB raises when it is down."""
+    """Add the columns a ``batch_ledger`` created by an earlier version lacks (``key_id``: seq epochs;
+    ``reason`` and ``rejections``: receipts of resends). Idempotent, additive. Raises what the DB
+    raises when it is down."""
     if "batch_ledger" not in inspect(engine).get_table_names():
         return
     cols = {c["name"] for c in inspect(engine).get_columns("batch_ledger")}
-    if "key_id" in cols:
+    missing = [(name, kind) for name, kind in _ADDED_COLUMNS if name not in cols]
+    if not missing:
         return
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS key_id VARCHAR(16)"))
-        else:
-            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN key_id VARCHAR(16)"))
-    log.info("batch_ledger: added the key_id column (seq epochs per signing key)")
+        for name, kind in missing:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text(f"ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS {name} {kind}"))
+            else:
+                conn.execute(text(f"ALTER TABLE batch_ledger ADD COLUMN {name} {kind}"))
+    log.info("batch_ledger: added the columns %s", ", ".join(n for n, _ in missing))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,12 @@ class LedgerRow:
     rejected_readings: int
     stored_at: datetime
     key_id: str | None = None
+    reason: str | None = None  # the batch's final rejection (None: stored)
+    rejections: str | None = None  # its rejected readings, JSON [[index, reason], ...]
+
+    @property
+    def known(self) -> Known:
+        return (self.sha256, self.key_id, self.reason, self.rejections)
 
 
 def _row_order(r: LedgerRow) -> tuple[str, int]:
@@ -122,9 +142,19 @@ class Ledger:
         self._conns = threading.local()
         self._open: list[Connection] = []
 
-    def remember(self, device_id: str, seq: int, sha256: str, key_id: str | None = None) -> None:
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def forget(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Drop (device, seq) pairs from memory (their rows were never written)."""
         with self._lock:
-            self._recent[(device_id, seq)] = (sha256, key_id)
+            for pair in pairs:
+                self._recent.pop(pair, None)
+
+    def remember(self, device_id: str, seq: int, known: Known) -> None:
+        with self._lock:
+            self._recent[(device_id, seq)] = known
             self._recent.move_to_end((device_id, seq))
             if len(self._recent) > self._cache_size:
                 self._recent.popitem(last=False)
@@ -155,17 +185,22 @@ class Ledger:
             except Exception:
                 self._drop_lookup_connection()  # a broken connection: the next lookup opens another
                 raise
-            for device_id, seq, digest, kid in rows:
-                out[(device_id, seq)] = (digest, kid)
+            for device_id, seq, digest, kid, reason, rejections in rows:
+                out[(device_id, seq)] = (digest, kid, reason, rejections)
             return out
         with Session(self._engine) as session:
             for i in range(0, len(ask), _CHUNK):
                 chunk = ask[i : i + _CHUNK]
                 stmt = select(
-                    BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256, BatchLedger.key_id
+                    BatchLedger.device_id,
+                    BatchLedger.seq,
+                    BatchLedger.payload_sha256,
+                    BatchLedger.key_id,
+                    BatchLedger.reason,
+                    BatchLedger.rejections,
                 ).where(tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk))
-                for device_id, seq, digest, kid in session.exec(stmt):
-                    out[(device_id, seq)] = (digest, kid)
+                for device_id, seq, digest, kid, reason, rejections in session.exec(stmt):
+                    out[(device_id, seq)] = (digest, kid, reason, rejections)
         return out
 
     def _lookup_connection(self) -> Connection:
@@ -223,6 +258,8 @@ class Ledger:
                 "rejected_readings": r.rejected_readings,
                 "stored_at": r.stored_at,
                 "key_id": r.key_id,
+                "reason": r.reason,
+                "rejections": r.rejections,
             }
             for r in rows
         ]
@@ -237,6 +274,8 @@ class Ledger:
                 "rejected_readings": new.rejected_readings,
                 "stored_at": new.stored_at,
                 "key_id": new.key_id,
+                "reason": new.reason,
+                "rejections": new.rejections,
             },
             where=col(BatchLedger.key_id).is_distinct_from(new.key_id),
         )

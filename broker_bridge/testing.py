@@ -145,6 +145,24 @@ class ReceiptCollector:
     def rejected(self) -> set[tuple[str, int, str]]:
         return {(d, x.seq, x.reason) for _, d, r in list(self.receipts) for x in r.rejected}
 
+    def retries(self) -> list[tuple[str, int, str, int]]:
+        """(device, seq, reason, after_ms) of every retry entry received."""
+        return [(d, x.seq, x.reason, x.after_ms) for _, d, r in list(self.receipts) for x in r.retry]
+
+    def reading_rejections(self, device_id: str | None = None) -> set[tuple[str, int, int, str]]:
+        """(device, seq, reading index, reason) of every rejected reading named by a receipt."""
+        return {
+            (d, o.seq, x.index, x.reason)
+            for _, d, r in list(self.receipts)
+            if device_id in (None, d)
+            for o in r.readings
+            for x in o.rejected
+        }
+
+    def unread(self) -> set[tuple[str, str, str]]:
+        """(device, sha256, reason) of every verified message receipted without a readable seq."""
+        return {(d, u.sha256, u.reason) for _, d, r in list(self.receipts) for u in r.unread}
+
     def close(self) -> None:
         self._c.disconnect()
         self._c.loop_stop()

@@ -172,7 +172,7 @@ batches = st.builds(
     p.Batch,
     device_id=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
     batch_id=st.uuids().map(str),
-    seq=st.integers(0, 2**53),
+    seq=st.integers(0, p.MAX_SEQ),
     sent_at=st.integers(1_600_000_000_000, 2_000_000_000_000),
     readings=st.lists(readings, min_size=1, max_size=8).map(tuple),
 )
