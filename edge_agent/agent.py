@@ -10,6 +10,7 @@ jitter). The simulator drives many pipelines without any of these threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -136,6 +137,7 @@ class Pipeline:
         cloud_public_key: bytes | None = None,
         max_inflight: int = 8,
         receipt_timeout_s: float = 30.0,
+        max_unanswered_sends: int = 5,
     ) -> None:
         self.device_id = device_id
         self.key = key
@@ -144,6 +146,7 @@ class Pipeline:
         self.cloud_public_key = cloud_public_key
         self.max_inflight = max_inflight
         self.receipt_timeout_s = receipt_timeout_s
+        self.max_unanswered_sends = max_unanswered_sends
         self.runtime = runtime or Runtime()
         saved = buffer.get_state(_CONFIG_STATE)
         if saved:  # the applied config survives restarts
@@ -156,6 +159,10 @@ class Pipeline:
             b.seq: (b, float("-inf")) for b in buffer.unreceipted()
         }
         self._fresh_after = buffer.max_id()  # readings up to here are backlog
+        # Bounded resends (docs/protocol.md, Receipts): receipts seen so far, and per in-flight seq
+        # (receipts seen when it was last sent, sends that went unanswered while others were answered).
+        self._receipts_seen = 0
+        self._answers: dict[int, tuple[int, int]] = {}
         self.sensor_errors = 0
         self.latest: dict[str, float] = {}
 
@@ -198,15 +205,26 @@ class Pipeline:
     def plan(self, now_mono: float, *, fresh: bool = True, now_ms: int | None = None) -> list[PendingBatch]:
         """Batches to publish now, in this order: due resends (oldest seq first), one batch of the
         readings taken since the last cycle (``fresh``, so a long backlog never starves live data),
-        then backlog batches in production order; never more than ``max_inflight`` unreceipted."""
+        then backlog batches in production order; never more than ``max_inflight`` unreceipted.
+
+        A batch due for its resend after ``max_unanswered_sends`` sends that each went unanswered while
+        the cloud receipted other batches is quarantined instead (the cloud cannot verify it: resending
+        cannot help, and an outage, when nothing is receipted, never counts)."""
         now = _now_ms() if now_ms is None else now_ms
         n = self.runtime.batch_max_readings
         with self._lock:
-            due = [
-                b
-                for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq)
-                if now_mono - sent >= self.receipt_timeout_s
-            ]
+            due = []
+            for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq):
+                if now_mono - sent < self.receipt_timeout_s:
+                    continue
+                seen_at_send, unanswered = self._answers.get(b.seq, (self._receipts_seen, 0))
+                if sent != float("-inf") and self._receipts_seen > seen_at_send:
+                    unanswered += 1
+                    self._answers[b.seq] = (self._receipts_seen, unanswered)
+                if unanswered >= self.max_unanswered_sends:
+                    self._quarantine(b, unanswered, now)
+                    continue
+                due.append(b)
             new: list[PendingBatch] = []
             if fresh and len(self._inflight) < self.max_inflight:
                 b = self.buffer.next_batch(
@@ -224,11 +242,23 @@ class Pipeline:
                 self._inflight[b.seq] = (b, float("-inf"))
         return due + new
 
+    def _quarantine(self, b: PendingBatch, sends: int, now_ms: int) -> None:
+        """(With the lock.) Set ``b`` aside: never receipted in ``sends`` sends while others were."""
+        self._inflight.pop(b.seq, None)
+        self._answers.pop(b.seq, None)
+        n = self.buffer.quarantine(b.seq, "no_receipt", now_ms)
+        log.warning(
+            "batch quarantined: the cloud never receipted it",
+            extra={"seq": b.seq, "readings": n, "sends": sends},
+        )
+
     def mark_sent(self, seq: int, now_mono: float) -> None:
         with self._lock:
             entry = self._inflight.get(seq)
             if entry is not None:
                 self._inflight[seq] = (entry[0], now_mono)
+                _, unanswered = self._answers.get(seq, (0, 0))
+                self._answers[seq] = (self._receipts_seen, unanswered)
 
     def resend_all(self) -> None:
         """After a reconnect: every unreceipted batch goes out again at the next cycle."""
@@ -247,20 +277,46 @@ class Pipeline:
         return max(0.0, oldest + self.receipt_timeout_s - now_mono)
 
     # -- receipts
-    def on_receipt(self, payload: bytes) -> int:
-        """Apply a receipt message; returns readings deleted. A malformed receipt is logged and ignored."""
+    def on_receipt(self, payload: bytes, now_mono: float | None = None) -> int:
+        """Apply a receipt message (docs/protocol.md, Receipts); returns readings deleted. A malformed
+        receipt is logged and ignored.
+
+        ``stored`` and ``rejected`` batches are deleted (the readings a receipt names as rejected are
+        counted as rejected); ``unread`` ones too, found by the SHA-256 of their exact bytes; a
+        ``retry`` is resent, identical, after its ``after_ms``."""
         try:
             receipt = decode_receipt(payload)
         except ProtocolError as exc:
             log.warning("ignoring malformed receipt", extra={"error": str(exc)})
             return 0
+        now = time.monotonic() if now_mono is None else now_mono
         rejected = [r.seq for r in receipt.rejected]
         for r in receipt.rejected:
             log.warning("batch rejected by the cloud", extra={"seq": r.seq, "reason": r.reason})
-        deleted = self.buffer.ack(receipt.stored, rejected)
+        partly = {o.seq: len(o.rejected) for o in receipt.readings if o.rejected}
+        for o in receipt.readings:
+            for x in o.rejected:
+                log.warning("reading rejected by the cloud", extra={"seq": o.seq, "index": x.index, "reason": x.reason})
+        with self._lock:
+            self._receipts_seen += 1
+            if receipt.unread:
+                unread = {u.sha256: u.reason for u in receipt.unread}
+                for seq, (b, _) in self._inflight.items():
+                    reason = unread.get(hashlib.sha256(b.token).hexdigest())
+                    if reason is not None:
+                        rejected.append(seq)
+                        log.warning("batch rejected by the cloud", extra={"seq": seq, "reason": reason})
+            for r in receipt.retry:  # not stored, not final: resend after after_ms, not counted as unanswered
+                entry = self._inflight.get(r.seq)
+                if entry is not None:
+                    self._inflight[r.seq] = (entry[0], now + r.after_ms / 1000 - self.receipt_timeout_s)
+                    _, unanswered = self._answers.get(r.seq, (0, 0))
+                    self._answers[r.seq] = (self._receipts_seen, unanswered)
+        deleted = self.buffer.ack(receipt.stored, rejected, rejected_readings=partly)
         with self._lock:
             for s in (*receipt.stored, *rejected):
                 self._inflight.pop(s, None)
+                self._answers.pop(s, None)
         return deleted
 
     # -- config
@@ -306,6 +362,7 @@ class Pipeline:
             battery=self.latest.get("battery_level"),
             signal=self.latest.get("signal_strength", wifi_signal_dbm()),
             last_seq=c["last_seq"],
+            quarantined=c.get("quarantined", 0),
             extra={
                 "stored": c["stored"],
                 "rejected": c["rejected"],
@@ -412,6 +469,7 @@ class Agent:
             cloud_public_key=identity.cloud_public_key,
             max_inflight=settings.max_inflight_batches,
             receipt_timeout_s=settings.receipt_timeout_s,
+            max_unanswered_sends=settings.max_unanswered_sends,
         )
         self._stop = threading.Event()
         self._wake_pub = threading.Event()
@@ -676,6 +734,7 @@ def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
         ("produced", st.produced),
         ("stored", st.stored),
         ("rejected", st.rejected),
+        ("quarantined", st.quarantined),
         ("dropped", st.dropped),
         ("last_seq", st.last_seq),
         ("config_version", cfg.get("version", 0)),
