@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -131,7 +132,7 @@ class HttpServer:
                     self._send(200, b'{"status":"ok"}', "application/json")
                 elif self.path == "/ready":
                     ok, why = ready()
-                    body = b'{"ready":true}' if ok else b'{"ready":false,"why":"' + why.encode() + b'"}'
+                    body = b'{"ready":true}' if ok else orjson.dumps({"ready": False, "why": why})
                     self._send(200 if ok else 503, body, "application/json")
                 else:
                     self._send(404, b"not found", "text/plain")

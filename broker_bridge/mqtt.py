@@ -201,7 +201,8 @@ class MqttConsumer:
         if self._on_sys is not None and self._s.sys_topics:
             subs.append((SYS_DROPPED, opts(0)))
         if self._on_status is not None and self._status is not None:
-            subs.append((self._status, opts(0)))
+            # retained statuses (old wills) are not news: never sent at subscribe time
+            subs.append((self._status, SubscribeOptions(qos=0, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)))
         client.subscribe(subs)  # type: ignore[arg-type]
 
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
