@@ -159,10 +159,12 @@ class Pipeline:
             b.seq: (b, float("-inf")) for b in buffer.unreceipted()
         }
         self._fresh_after = buffer.max_id()  # readings up to here are backlog
-        # Bounded resends (docs/protocol.md, Receipts): receipts seen so far, and per in-flight seq
-        # (receipts seen when it was last sent, sends that went unanswered while others were answered).
-        self._receipts_seen = 0
-        self._answers: dict[int, tuple[int, int]] = {}
+        # Bounded resends (docs/protocol.md, Receipts). Every send gets a number; per in-flight seq:
+        # (number of its last send, or None once that send was counted; sends that went unanswered
+        # while a batch sent after them was answered). _answered_upto: the latest send answered.
+        self._sends = 0
+        self._answered_upto = 0
+        self._answers: dict[int, tuple[int | None, int]] = {}
         self.sensor_errors = 0
         self.latest: dict[str, float] = {}
 
@@ -208,8 +210,8 @@ class Pipeline:
         then backlog batches in production order; never more than ``max_inflight`` unreceipted.
 
         A batch due for its resend after ``max_unanswered_sends`` sends that each went unanswered while
-        the cloud receipted other batches is quarantined instead (the cloud cannot verify it: resending
-        cannot help, and an outage, when nothing is receipted, never counts)."""
+        the cloud answered a batch sent after it is quarantined instead (the cloud cannot verify it:
+        resending cannot help; an outage, when nothing is answered, never counts)."""
         now = _now_ms() if now_ms is None else now_ms
         n = self.runtime.batch_max_readings
         with self._lock:
@@ -217,10 +219,10 @@ class Pipeline:
             for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq):
                 if now_mono - sent < self.receipt_timeout_s:
                     continue
-                seen_at_send, unanswered = self._answers.get(b.seq, (self._receipts_seen, 0))
-                if sent != float("-inf") and self._receipts_seen > seen_at_send:
+                send_no, unanswered = self._answers.get(b.seq, (None, 0))
+                if send_no is not None and self._answered_upto > send_no:  # a later send was answered
                     unanswered += 1
-                    self._answers[b.seq] = (self._receipts_seen, unanswered)
+                    self._answers[b.seq] = (None, unanswered)
                 if unanswered >= self.max_unanswered_sends:
                     self._quarantine(b, unanswered, now)
                     continue
@@ -257,8 +259,9 @@ class Pipeline:
             entry = self._inflight.get(seq)
             if entry is not None:
                 self._inflight[seq] = (entry[0], now_mono)
-                _, unanswered = self._answers.get(seq, (0, 0))
-                self._answers[seq] = (self._receipts_seen, unanswered)
+                self._sends += 1
+                _, unanswered = self._answers.get(seq, (None, 0))
+                self._answers[seq] = (self._sends, unanswered)
 
     def resend_all(self) -> None:
         """After a reconnect: every unreceipted batch goes out again at the next cycle."""
@@ -298,7 +301,6 @@ class Pipeline:
             for x in o.rejected:
                 log.warning("reading rejected by the cloud", extra={"seq": o.seq, "index": x.index, "reason": x.reason})
         with self._lock:
-            self._receipts_seen += 1
             if receipt.unread:
                 unread = {u.sha256: u.reason for u in receipt.unread}
                 for seq, (b, _) in self._inflight.items():
@@ -306,12 +308,15 @@ class Pipeline:
                     if reason is not None:
                         rejected.append(seq)
                         log.warning("batch rejected by the cloud", extra={"seq": seq, "reason": reason})
+            for seq in (*receipt.stored, *rejected, *(r.seq for r in receipt.retry)):
+                send_no = self._answers.get(seq, (None, 0))[0]
+                if send_no is not None and send_no > self._answered_upto:
+                    self._answered_upto = send_no
             for r in receipt.retry:  # not stored, not final: resend after after_ms, not counted as unanswered
                 entry = self._inflight.get(r.seq)
                 if entry is not None:
                     self._inflight[r.seq] = (entry[0], now + r.after_ms / 1000 - self.receipt_timeout_s)
-                    _, unanswered = self._answers.get(r.seq, (0, 0))
-                    self._answers[r.seq] = (self._receipts_seen, unanswered)
+                    self._answers[r.seq] = (None, self._answers.get(r.seq, (None, 0))[1])
         deleted = self.buffer.ack(receipt.stored, rejected, rejected_readings=partly)
         with self._lock:
             for s in (*receipt.stored, *rejected):
