@@ -4,7 +4,8 @@ and loss accounting.
 :class:`Ledger` answers "what payload hash is stored under (device, seq)?" for a whole flush in one
 query, remembers recent answers in memory, and records new rows in bulk (insert-or-ignore, so
 replicas racing on a redelivered batch are harmless). :func:`compute_ledger` balances a device's
-books: produced = stored + rejected + buffered + dropped + in flight, naming missing seq ranges.
+books: produced = stored + rejected + buffered + dropped + quarantined + in flight, naming missing
+seq ranges.
 
 Seq epochs: each row records the id of the key that signed the batch (``key_id``, see
 :func:`pipeline.key_id_of`). A device that re-enrolls or is rotated signs with a new key and may
@@ -312,6 +313,7 @@ class DeviceLedger:
     last_seq: int
     missing: tuple[tuple[int, int], ...]
     health_at: int | None
+    quarantined: int = 0  # readings the device set aside in batches the cloud never answered
 
     @property
     def balanced(self) -> bool:
@@ -332,7 +334,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     """Balance ``device_id``'s books for its current seq epoch from the BatchLedger and its last
     Health (Device.health).
 
-    produced = stored + rejected + buffered + dropped + in flight, in readings. ``missing`` names the
+    produced = stored + rejected + buffered + dropped + quarantined + in flight, in readings. ``missing`` names the
     seq ranges up to the device's last sent seq (or the highest stored one) that are not stored.
 
     The current epoch is the rows signed by the device's registered key, plus rows of earlier keys
@@ -351,6 +353,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     produced = int(health.get("produced", 0) or 0)
     buffered = int(health.get("buffer_depth", 0) or 0)
     dropped = int(health.get("dropped", 0) or 0)
+    quarantined = int(health.get("quarantined", 0) or 0)
     health_last = int(health.get("last_seq", 0) or 0)
     rows: list[tuple[int, int, int, str | None]] = [
         (int(seq), int(n), int(rej), kid)
@@ -370,7 +373,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     seqs = [r[0] for r in rows]
     last_seq = max([health_last, *seqs])
     missing = missing_ranges(seqs, first=first_seq, last=last_seq)
-    in_flight = produced - stored - rejected - buffered - dropped
+    in_flight = produced - stored - rejected - buffered - dropped - quarantined
     at = health.get("at")
     return DeviceLedger(
         device_id=device_id,
@@ -384,6 +387,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
         last_seq=last_seq,
         missing=tuple(missing),
         health_at=int(at) if isinstance(at, int) else None,
+        quarantined=quarantined,
     )
 
 

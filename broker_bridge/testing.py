@@ -119,6 +119,7 @@ class ReceiptCollector:
 
     def __init__(self, host: str, port: int, topics: Topics) -> None:
         self.receipts: list[tuple[float, str, Receipt]] = []
+        self.raw: list[tuple[str, bytes]] = []  # (device, the exact bytes received)
         self.on_receipt: Callable[[str], None] | None = None  # called (network thread) on each receipt
         self._topics = topics
         self._ready = threading.Event()
@@ -135,6 +136,7 @@ class ReceiptCollector:
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         device_id, _ = self._topics.parse(msg.topic)
+        self.raw.append((device_id, bytes(msg.payload)))
         self.receipts.append((time.time(), device_id, decode_receipt(bytes(msg.payload))))
         if self.on_receipt is not None:
             self.on_receipt(device_id)

@@ -9,6 +9,7 @@ max_inflight_messages 1000).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +28,21 @@ from sqlmodel import Session, func, select
 
 from broker_bridge import Bridge, BridgeSettings
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
-from cloud_core.core.db import make_engine
+from cloud_core.core.db import make_engine, session_scope
 from cloud_core.models import BatchLedger, Device, RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from cloud_core.tsdb.base import TimeSeriesStore
-from iot_protocol import Batch, Reading, Status, Topics, encode, jws, seal_batch
+from iot_protocol import (
+    Batch,
+    Reading,
+    Status,
+    Topics,
+    encode,
+    jws,
+    private_key_from_seed,
+    public_key_b64,
+    seal_batch,
+)
 from iot_protocol.jws import b64url_encode
 
 pytestmark = pytest.mark.integration
@@ -485,3 +496,30 @@ def test_a_message_over_the_broker_limit_shows_as_a_lost_connection(env: Env) ->
         wait_for(lambda: bridge.metrics.connection_losses._value.get() == 1, 10, what="the loss counted")
         assert b"bridge_device_connection_losses_total 1.0" in bridge.metrics.render()
         dev.loop_stop()
+
+
+def test_the_partial_batch_vector_is_receipted_byte_for_byte(mosquitto_factory, pg_url, topic_prefix, tmp_path) -> None:
+    """docs/protocol.md's partly rejected batch, published by its device, gets exactly the receipt
+    bytes the document shows (the embedded store: the vector's 2025 readings are older than
+    InfluxDB's 30-day retention)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+
+    def vector(name: str) -> str:
+        m = re.search(rf"<!-- vector:{name} -->\s*```\w*\n(.*?)\n```", doc, re.S)
+        assert m, name
+        return m.group(1).strip()
+
+    e = make_env(mosquitto_factory(**LIMITS), pg_url, f"sqlite:///{tmp_path}/r.db", topic_prefix)
+    key = private_key_from_seed(bytes.fromhex(vector("device_seed")))
+    with session_scope(e.engine) as s:
+        s.add(Device(id="greenhouse-01", status="active", public_key=public_key_b64(key), location="greenhouse"))
+    with Bridge(e.settings) as bridge:
+        bridge.wait_ready()
+        rc = e.receipts()
+        e.publish("greenhouse-01", vector("partial_batch_token").encode())
+        wait_for(lambda: ("greenhouse-01", 43) in rc.stored(), 20, what="the vector batch receipted")
+        assert [raw for d, raw in rc.raw if d == "greenhouse-01"] == [vector("partial_receipt").encode()]
+        rc.close()
+    assert e.store.count(device_id="greenhouse-01") == 2
+    e.store.close()
+    e.engine.dispose()

@@ -187,6 +187,7 @@ def ledger(
                 "rejected": books.rejected,
                 "buffered": books.buffered,
                 "dropped": books.dropped,
+                "quarantined": books.quarantined,
                 "in_flight": books.in_flight,
                 "stored_batches": books.stored_batches,
                 "last_seq": books.last_seq,
@@ -203,6 +204,8 @@ def ledger(
     typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings, dead-lettered)")
     typer.echo(f"+ buffered   {books.buffered:>10}  (on the device, not yet receipted)")
     typer.echo(f"+ dropped    {books.dropped:>10}  (by the device's buffer policy)")
+    if books.quarantined:
+        typer.echo(f"+ quarantined{books.quarantined:>10}  (in batches the cloud never answered, set aside)")
     typer.echo(f"+ in flight  {books.in_flight:>10}  (sent, not yet stored)")
     typer.echo(f"missing seqs: {_seq_ranges(books.missing) or 'none'}")
     typer.echo(f"verdict: {verdict}")
