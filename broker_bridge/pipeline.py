@@ -205,21 +205,24 @@ def checked_batch(batch: Batch, location: str, sha256: str, key_id: str, *, now_
     """The Accepted outcome of a verified, decoded ``batch``: its points and the problems of its other
     readings (those the decoder set aside, those :func:`check_reading` refuses, and readings repeating
     an earlier one's sensor type and ts with other values), in payload order."""
-    points, problems, indexes = checked_points(batch, location, now_ms=now_ms, max_skew_ms=max_skew_ms)
-    if points:
-        lo = min(p.ts_ms for p in points)
-        hi = max(p.ts_ms for p in points)
-    else:
-        lo, hi = 0, -1
+    points, problems, indexes, lo, hi = _check(batch, location, now_ms=now_ms, max_skew_ms=max_skew_ms)
     return Accepted(batch.device_id, batch, sha256, points, problems, key_id, indexes, lo, hi)
 
 
 def checked_points(
     batch: Batch, location: str, *, now_ms: int, max_skew_ms: int
 ) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...], tuple[int, ...] | None]:
+    """(points, problems, indexes) of :func:`_check`."""
+    points, problems, indexes, _, _ = _check(batch, location, now_ms=now_ms, max_skew_ms=max_skew_ms)
+    return points, problems, indexes
+
+
+def _check(
+    batch: Batch, location: str, *, now_ms: int, max_skew_ms: int
+) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...], tuple[int, ...] | None, int, int]:
     """The points of the readings of ``batch`` that :func:`check_reading` passes, the problems of
-    the others, in one pass, and the payload index of each point's reading (None when they are the
-    payload's readings one for one).
+    the others, in one pass, the payload index of each point's reading (None when they are the
+    payload's readings one for one), and the least and greatest ts of the points (0, -1 for none).
 
     A reading's ``values`` become its point's ``fields`` plus ``quality_score`` (unless the reading
     already has a value of that name, which then wins); when nothing needs adding the point shares
@@ -238,7 +241,6 @@ def checked_points(
     where = payload_indexes(batch) if malformed else None
     out: list[Point] = []
     problems: list[ReadingProblem] = list(malformed)
-    kept: list[int] = []
     for i, r in enumerate(readings):
         ok = lo_ts <= r.ts <= hi_ts and 0.0 <= r.quality <= 1.0 and (r.sensor_type in good or _good_name(r.sensor_type))
         if ok:
@@ -267,14 +269,19 @@ def checked_points(
         _set_ts(p, r.ts)
         _set_fields(p, values)
         out.append(p)
-        kept.append(i)
-    if len(out) > 1 and len({p.ts_ms for p in out}) != len(out):
-        out, kept = _drop_repeats(out, kept, where, problems)
+    if not out:
+        return (), tuple(sorted(problems, key=_by_index)), (), 0, -1
+    kept: list[int] | None = None  # payload indexes of the points, when not 0..n-1
+    if problems:
+        bad = {x.index for x in problems}
+        kept = [j for j in (range(len(readings)) if where is None else where) if j not in bad]
+    ts = [p.ts_ms for p in out]
+    if len(ts) > 1 and len(set(ts)) != len(ts):
+        out, kept = _drop_repeats(out, kept if kept is not None else list(range(len(out))), problems)
+        ts = [p.ts_ms for p in out]
     if problems and (malformed or len(problems) > 1):
         problems.sort(key=_by_index)
-    if where is None and len(kept) == len(readings):
-        return tuple(out), tuple(problems), None
-    return tuple(out), tuple(problems), tuple(kept if where is None else [where[i] for i in kept])
+    return tuple(out), tuple(problems), None if kept is None else tuple(kept), min(ts), max(ts)
 
 
 def _by_index(p: ReadingProblem) -> int:
@@ -282,10 +289,10 @@ def _by_index(p: ReadingProblem) -> int:
 
 
 def _drop_repeats(
-    points: list[Point], kept: list[int], where: list[int] | range | None, problems: list[ReadingProblem]
+    points: list[Point], kept: list[int], problems: list[ReadingProblem]
 ) -> tuple[list[Point], list[int]]:
     """Keep the first point of each (sensor type, ts); a later one becomes a ``duplicate_timestamp``
-    problem."""
+    problem. ``kept``: the payload index of each point."""
     seen: set[tuple[str, int]] = set()
     out: list[Point] = []
     out_kept: list[int] = []
@@ -294,9 +301,8 @@ def _drop_repeats(
         if key not in seen:
             seen.add(key)
         else:
-            index = i if where is None else where[i]
             problems.append(
-                ReadingProblem(index, DUPLICATE_TIMESTAMP, f"{p.sensor_type} at ts {p.ts_ms} twice in the batch")
+                ReadingProblem(i, DUPLICATE_TIMESTAMP, f"{p.sensor_type} at ts {p.ts_ms} twice in the batch")
             )
             continue
         out.append(p)

@@ -93,17 +93,18 @@ def decode_wire(payload: bytes) -> WireBatch | None:
         batch = _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    members = 6  # v, device_id, batch_id, seq, sent_at, readings: all required
+    # v, device_id, batch_id, seq, sent_at, readings (all required); per reading ts, sensor_type, values
+    # (required), quality and flags (counted, then subtracted where absent), and the values
+    members = 6
+    unset, no_flags = UNSET, _NO_FLAGS
     for r in batch.readings:
-        members += 3 + len(r.values)  # ts, sensor_type, values (required), and the values
-        if r.quality == r.quality:
-            members += 1
-        else:
+        members += 5 + len(r.values)
+        if r.quality != r.quality:  # NaN: absent
             r.quality = 1.0
-        if r.flags is UNSET:
-            r.flags = _NO_FLAGS
-        else:
-            members += 1
+            members -= 1
+        if r.flags is unset:
+            r.flags = no_flags
+            members -= 1
     if payload.count(b":") != members and has_duplicates(payload, members):
         return None
     return batch
