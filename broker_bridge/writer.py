@@ -716,15 +716,16 @@ class Ingest:
 
     def _record(self, rows: list[LedgerRow], tied: list[tuple[str, Entry]]) -> None:
         """Write ``rows`` and release their receipt entries; while the DB is down, hold both."""
-        if self._held:  # keep the order: older held rows first
-            self._hold(rows, tied)
-            self._retry_held(force=True)
+        if self._held:  # keep the order: older held rows first; retried when due (a DB that is away
+            self._hold(rows, tied)  # may take a connect timeout per attempt: never once per unit)
+            self._retry_held(force=False)
             return
         if self._write_rows(rows):
             for device_id, entry in tied:
                 self._add_entry(device_id, entry)
         else:
             self._hold(rows, tied)
+            self._held_retry_at = time.monotonic() + self._held_backoff.next()
 
     def _write_rows(self, rows: list[LedgerRow]) -> bool:
         """Record ``rows``; False when the DB is down (nothing lost: the caller holds them). A row the
