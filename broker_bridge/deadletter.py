@@ -1,13 +1,17 @@
 """Dead letters: RejectedMessage rows in the metadata DB, written in batches.
 
 Rejections are queued in memory (bounded; what overflows is dropped and counted, never silent)
-and flushed by the side-effect thread; while the DB is down they wait and are retried.
+and flushed by the side-effect thread; while the DB is down they wait and are retried. A letter the
+DB refuses for good is set aside on its own (:func:`broker_bridge.sinks.write_isolating`), counted
+and logged, and the others are written.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,9 +20,13 @@ from sqlalchemy.engine import Engine
 
 from cloud_core.models import RejectedMessage
 
+from .sinks import write_isolating
+
 __all__ = ["DeadLetter", "DeadLetterQueue"]
 
 PAYLOAD_KEEP = 4096
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,7 @@ class DeadLetterQueue:
         self._buf: deque[DeadLetter] = deque()
         self._max = max_buffer
         self.dropped = 0
+        self.refused = 0
         self.written = 0
 
     def put(self, letter: DeadLetter) -> bool:
@@ -62,13 +71,30 @@ class DeadLetterQueue:
     def __len__(self) -> int:
         return len(self._buf)
 
-    def flush(self, limit: int = 5000) -> int:
-        """Write up to ``limit`` queued letters in one transaction. Raises when the DB is down
-        (the letters stay queued)."""
+    def flush(self, limit: int = 5000, *, alive: Callable[[], bool] | None = None) -> int:
+        """Write up to ``limit`` queued letters in one transaction; returns how many left the queue.
+        A letter the DB refuses (``alive`` says it answers) is dropped and counted in ``refused``;
+        raises when the DB is down (the letters stay queued)."""
         with self._lock:
             batch = [self._buf[i] for i in range(min(limit, len(self._buf)))]
         if not batch:
             return 0
+        refused, pending = write_isolating(batch, self._insert, alive or (lambda: False))
+        for letter, exc in refused:
+            log.error(
+                "dead letter refused by the DB, dropped: %s",
+                str(exc).splitlines()[0][:300],
+                extra={"device_id": letter.device_id, "seq": letter.seq, "reason": letter.reason},
+            )
+        done = len(batch) - len(pending)
+        with self._lock:
+            for _ in range(done):
+                self._buf.popleft()
+            self.written += done - len(refused)
+            self.refused += len(refused)
+        return done
+
+    def _insert(self, batch: Sequence[DeadLetter]) -> None:
         rows = [
             {
                 "device_id": d.device_id,
@@ -85,8 +111,3 @@ class DeadLetterQueue:
         ]
         with self._engine.begin() as conn:
             conn.execute(insert(RejectedMessage), rows)
-        with self._lock:
-            for _ in batch:
-                self._buf.popleft()
-            self.written += len(batch)
-        return len(batch)

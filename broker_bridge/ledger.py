@@ -4,13 +4,18 @@ and loss accounting.
 :class:`Ledger` answers "what payload hash is stored under (device, seq)?" for a whole flush in one
 query, remembers recent answers in memory, and records new rows in bulk (insert-or-ignore, so
 replicas racing on a redelivered batch are harmless). :func:`compute_ledger` balances a device's
-books: produced = stored + rejected + buffered + dropped + in flight, naming missing seq ranges.
+books: produced = stored + rejected + buffered + dropped + quarantined + in flight, naming missing
+seq ranges.
 
 Seq epochs: each row records the id of the key that signed the batch (``key_id``, see
 :func:`pipeline.key_id_of`). A device that re-enrolls or is rotated signs with a new key and may
 restart its seqs; a seq stored under another key is a new batch, not a replay, and its row is
 overwritten. Rows from before this column (``key_id`` NULL) count as an older epoch.
-:func:`ensure_ledger_schema` adds the column to an existing table (``create_all`` does not).
+
+Each row also keeps what the device was told (``reason`` for a batch finally rejected, NULL when
+stored; ``rejections``: its rejected readings as JSON ``[[index, reason], ...]``), so a resend of the
+same bytes is receipted exactly as the first time. :func:`ensure_ledger_schema` adds the columns to
+an existing table (``create_all`` does not).
 """
 
 from __future__ import annotations
@@ -55,42 +60,52 @@ _CHUNK = 500
 # per-element array dumping cost ~2.5 us of bridge CPU per value (measured: a ledger row of 8 values
 # 20 us as arrays, under 4 us as JSON; the server's share 10 -> 12 us).
 _PG_KNOWN = text(
-    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id "
+    "SELECT l.device_id, l.seq, l.payload_sha256, l.key_id, l.reason, l.rejections "
     "FROM json_to_recordset(CAST(:pairs AS json)) AS q(d text, s bigint) "
-    "CROSS JOIN LATERAL (SELECT b.device_id, b.seq, b.payload_sha256, b.key_id FROM batch_ledger b "
-    "WHERE b.device_id = q.d AND b.seq = q.s LIMIT 1) AS l"
+    "CROSS JOIN LATERAL (SELECT b.device_id, b.seq, b.payload_sha256, b.key_id, b.reason, b.rejections "
+    "FROM batch_ledger b WHERE b.device_id = q.d AND b.seq = q.s LIMIT 1) AS l"
 )
 # A row of another key epoch (or of none recorded) is overwritten; one of the same key is kept (a
 # replica racing on a redelivered batch writes the same row). :rows is the JSON of LedgerRow objects.
 _PG_RECORD = text(
     "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, rejected_readings, stored_at, "
-    "key_id) "
-    "SELECT device_id, seq, batch_id, sha256, readings, rejected_readings, stored_at, key_id "
+    "key_id, reason, rejections) "
+    "SELECT device_id, seq, batch_id, sha256, readings, rejected_readings, stored_at, key_id, reason, rejections "
     "FROM json_to_recordset(CAST(:rows AS json)) AS r(device_id text, seq bigint, batch_id text, sha256 text, "
-    "readings integer, rejected_readings integer, stored_at timestamptz, key_id text) "
+    "readings integer, rejected_readings integer, stored_at timestamptz, key_id text, reason text, "
+    "rejections text) "
     "ON CONFLICT (device_id, seq) DO UPDATE SET batch_id = EXCLUDED.batch_id, "
     "payload_sha256 = EXCLUDED.payload_sha256, readings = EXCLUDED.readings, "
-    "rejected_readings = EXCLUDED.rejected_readings, stored_at = EXCLUDED.stored_at, key_id = EXCLUDED.key_id "
+    "rejected_readings = EXCLUDED.rejected_readings, stored_at = EXCLUDED.stored_at, key_id = EXCLUDED.key_id, "
+    "reason = EXCLUDED.reason, rejections = EXCLUDED.rejections "
     "WHERE batch_ledger.key_id IS DISTINCT FROM EXCLUDED.key_id"
 )
 
-Known = tuple[str, str | None]  # (payload hash, key id or None) stored under a (device, seq)
+# What is stored under a (device, seq): (payload hash, key id or None, final reason or None, rejected
+# readings as JSON or None).
+Known = tuple[str, str | None, str | None, str | None]
+
+
+_ADDED_COLUMNS = (("key_id", "VARCHAR(16)"), ("reason", "VARCHAR(64)"), ("rejections", "TEXT"))
 
 
 def ensure_ledger_schema(engine: Engine) -> None:
-    """Add ``batch_ledger.key_id`` to a table created before seq epochs (idempotent, additive).
-    Raises what the DB raises when it is down."""
+    """Add the columns a ``batch_ledger`` created by an earlier version lacks (``key_id``: seq epochs;
+    ``reason`` and ``rejections``: receipts of resends). Idempotent, additive. Raises what the DB
+    raises when it is down."""
     if "batch_ledger" not in inspect(engine).get_table_names():
         return
     cols = {c["name"] for c in inspect(engine).get_columns("batch_ledger")}
-    if "key_id" in cols:
+    missing = [(name, kind) for name, kind in _ADDED_COLUMNS if name not in cols]
+    if not missing:
         return
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS key_id VARCHAR(16)"))
-        else:
-            conn.execute(text("ALTER TABLE batch_ledger ADD COLUMN key_id VARCHAR(16)"))
-    log.info("batch_ledger: added the key_id column (seq epochs per signing key)")
+        for name, kind in missing:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text(f"ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS {name} {kind}"))
+            else:
+                conn.execute(text(f"ALTER TABLE batch_ledger ADD COLUMN {name} {kind}"))
+    log.info("batch_ledger: added the columns %s", ", ".join(n for n, _ in missing))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,12 @@ class LedgerRow:
     rejected_readings: int
     stored_at: datetime
     key_id: str | None = None
+    reason: str | None = None  # the batch's final rejection (None: stored)
+    rejections: str | None = None  # its rejected readings, JSON [[index, reason], ...]
+
+    @property
+    def known(self) -> Known:
+        return (self.sha256, self.key_id, self.reason, self.rejections)
 
 
 def _row_order(r: LedgerRow) -> tuple[str, int]:
@@ -122,9 +143,19 @@ class Ledger:
         self._conns = threading.local()
         self._open: list[Connection] = []
 
-    def remember(self, device_id: str, seq: int, sha256: str, key_id: str | None = None) -> None:
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def forget(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Drop (device, seq) pairs from memory (their rows were never written)."""
         with self._lock:
-            self._recent[(device_id, seq)] = (sha256, key_id)
+            for pair in pairs:
+                self._recent.pop(pair, None)
+
+    def remember(self, device_id: str, seq: int, known: Known) -> None:
+        with self._lock:
+            self._recent[(device_id, seq)] = known
             self._recent.move_to_end((device_id, seq))
             if len(self._recent) > self._cache_size:
                 self._recent.popitem(last=False)
@@ -155,17 +186,22 @@ class Ledger:
             except Exception:
                 self._drop_lookup_connection()  # a broken connection: the next lookup opens another
                 raise
-            for device_id, seq, digest, kid in rows:
-                out[(device_id, seq)] = (digest, kid)
+            for device_id, seq, digest, kid, reason, rejections in rows:
+                out[(device_id, seq)] = (digest, kid, reason, rejections)
             return out
         with Session(self._engine) as session:
             for i in range(0, len(ask), _CHUNK):
                 chunk = ask[i : i + _CHUNK]
                 stmt = select(
-                    BatchLedger.device_id, BatchLedger.seq, BatchLedger.payload_sha256, BatchLedger.key_id
+                    BatchLedger.device_id,
+                    BatchLedger.seq,
+                    BatchLedger.payload_sha256,
+                    BatchLedger.key_id,
+                    BatchLedger.reason,
+                    BatchLedger.rejections,
                 ).where(tuple_(BatchLedger.device_id, BatchLedger.seq).in_(chunk))
-                for device_id, seq, digest, kid in session.exec(stmt):
-                    out[(device_id, seq)] = (digest, kid)
+                for device_id, seq, digest, kid, reason, rejections in session.exec(stmt):
+                    out[(device_id, seq)] = (digest, kid, reason, rejections)
         return out
 
     def _lookup_connection(self) -> Connection:
@@ -223,6 +259,8 @@ class Ledger:
                 "rejected_readings": r.rejected_readings,
                 "stored_at": r.stored_at,
                 "key_id": r.key_id,
+                "reason": r.reason,
+                "rejections": r.rejections,
             }
             for r in rows
         ]
@@ -237,6 +275,8 @@ class Ledger:
                 "rejected_readings": new.rejected_readings,
                 "stored_at": new.stored_at,
                 "key_id": new.key_id,
+                "reason": new.reason,
+                "rejections": new.rejections,
             },
             where=col(BatchLedger.key_id).is_distinct_from(new.key_id),
         )
@@ -283,6 +323,7 @@ class DeviceLedger:
     lost: int = 0  # receipted as stored by the device, absent from the ledger
     stored_after: int = 0  # batches sealed after the health message and already stored (not counted)
     health_received_at: datetime | None = None  # when the cloud received that health message
+    quarantined: int = 0  # readings the device set aside in batches the cloud never answered
 
     @property
     def balanced(self) -> bool:
@@ -311,7 +352,8 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     A batch stored before its receipt reached the device is in both the ledger and the device's
     buffer; it is counted once, as stored (``awaiting_receipt`` says how many readings).
 
-    produced = stored + rejected + buffered + dropped + in flight, in readings, every term >= 0.
+    produced = stored + rejected + buffered + dropped + quarantined + in flight, in readings, every
+    term >= 0 (quarantined: batches the cloud never answered, set aside on the device).
     ``in_flight`` > 0 means readings the device no longer holds that were never stored;
     ``lost`` > 0 that the device was told they were stored (its ``extra.stored`` counter) and the ledger
     lacks them; ``excess`` > 0 more stored than the device accounts for. Any of them: not balanced.
@@ -335,6 +377,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
     produced = int(health.get("produced", 0) or 0)
     buffered = int(health.get("buffer_depth", 0) or 0)
     dropped = int(health.get("dropped", 0) or 0)
+    quarantined = int(health.get("quarantined", 0) or 0)
     health_last = int(health.get("last_seq", 0) or 0)
     dev_stored = extra.get("stored") if isinstance(extra.get("stored"), int) else None
     dev_rejected = extra.get("rejected") if isinstance(extra.get("rejected"), int) else None
@@ -358,18 +401,15 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
         upto = [r for r in rows if r[0] <= health_last]
         after = [r for r in rows if r[0] > health_last]
         last_seq = health_last
-    kept = [r for r in upto if r[1] > 0]  # batches with stored readings (the receipt said stored)
-    stored = sum(r[1] for r in kept)
-    partly_rejected = sum(r[2] for r in kept)  # invalid readings inside stored batches
-    # Batches whose every reading was invalid were receipted as rejected: the device's own counter
-    # (readings of batches rejected whole) covers them, and batches rejected before any write too.
-    whole = dev_rejected if dev_rejected is not None else sum(r[2] for r in upto if r[1] == 0)
-    rejected = partly_rejected + whole
-    gap = produced - stored - rejected - buffered - dropped
+    stored = sum(r[1] for r in upto)
+    # Rejected readings (whole batches and single readings) are counted as the device counts them when
+    # it reports: a rejection whose receipt is still on its way is in ``buffered`` then, not here.
+    rejected = dev_rejected if dev_rejected is not None else sum(r[2] for r in upto)
+    gap = produced - stored - rejected - buffered - dropped - quarantined
     in_flight = max(0, gap)
     awaiting = min(buffered, max(0, -gap))
     excess = max(0, -gap - buffered)
-    lost = max(0, dev_stored - stored - partly_rejected) if dev_stored is not None else 0
+    lost = max(0, dev_stored - stored) if dev_stored is not None else 0
     missing = missing_ranges([r[0] for r in upto], first=first_seq, last=last_seq)
     at = health.get("at")
     return DeviceLedger(
@@ -389,6 +429,7 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
         lost=lost,
         stored_after=len(after),
         health_received_at=device.last_health_at,
+        quarantined=quarantined,
     )
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -76,6 +77,31 @@ class Metrics:
             registry=r,
         )
         self.write_failures = Counter("bridge_write_failures", "Failed write attempts (retried).", ["sink"], registry=r)
+        self.sink_up = Gauge(
+            "bridge_sink_up", "1 while the sink takes writes, 0 while its writes fail.", ["sink"], registry=r
+        )
+        self.sink_rows_refused = Counter(
+            "bridge_sink_rows_refused",
+            "Rows a sink refused for good (isolated, dead-lettered or dropped; the rest were written).",
+            ["sink"],
+            registry=r,
+        )
+        self.receipts_held = Gauge(
+            "bridge_receipts_held",
+            "Receipt entries waiting for their ledger rows to be written (metadata DB down).",
+            registry=r,
+        )
+        self.ledger_rows_dropped = Counter(
+            "bridge_ledger_rows_dropped",
+            "Ledger rows (and their receipts) dropped while the DB was down too long; the devices resend.",
+            registry=r,
+        )
+        self.connection_losses = Counter(
+            "bridge_device_connection_losses",
+            "Devices' last wills (status offline, reason lost): connections the broker dropped, for "
+            "example for a packet over its limit.",
+            registry=r,
+        )
         self.backlog = Gauge("bridge_backlog_messages", "Messages received and not yet acknowledged.", registry=r)
         self.receipts = Counter("bridge_receipts_sent", "Receipt messages published.", registry=r)
         self.deadletters_dropped = Counter(
@@ -90,6 +116,8 @@ class Metrics:
             "bridge_broker_dropped_messages", "Broker's $SYS/broker/publish/messages/dropped (all clients).", registry=r
         )
         self.connected = Gauge("bridge_mqtt_connected", "1 while connected to the broker.", registry=r)
+        for sink in ("tsdb", "ledger", "metadata", "cache"):
+            self.sink_up.labels(sink).set(1)
 
     def watch_last_seen(self, last_seen: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LastSeenCollector(last_seen))
@@ -112,7 +140,7 @@ class HttpServer:
                     self._send(200, b'{"status":"ok"}', "application/json")
                 elif self.path == "/ready":
                     ok, why = ready()
-                    body = b'{"ready":true}' if ok else b'{"ready":false,"why":"' + why.encode() + b'"}'
+                    body = b'{"ready":true}' if ok else orjson.dumps({"ready": False, "why": why})
                     self._send(200 if ok else 503, body, "application/json")
                 else:
                     self._send(404, b"not found", "text/plain")

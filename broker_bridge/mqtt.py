@@ -3,8 +3,11 @@
 Persistent session (clean start off, session expiry), a raised Receive Maximum (the broker sends at
 most that many unacknowledged messages: this is the backpressure), and the shared subscription
 ``$share/<group>/<prefix>/devices/+/telemetry`` so replicas split the load. Registry events and the
-broker's ``$SYS`` drop counter are subscribed per replica. Received messages are handed over as
-:class:`Inbound` values; :meth:`MqttConsumer.ack` sends the PUBACK later, after the durable write.
+broker's ``$SYS`` drop counter are subscribed per replica; devices' status messages through the shared
+subscription too (MQTT 5 only: a shared subscription is sent no retained messages), so each last
+will (a connection the broker dropped, for example for a packet over its size limit) is counted once.
+Received messages are handed over as :class:`Inbound` values; :meth:`MqttConsumer.ack` sends the
+PUBACK later, after the durable write.
 Acks for messages received on an earlier connection are skipped: the broker redelivers those, and
 acking their old packet id could acknowledge a different, newer message.
 """
@@ -70,18 +73,24 @@ class MqttConsumer:
         on_telemetry: Callable[[Inbound], None],
         on_registry_event: Callable[[bytes], None],
         on_sys: Callable[[str, bytes], None] | None = None,
+        on_status: Callable[[str, bytes], None] | None = None,
+        on_connection: Callable[[bool], None] | None = None,
     ) -> None:
         self._s = settings
         self._topics = topics
         self._on_telemetry = on_telemetry
         self._on_registry_event = on_registry_event
         self._on_sys = on_sys
+        self._on_status = on_status
+        self._on_connection = on_connection
         self._v5 = settings.mqtt_protocol == "5"
         # MQTT 3.1.1 (the amqtt fallback broker) has no shared subscriptions: one replica only.
         self._filter = (
             topics.shared(settings.share_group, Kind.TELEMETRY) if self._v5 else topics.all_devices(Kind.TELEMETRY)
         )
         self._registry = topics.registry_events()
+        self._status = topics.shared(settings.share_group, Kind.STATUS) if self._v5 else None
+        self._status_suffix = "/" + Kind.STATUS.value
         self.epoch = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -179,6 +188,8 @@ class MqttConsumer:
         self.epoch += 1
         self.last_error = None
         self.connected.set()
+        if self._on_connection is not None:
+            self._on_connection(True)
         log.info(
             "connected to %s:%s (session present: %s)", self._s.mqtt_host, self._s.mqtt_port, flags.session_present
         )
@@ -189,6 +200,9 @@ class MqttConsumer:
         subs = [(self._filter, opts(1)), (self._registry, opts(1))]
         if self._on_sys is not None and self._s.sys_topics:
             subs.append((SYS_DROPPED, opts(0)))
+        if self._on_status is not None and self._status is not None:
+            # retained statuses (old wills) are not news: never sent at subscribe time
+            subs.append((self._status, SubscribeOptions(qos=0, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)))
         client.subscribe(subs)  # type: ignore[arg-type]
 
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
@@ -196,8 +210,8 @@ class MqttConsumer:
         if failed:  # the telemetry or registry subscription was refused (ACL)
             self.last_error = f"subscription refused: {failed}"
             log.error(self.last_error)
-        elif len(codes) > 2 and getattr(codes[2], "is_failure", False):
-            log.warning("no access to $SYS: the broker's dropped-message count is not exported")
+        elif any(getattr(c, "is_failure", False) for c in codes[2:]):
+            log.warning("no access to $SYS or to devices' status: broker drops or device disconnects not exported")
         if not any(getattr(c, "is_failure", False) for c in codes[:1]):
             self.subscribed.set()
 
@@ -205,6 +219,8 @@ class MqttConsumer:
         self.epoch += 1  # messages of the lost connection are never acked: the broker redelivers them
         self.connected.clear()
         self.subscribed.clear()
+        if self._on_connection is not None:
+            self._on_connection(False)
         if getattr(rc, "is_failure", True):
             log.warning("disconnected from broker: %s", rc)
         else:
@@ -216,6 +232,12 @@ class MqttConsumer:
             if topic.startswith("$SYS/"):
                 if self._on_sys is not None:
                     self._on_sys(topic, payload)
+                return
+            if topic.endswith(self._status_suffix):
+                if self._on_status is not None:
+                    self._on_status(topic, payload)
+                if qos:
+                    self._client.ack(mid, qos)
                 return
             if topic == self._registry:
                 try:

@@ -1,7 +1,9 @@
 """The pure ingest pipeline: topic -> authenticate -> verify -> validate -> points. No I/O.
 
 :func:`process` turns one received message into an :class:`Accepted` batch (its points and the
-readings that failed validation) or a :class:`Rejected` one, each with a stable reason code.
+readings that failed validation) or a :class:`Rejected` one, each with a stable reason code; a
+rejection says whether the signature had verified and, when it had (or for a retry), the seq read
+from the payload, which is what decides its receipt (:mod:`broker_bridge.dispositions`).
 :func:`replay_decision` is the dedup/replay rule; the caller supplies what the ledger knows.
 Only the wire contract's own errors are turned into rejections; anything else escaping is a bug.
 """
@@ -15,8 +17,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cloud_core.tsdb.base import Point
-from iot_protocol import Batch, Kind, ProtocolError, ReadingProblem, Topics, check_reading, open_batch
-from iot_protocol.validation import FIELD_RANGES, MIN_TS_MS
+from iot_protocol import (
+    Batch,
+    Kind,
+    ProtocolError,
+    ReadingProblem,
+    Topics,
+    check_reading,
+    decode_verified_batch,
+    payload_indexes,
+    peek_seq,
+    verify_batch,
+)
+from iot_protocol.validation import FIELD_RANGES, MIN_TS_MS, NAME_RE, RESERVED_FIELD_NAMES
 
 from .wire import decode_batch_fast
 
@@ -37,6 +50,10 @@ INACTIVE_DEVICE = "inactive_device"
 REPLAYED_SEQ = "replayed_seq"
 NOT_TELEMETRY = "bad_topic"
 RATE_LIMITED = "rate_limited"
+STORE_REJECTED = "store_rejected"
+# Reading-level: a reading whose (sensor type, ts) another reading of the device already has, with
+# other values (in the same batch, or stored): storage keys a point on them, so one would be lost.
+DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 
 
 def key_id_of(public_key: bytes) -> str:
@@ -58,7 +75,9 @@ class DeviceKey:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A verified batch: ``points`` to store, ``problems`` for the readings that must be dead-lettered."""
+    """A verified batch: ``points`` to store, ``problems`` for the readings that must be dead-lettered
+    (in payload order; ``indexes[i]`` is the payload index of ``points[i]``'s reading, None when the
+    points are the readings one for one). ``min_ts``/``max_ts`` bound the points' timestamps."""
 
     device_id: str
     batch: Batch
@@ -66,17 +85,32 @@ class Accepted:
     points: tuple[Point, ...]
     problems: tuple[ReadingProblem, ...]
     key_id: str = ""  # the verifying key's id: the seq epoch this batch belongs to
+    indexes: tuple[int, ...] | None = None
+    min_ts: int = 0
+    max_ts: int = -1
+
+    @property
+    def readings(self) -> int:
+        """How many readings the batch carried (stored or not)."""
+        return len(self.points) + len(self.problems)
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A message that stores nothing. ``seq`` is set only when it comes from a verified batch."""
+    """A message that stores nothing. ``verified``: its signature verified (so the device may be told);
+    ``seq``: the batch seq as read from the payload (set for verified batches whose seq could be read,
+    and for retries); ``readings``: how many readings the payload held, when known; ``after_ms``: for
+    a retry, when to resend."""
 
     device_id: str | None
     reason: str
     detail: str
     sha256: str
     seq: int | None = None
+    verified: bool = False
+    readings: int = 0
+    after_ms: int = 0  # for a retry: when to resend
+    key_id: str = ""  # for a verified batch: the verifying key's id (its seq epoch)
 
 
 def payload_hash(payload: bytes) -> str:
@@ -133,45 +167,94 @@ def process(
     if not key.active or key.public_key is None:
         return Rejected(device_id, INACTIVE_DEVICE, "device is not active (deactivated or not enrolled)", digest)
     try:
-        batch = open_batch(payload, topic_device=device_id, public_key=key.public_key, decode=decode_batch_fast)
+        token = verify_batch(payload, topic_device=device_id, public_key=key.public_key)
     except ProtocolError as exc:
         return Rejected(device_id, exc.reason, str(exc), digest)
+    try:
+        batch = decode_verified_batch(token, topic_device=device_id, decode=decode_batch_fast)
+    except ProtocolError as exc:  # signed by the device: it may be told, by the seq if one can be read
+        seq, n = peek_seq(token.payload)
+        kid = key.key_id or key_id_of(key.public_key)
+        return Rejected(device_id, exc.reason, str(exc), digest, seq, verified=True, readings=n, key_id=kid)
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    points, problems = checked_points(batch, key.location, now_ms=now, max_skew_ms=max_skew_ms)
     kid = key.key_id or key_id_of(key.public_key)
-    return Accepted(device_id, batch, digest, points, problems, kid)
+    return checked_batch(batch, key.location, digest, kid, now_ms=now, max_skew_ms=max_skew_ms)
+
+
+# Names already found to follow the contract's rule (NAME_RE, not reserved): sensor types and field
+# names repeat with every reading, so each is checked once. Field names with a range are known good.
+_good_names: set[str] = set(FIELD_RANGES)
+_GOOD_NAMES_MAX = 100_000
+
+
+def _good_name(name: str) -> bool:
+    if NAME_RE.match(name) is None:
+        return False
+    if len(_good_names) >= _GOOD_NAMES_MAX:
+        _good_names.clear()
+        _good_names.update(FIELD_RANGES)
+    _good_names.add(name)
+    return True
+
+
+def _good_field(name: str) -> bool:
+    return name not in RESERVED_FIELD_NAMES and _good_name(name)
+
+
+def checked_batch(batch: Batch, location: str, sha256: str, key_id: str, *, now_ms: int, max_skew_ms: int) -> Accepted:
+    """The Accepted outcome of a verified, decoded ``batch``: its points and the problems of its other
+    readings (those the decoder set aside, those :func:`check_reading` refuses, and readings repeating
+    an earlier one's sensor type and ts with other values), in payload order."""
+    points, problems, indexes, lo, hi = _check(batch, location, now_ms=now_ms, max_skew_ms=max_skew_ms)
+    return Accepted(batch.device_id, batch, sha256, points, problems, key_id, indexes, lo, hi)
 
 
 def checked_points(
     batch: Batch, location: str, *, now_ms: int, max_skew_ms: int
-) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...]]:
-    """The points of the readings of ``batch`` that :func:`check_reading` passes, and the problems of
-    the others, in one pass.
+) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...], tuple[int, ...] | None]:
+    """(points, problems, indexes) of :func:`_check`."""
+    points, problems, indexes, _, _ = _check(batch, location, now_ms=now_ms, max_skew_ms=max_skew_ms)
+    return points, problems, indexes
+
+
+def _check(
+    batch: Batch, location: str, *, now_ms: int, max_skew_ms: int
+) -> tuple[tuple[Point, ...], tuple[ReadingProblem, ...], tuple[int, ...] | None, int, int]:
+    """The points of the readings of ``batch`` that :func:`check_reading` passes, the problems of
+    the others, in one pass, the payload index of each point's reading (None when they are the
+    payload's readings one for one), and the least and greatest ts of the points (0, -1 for none).
 
     A reading's ``values`` become its point's ``fields`` plus ``quality_score`` (unless the reading
     already has a value of that name, which then wins); when nothing needs adding the point shares
     the reading's dict (neither is mutated after decoding). A reading passes the inline test below
-    only when check_reading would pass it (the same bounds: time window, quality, finite values,
-    FIELD_RANGES); any other goes to check_reading, which names its problem."""
+    only when check_reading would pass it (the same bounds: names, time window, quality, finite
+    values, FIELD_RANGES); any other goes to check_reading, which names its problem. Readings the
+    decoder set aside (``batch.malformed``) keep their problems; a reading with the (sensor type, ts)
+    of an earlier kept one of this batch is ``duplicate_timestamp`` (storage holds one point per
+    key: the second would replace the first, or be the same point counted twice)."""
     lo_ts, hi_ts = MIN_TS_MS, now_ms + max_skew_ms
     ranges = FIELD_RANGES
+    good = _good_names
     device_id = batch.device_id
+    readings = batch.readings
+    malformed = batch.malformed
+    where = payload_indexes(batch) if malformed else None
     out: list[Point] = []
-    problems: list[ReadingProblem] = []
-    for i, r in enumerate(batch.readings):
-        ok = lo_ts <= r.ts <= hi_ts and 0.0 <= r.quality <= 1.0
+    problems: list[ReadingProblem] = list(malformed)
+    for i, r in enumerate(readings):
+        ok = lo_ts <= r.ts <= hi_ts and 0.0 <= r.quality <= 1.0 and (r.sensor_type in good or _good_name(r.sensor_type))
         if ok:
             for name, value in r.values.items():
                 bounds = ranges.get(name)
                 if bounds is None:
-                    if value - value != 0:  # NaN or infinite (an int gives 0)
+                    if value - value != 0 or (name not in good and not _good_field(name)):  # NaN or infinite
                         ok = False
                         break
                 elif not bounds[0] <= value <= bounds[1]:  # NaN compares False
                     ok = False
                     break
         if not ok:
-            problem = check_reading(r, i, now_ms=now_ms, max_skew_ms=max_skew_ms)
+            problem = check_reading(r, i if where is None else where[i], now_ms=now_ms, max_skew_ms=max_skew_ms)
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -186,7 +269,45 @@ def checked_points(
         _set_ts(p, r.ts)
         _set_fields(p, values)
         out.append(p)
-    return tuple(out), tuple(problems)
+    if not out:
+        return (), tuple(sorted(problems, key=_by_index)), (), 0, -1
+    kept: list[int] | None = None  # payload indexes of the points, when not 0..n-1
+    if problems:
+        bad = {x.index for x in problems}
+        kept = [j for j in (range(len(readings)) if where is None else where) if j not in bad]
+    ts = [p.ts_ms for p in out]
+    if len(ts) > 1 and len(set(ts)) != len(ts):
+        out, kept = _drop_repeats(out, kept if kept is not None else list(range(len(out))), problems)
+        ts = [p.ts_ms for p in out]
+    if problems and (malformed or len(problems) > 1):
+        problems.sort(key=_by_index)
+    return tuple(out), tuple(problems), None if kept is None else tuple(kept), min(ts), max(ts)
+
+
+def _by_index(p: ReadingProblem) -> int:
+    return p.index
+
+
+def _drop_repeats(
+    points: list[Point], kept: list[int], problems: list[ReadingProblem]
+) -> tuple[list[Point], list[int]]:
+    """Keep the first point of each (sensor type, ts); a later one becomes a ``duplicate_timestamp``
+    problem. ``kept``: the payload index of each point."""
+    seen: set[tuple[str, int]] = set()
+    out: list[Point] = []
+    out_kept: list[int] = []
+    for p, i in zip(points, kept, strict=True):
+        key = (p.sensor_type, p.ts_ms)
+        if key not in seen:
+            seen.add(key)
+        else:
+            problems.append(
+                ReadingProblem(i, DUPLICATE_TIMESTAMP, f"{p.sensor_type} at ts {p.ts_ms} twice in the batch")
+            )
+            continue
+        out.append(p)
+        out_kept.append(i)
+    return out, out_kept
 
 
 def replay_decision(

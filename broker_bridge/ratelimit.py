@@ -41,6 +41,15 @@ class RateLimiter:
         self._buckets[device_id] = (tokens - 1.0, now)
         return True
 
+    def wait_s(self, device_id: str, now: float) -> float:
+        """Seconds until ``device_id``'s bucket holds a whole token again (0 when it does now)."""
+        state = self._buckets.get(device_id)
+        if state is None:
+            return 0.0
+        tokens, at = state
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)
+
     def _sweep(self, now: float) -> None:
         self._calls = 0
         full = [d for d, (t, at) in self._buckets.items() if t + max(0.0, now - at) * self.rate >= self.burst]

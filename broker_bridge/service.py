@@ -15,7 +15,7 @@ from types import TracebackType
 from cloud_core.cache import open_cache
 from cloud_core.core.db import create_all, make_engine
 from cloud_core.tsdb import open_tsdb
-from iot_protocol import Topics
+from iot_protocol import ProtocolError, Topics, decode_status
 
 from .deadletter import DeadLetterQueue
 from .effects import SideEffects
@@ -25,6 +25,7 @@ from .ledger import Ledger, ensure_ledger_schema
 from .metrics import HttpServer, Metrics
 from .mqtt import SYS_DROPPED, Inbound, MqttConsumer
 from .settings import BridgeSettings
+from .sinks import SinkHealth
 from .writer import Ingest
 
 __all__ = ["Bridge", "run_bridge"]
@@ -45,6 +46,7 @@ class Bridge:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.metrics = Metrics()
+        self.health = SinkHealth(self.metrics, unready_after_s=s.sink_unready_after_s)
         self.directory = KeyDirectory(self.engine, ttl_s=s.key_cache_ttl_s, retry_s=s.retry_initial_s)
         self.ledger = Ledger(self.engine)
         self.deadletters = DeadLetterQueue(self.engine, max_buffer=s.deadletter_buffer_max)
@@ -52,9 +54,9 @@ class Bridge:
             s,
             engine=self.engine,
             cache=self.cache,
-            ledger=self.ledger,
             deadletters=self.deadletters,
             metrics=self.metrics,
+            health=self.health,
         )
         self.ingest = Ingest(
             s,
@@ -65,6 +67,7 @@ class Bridge:
             deadletters=self.deadletters,
             effects=self.effects,
             metrics=self.metrics,
+            health=self.health,
             ack=self._ack,
             publish=self._publish,
         )
@@ -74,6 +77,8 @@ class Bridge:
             on_telemetry=self.ingest.submit,
             on_registry_event=self._on_registry_event,
             on_sys=self._on_sys,
+            on_status=self._on_status,
+            on_connection=self.metrics.connected.set,
         )
         self.metrics.watch_last_seen(lambda: dict(self.effects.seen_at))
         self.http: HttpServer | None = None
@@ -97,6 +102,20 @@ class Bridge:
             with contextlib.suppress(ValueError):
                 self.metrics.broker_dropped.set(float(payload))
 
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        """A device's status: a last will (offline, reason lost) means the broker dropped its connection."""
+        if not payload:
+            return
+        try:
+            status = decode_status(payload)
+        except ProtocolError:
+            return
+        if status.state == "offline" and status.reason == "lost":
+            self.metrics.connection_losses.inc()
+            with contextlib.suppress(ProtocolError):
+                device_id, _ = self.topics.parse(topic)
+                log.info("device connection lost (last will)", extra={"device_id": device_id})
+
     # ---- readiness -----------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
         if not self.mqtt.subscribed.is_set():
@@ -105,6 +124,9 @@ class Bridge:
             return False, "time-series store unavailable (backpressure)"
         if self.ingest.backlog >= self.settings.max_backlog:
             return False, "backlog full"
+        failing = self.health.unready()
+        if failing is not None:
+            return False, failing
         return True, ""
 
     # ---- lifecycle -----------------------------------------------------------------------------

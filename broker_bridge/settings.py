@@ -76,6 +76,19 @@ class BridgeSettings(BaseSettings):
         description="Receipts are cumulative per device: at most one publish per device per this "
         "interval, naming every batch written since (0 = one per device per write).",
     )
+    receipts_held_max: int = Field(
+        100_000,
+        ge=1,
+        description="Receipts held while their ledger rows cannot be written (metadata DB down): a receipt "
+        "is sent only once the batch's replay state is durable. Beyond this many, the oldest are dropped "
+        "(counted in bridge_ledger_rows_dropped_total) and their devices resend.",
+    )
+    sink_unready_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="/ready turns 503 when a sink (time-series store, ledger, metadata DB, cache) has been "
+        "failing for this long; bridge_sink_up{sink} shows each one.",
+    )
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay of a failed write.")
     retry_max_s: float = Field(5.0, gt=0, description="Retry delay cap (exponential backoff with jitter).")
     # --- rate limiting ------------------------------------------------------------------------------
@@ -84,8 +97,8 @@ class BridgeSettings(BaseSettings):
         ge=0,
         description="Per-device token bucket on telemetry messages, by arrival time, before verification: "
         "refill rate in messages/s (0 = off). A message over the limit is dead-lettered 'rate_limited', "
-        "acknowledged and not receipted, so an honest device resends it after its receipt timeout. Buckets "
-        "are per replica: with N replicas a device may get up to N times the limit.",
+        "acknowledged and receipted as a retry (with after_ms, when a token will be free), so the device "
+        "resends it then. Buckets are per replica: with N replicas a device may get up to N times the limit.",
     )
     rate_limit_burst: int = Field(200, ge=1, description="Bucket size: messages a device may send at once.")
     # --- verification -------------------------------------------------------------------------------

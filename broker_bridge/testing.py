@@ -119,6 +119,7 @@ class ReceiptCollector:
 
     def __init__(self, host: str, port: int, topics: Topics) -> None:
         self.receipts: list[tuple[float, str, Receipt]] = []
+        self.raw: list[tuple[str, bytes]] = []  # (device, the exact bytes received)
         self.on_receipt: Callable[[str], None] | None = None  # called (network thread) on each receipt
         self._topics = topics
         self._ready = threading.Event()
@@ -135,6 +136,7 @@ class ReceiptCollector:
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         device_id, _ = self._topics.parse(msg.topic)
+        self.raw.append((device_id, bytes(msg.payload)))
         self.receipts.append((time.time(), device_id, decode_receipt(bytes(msg.payload))))
         if self.on_receipt is not None:
             self.on_receipt(device_id)
@@ -144,6 +146,24 @@ class ReceiptCollector:
 
     def rejected(self) -> set[tuple[str, int, str]]:
         return {(d, x.seq, x.reason) for _, d, r in list(self.receipts) for x in r.rejected}
+
+    def retries(self) -> list[tuple[str, int, str, int]]:
+        """(device, seq, reason, after_ms) of every retry entry received."""
+        return [(d, x.seq, x.reason, x.after_ms) for _, d, r in list(self.receipts) for x in r.retry]
+
+    def reading_rejections(self, device_id: str | None = None) -> set[tuple[str, int, int, str]]:
+        """(device, seq, reading index, reason) of every rejected reading named by a receipt."""
+        return {
+            (d, o.seq, x.index, x.reason)
+            for _, d, r in list(self.receipts)
+            if device_id in (None, d)
+            for o in r.readings
+            for x in o.rejected
+        }
+
+    def unread(self) -> set[tuple[str, str, str]]:
+        """(device, sha256, reason) of every verified message receipted without a readable seq."""
+        return {(d, u.sha256, u.reason) for _, d, r in list(self.receipts) for u in r.unread}
 
     def close(self) -> None:
         self._c.disconnect()

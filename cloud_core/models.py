@@ -196,3 +196,7 @@ class BatchLedger(SQLModel, table=True):
     # The signing key's id (first 16 hex of the SHA-256 of its raw bytes): seqs are per key epoch, so a
     # re-enrolled or rotated device may restart them. NULL: stored before epochs were recorded.
     key_id: str | None = Field(default=None, max_length=16)
+    # What the device was told, so a byte-identical resend gets the same receipt: the batch's final
+    # rejection reason (NULL: stored), and its rejected readings as JSON [[index, reason], ...].
+    reason: str | None = Field(default=None, max_length=64)
+    rejections: str | None = None

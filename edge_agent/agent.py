@@ -12,6 +12,7 @@ credentials). The simulator drives many pipelines without any of these threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -139,6 +140,7 @@ class Pipeline:
         cloud_public_key: bytes | None = None,
         max_inflight: int = 8,
         receipt_timeout_s: float = 30.0,
+        max_unanswered_sends: int = 5,
     ) -> None:
         self.device_id = device_id
         self.key = key
@@ -147,6 +149,7 @@ class Pipeline:
         self.cloud_public_key = cloud_public_key
         self.max_inflight = max_inflight
         self.receipt_timeout_s = receipt_timeout_s
+        self.max_unanswered_sends = max_unanswered_sends
         self.runtime = runtime or Runtime()
         saved = buffer.get_state(_CONFIG_STATE)
         if saved:  # the applied config survives restarts
@@ -159,6 +162,12 @@ class Pipeline:
             b.seq: (b, float("-inf")) for b in buffer.unreceipted()
         }
         self._fresh_after = buffer.max_id()  # readings up to here are backlog
+        # Bounded resends (docs/protocol.md, Receipts). Every send gets a number; per in-flight seq:
+        # (number of its last send, or None once that send was counted; sends that went unanswered
+        # while a batch sent after them was answered). _answered_upto: the latest send answered.
+        self._sends = 0
+        self._answered_upto = 0
+        self._answers: dict[int, tuple[int | None, int]] = {}
         self.sensor_errors = 0
         self.latest: dict[str, float] = {}
 
@@ -201,15 +210,26 @@ class Pipeline:
     def plan(self, now_mono: float, *, fresh: bool = True, now_ms: int | None = None) -> list[PendingBatch]:
         """Batches to publish now, in this order: due resends (oldest seq first), one batch of the
         readings taken since the last cycle (``fresh``, so a long backlog never starves live data),
-        then backlog batches in production order; never more than ``max_inflight`` unreceipted."""
+        then backlog batches in production order; never more than ``max_inflight`` unreceipted.
+
+        A batch due for its resend after ``max_unanswered_sends`` sends that each went unanswered while
+        the cloud answered a batch sent after it is quarantined instead (the cloud cannot verify it:
+        resending cannot help; an outage, when nothing is answered, never counts)."""
         now = _now_ms() if now_ms is None else now_ms
         n = self.runtime.batch_max_readings
         with self._lock:
-            due = [
-                b
-                for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq)
-                if now_mono - sent >= self.receipt_timeout_s
-            ]
+            due = []
+            for b, sent in sorted(self._inflight.values(), key=lambda x: x[0].seq):
+                if now_mono - sent < self.receipt_timeout_s:
+                    continue
+                send_no, unanswered = self._answers.get(b.seq, (None, 0))
+                if send_no is not None and self._answered_upto > send_no:  # a later send was answered
+                    unanswered += 1
+                    self._answers[b.seq] = (None, unanswered)
+                if unanswered >= self.max_unanswered_sends:
+                    self._quarantine(b, unanswered, now)
+                    continue
+                due.append(b)
             new: list[PendingBatch] = []
             if fresh and len(self._inflight) < self.max_inflight:
                 b = self.buffer.next_batch(
@@ -238,13 +258,27 @@ class Pipeline:
             if cloud_public_key is not None:
                 self.cloud_public_key = cloud_public_key
             self._inflight = {b.seq: (b, float("-inf")) for b in self.buffer.unreceipted()}
+            self._answers.clear()  # re-signed batches start their unanswered-send count afresh
         return n
+
+    def _quarantine(self, b: PendingBatch, sends: int, now_ms: int) -> None:
+        """(With the lock.) Set ``b`` aside: never receipted in ``sends`` sends while others were."""
+        self._inflight.pop(b.seq, None)
+        self._answers.pop(b.seq, None)
+        n = self.buffer.quarantine(b.seq, "no_receipt", now_ms)
+        log.warning(
+            "batch quarantined: the cloud never receipted it",
+            extra={"seq": b.seq, "readings": n, "sends": sends},
+        )
 
     def mark_sent(self, seq: int, now_mono: float) -> None:
         with self._lock:
             entry = self._inflight.get(seq)
             if entry is not None:
                 self._inflight[seq] = (entry[0], now_mono)
+                self._sends += 1
+                _, unanswered = self._answers.get(seq, (None, 0))
+                self._answers[seq] = (self._sends, unanswered)
 
     def resend_all(self) -> None:
         """After a reconnect: every unreceipted batch goes out again at the next cycle."""
@@ -263,20 +297,48 @@ class Pipeline:
         return max(0.0, oldest + self.receipt_timeout_s - now_mono)
 
     # -- receipts
-    def on_receipt(self, payload: bytes) -> int:
-        """Apply a receipt message; returns readings deleted. A malformed receipt is logged and ignored."""
+    def on_receipt(self, payload: bytes, now_mono: float | None = None) -> int:
+        """Apply a receipt message (docs/protocol.md, Receipts); returns readings deleted. A malformed
+        receipt is logged and ignored.
+
+        ``stored`` and ``rejected`` batches are deleted (the readings a receipt names as rejected are
+        counted as rejected); ``unread`` ones too, found by the SHA-256 of their exact bytes; a
+        ``retry`` is resent, identical, after its ``after_ms``."""
         try:
             receipt = decode_receipt(payload)
         except ProtocolError as exc:
             log.warning("ignoring malformed receipt", extra={"error": str(exc)})
             return 0
+        now = time.monotonic() if now_mono is None else now_mono
         rejected = [r.seq for r in receipt.rejected]
         for r in receipt.rejected:
             log.warning("batch rejected by the cloud", extra={"seq": r.seq, "reason": r.reason})
-        deleted = self.buffer.ack(receipt.stored, rejected)
+        partly = {o.seq: len(o.rejected) for o in receipt.readings if o.rejected}
+        for o in receipt.readings:
+            for x in o.rejected:
+                log.warning("reading rejected by the cloud", extra={"seq": o.seq, "index": x.index, "reason": x.reason})
+        with self._lock:
+            if receipt.unread:
+                unread = {u.sha256: u.reason for u in receipt.unread}
+                for seq, (b, _) in self._inflight.items():
+                    reason = unread.get(hashlib.sha256(b.token).hexdigest())
+                    if reason is not None:
+                        rejected.append(seq)
+                        log.warning("batch rejected by the cloud", extra={"seq": seq, "reason": reason})
+            for seq in (*receipt.stored, *rejected, *(r.seq for r in receipt.retry)):
+                send_no = self._answers.get(seq, (None, 0))[0]
+                if send_no is not None and send_no > self._answered_upto:
+                    self._answered_upto = send_no
+            for r in receipt.retry:  # not stored, not final: resend after after_ms, not counted as unanswered
+                entry = self._inflight.get(r.seq)
+                if entry is not None:
+                    self._inflight[r.seq] = (entry[0], now + r.after_ms / 1000 - self.receipt_timeout_s)
+                    self._answers[r.seq] = (None, self._answers.get(r.seq, (None, 0))[1])
+        deleted = self.buffer.ack(receipt.stored, rejected, rejected_readings=partly)
         with self._lock:
             for s in (*receipt.stored, *rejected):
                 self._inflight.pop(s, None)
+                self._answers.pop(s, None)
         return deleted
 
     # -- config
@@ -322,6 +384,7 @@ class Pipeline:
             battery=self.latest.get("battery_level"),
             signal=self.latest.get("signal_strength", wifi_signal_dbm()),
             last_seq=c["last_seq"],
+            quarantined=c.get("quarantined", 0),
             extra={
                 "stored": c["stored"],
                 "rejected": c["rejected"],
@@ -440,6 +503,7 @@ class Agent:
             cloud_public_key=identity.cloud_public_key,
             max_inflight=settings.max_inflight_batches,
             receipt_timeout_s=settings.receipt_timeout_s,
+            max_unanswered_sends=settings.max_unanswered_sends,
         )
         self._stop = threading.Event()
         self._wake_pub = threading.Event()
@@ -778,6 +842,7 @@ def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:
         ("produced", st.produced),
         ("stored", st.stored),
         ("rejected", st.rejected),
+        ("quarantined", st.quarantined),
         ("dropped", st.dropped),
         ("last_seq", st.last_seq),
         ("config_version", cfg.get("version", 0)),

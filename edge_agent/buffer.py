@@ -7,9 +7,16 @@ receipt names the batch that carries it. Tables:
   exact JSON ``body``, and ``seq`` once it is assigned to a batch;
 - ``batches``: ``seq`` (per-device, monotonic, never reused), ``batch_id`` and the exact sealed
   JWS ``token``, so a resend after a crash sends identical bytes;
-- ``counters``: produced, dropped, stored, rejected, last_seq (persisted with each change);
+- ``counters``: produced, dropped, stored, rejected, quarantined, last_seq (persisted with each change);
 - ``state``: small key/value records (the applied config);
+- ``quarantine``: batches the cloud never verified, set aside after bounded resends (the exact token
+  kept for inspection), and readings too large to send at all; the newest ``QUARANTINE_KEEP`` kept;
 - ``produced_log``: optional, every reading ever produced (tests and ground truth), never pruned.
+
+A batch is sealed within the contract's message limit (``iot_protocol.MAX_TOKEN_BYTES``, 256 KiB,
+well under the broker's packet limit): ``next_batch`` takes fewer readings when their bytes would not
+fit, so the agent never sends a message the bridge refuses as ``too_large`` or the broker drops with
+the connection.
 
 The bound (rows and optionally payload bytes) is enforced on every write; with ``drop_oldest``
 the oldest readings go first (a sealed batch holding the oldest reading goes whole); with
@@ -22,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from iot_protocol import jws
+from iot_protocol.jws import MAX_TOKEN_BYTES
 from iot_protocol.messages import Batch, Reading
 from iot_protocol.signing import seal_batch
 
@@ -52,8 +60,15 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS produced_log (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, batch_id TEXT, n INTEGER NOT NULL,
+    reason TEXT NOT NULL, at INTEGER NOT NULL, data BLOB NOT NULL);
 """
-_COUNTERS = ("produced", "dropped", "stored", "rejected", "last_seq")
+_COUNTERS = ("produced", "dropped", "stored", "rejected", "quarantined", "last_seq")
+QUARANTINE_KEEP = 1000
+# The batch's JSON around its readings (ids, seq, times) and the JWS around the payload, with room to
+# spare: readings are taken while their bodies fit in what remains of MAX_TOKEN_BYTES.
+_PAYLOAD_BUDGET = (MAX_TOKEN_BYTES - 512) * 3 // 4 - 512
 
 
 def reading_body(r: Reading) -> bytes:
@@ -86,6 +101,7 @@ class BufferStats:
     stored: int
     rejected: int
     last_seq: int
+    quarantined: int = 0
 
 
 class Buffer:
@@ -200,23 +216,55 @@ class Buffer:
 
     # ------------------------------------------------------------------ batching
     def next_batch(
-        self, device_id: str, key: Ed25519PrivateKey, *, max_readings: int, now_ms: int, after_id: int = 0
+        self,
+        device_id: str,
+        key: Ed25519PrivateKey,
+        *,
+        max_readings: int,
+        now_ms: int,
+        after_id: int = 0,
+        max_token_bytes: int = MAX_TOKEN_BYTES,
     ) -> PendingBatch | None:
         """Seal the oldest unbatched readings with id > ``after_id`` into the next batch, or None.
 
-        The seq, the batch id, the exact token and the readings' assignment commit together, so a
-        batch is sent with identical bytes however often it is resent, and a seq is never reused.
+        At most ``max_readings``, and no more than fit in a message of ``max_token_bytes`` (a reading
+        too large to be sent even alone is quarantined, counted, and skipped). The seq, the batch id,
+        the exact token and the readings' assignment commit together, so a batch is sent with
+        identical bytes however often it is resent, and a seq is never reused.
         """
+        budget = _PAYLOAD_BUDGET - (MAX_TOKEN_BYTES - max_token_bytes) * 3 // 4
         with self._lock, self._tx():
-            rows = self._db.execute(
-                "SELECT id, body FROM readings WHERE seq IS NULL AND id > ? ORDER BY id LIMIT ?",
-                (after_id, max_readings),
-            ).fetchall()
-            if not rows:
-                return None
-            seq = self._c["last_seq"] + 1
-            batch = Batch(device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, b in rows))
-            token = seal_batch(batch, key)
+            while True:
+                rows = self._db.execute(
+                    "SELECT id, size, body FROM readings WHERE seq IS NULL AND id > ? ORDER BY id LIMIT ?",
+                    (after_id, max_readings),
+                ).fetchall()
+                if not rows:
+                    return None
+                take, used = 0, 0
+                for _, size, _ in rows:
+                    if take and used + size + 1 > budget:
+                        break
+                    used += size + 1
+                    take += 1
+                rows = rows[:take]
+                seq = self._c["last_seq"] + 1
+                while True:
+                    batch = Batch(
+                        device_id, uuid.uuid4().hex, seq, now_ms, tuple(reading_from_body(b) for _, _, b in rows)
+                    )
+                    token = seal_batch(batch, key)
+                    if len(token) <= max_token_bytes or len(rows) == 1:
+                        break
+                    rows = rows[: len(rows) // 2]  # the estimate was short: halve until it fits
+                if len(token) <= max_token_bytes:
+                    break
+                # One reading alone is over the limit: it can never be sent. Set it aside, counted.
+                rid, size, body = rows[0]
+                self._db.execute("DELETE FROM readings WHERE id = ?", (rid,))
+                self._rows -= 1
+                self._bytes -= size
+                self._quarantine_rows(None, None, 1, "too_large", now_ms, body)
             self._db.execute(
                 "INSERT INTO batches(seq, batch_id, token, n, created_at) VALUES (?, ?, ?, ?, ?)",
                 (seq, batch.batch_id, token, len(rows), now_ms),
@@ -226,7 +274,7 @@ class Buffer:
                 (seq, rows[0][0], rows[-1][0], after_id),
             )
             self._c["last_seq"] = seq
-            self._save_counters("last_seq")
+            self._save_counters("last_seq", "quarantined")
         return PendingBatch(seq, batch.batch_id, token, len(rows))
 
     def reseal(self, key: Ed25519PrivateKey) -> int:
@@ -241,6 +289,37 @@ class Buffer:
                 self._db.execute("UPDATE batches SET token = ? WHERE seq = ?", (new, seq))
         return len(rows)
 
+    def _quarantine_rows(
+        self, seq: int | None, batch_id: str | None, n: int, reason: str, now_ms: int, data: bytes
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO quarantine(seq, batch_id, n, reason, at, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, batch_id, n, reason, now_ms, data),
+        )
+        self._db.execute("DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?", (QUARANTINE_KEEP,))
+        self._c["quarantined"] += n
+
+    def quarantine(self, seq: int, reason: str, now_ms: int) -> int:
+        """Set the sealed batch ``seq`` aside: the cloud never verified it (no receipt while it answered
+        other batches). Its token is kept in ``quarantine`` for inspection, its readings leave the
+        buffer and are counted as quarantined. Returns how many readings."""
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT batch_id, token FROM batches WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return 0
+            n, _ = self._delete_batches([seq])
+            self._quarantine_rows(seq, row[0], n, reason, now_ms, bytes(row[1]))
+            self._save_counters("quarantined")
+        return int(n)
+
+    def quarantined(self) -> list[tuple[int | None, str, int, int]]:
+        """(seq, reason, readings, at ms) of what is in quarantine, oldest first."""
+        with self._lock:
+            return [
+                (seq, reason, n, at)
+                for seq, reason, n, at in self._db.execute("SELECT seq, reason, n, at FROM quarantine ORDER BY id")
+            ]
+
     def unreceipted(self) -> list[PendingBatch]:
         """Sealed batches without a receipt, in seq order (to resend after a restart or reconnect)."""
         with self._lock:
@@ -249,19 +328,34 @@ class Buffer:
                 for s, b, t, n in self._db.execute("SELECT seq, batch_id, token, n FROM batches ORDER BY seq")
             ]
 
-    def ack(self, stored: Iterable[int] = (), rejected: Iterable[int] = ()) -> int:
-        """Apply a receipt: delete the named batches and their readings. Returns readings deleted;
-        unknown seqs (already receipted, or dropped) are ignored."""
+    def ack(
+        self,
+        stored: Iterable[int] = (),
+        rejected: Iterable[int] = (),
+        *,
+        rejected_readings: Mapping[int, int] | None = None,
+    ) -> int:
+        """Apply a receipt: delete the named batches and their readings. ``rejected_readings``: per
+        stored seq, how many of its readings the receipt says were rejected (counted as rejected, the
+        rest as stored). Returns readings deleted; unknown seqs (already receipted, or dropped) are
+        ignored."""
         stored, rejected = list(stored), list(rejected)
         if not stored and not rejected:
             return 0
+        partial = rejected_readings or {}
         with self._lock, self._tx():
-            n_stored, _ = self._delete_batches(stored)
+            n_stored, _ = self._delete_batches([s for s in stored if s not in partial])
+            n_partial = 0
+            for seq in (s for s in stored if s in partial):  # partly stored: count each one's rejections
+                n, _ = self._delete_batches([seq])
+                k = min(n, partial[seq])
+                n_stored += n - k
+                n_partial += k
             n_rejected, _ = self._delete_batches(rejected)
             self._c["stored"] += n_stored
-            self._c["rejected"] += n_rejected
+            self._c["rejected"] += n_rejected + n_partial
             self._save_counters("stored", "rejected", "dropped")
-        return n_stored + n_rejected
+        return n_stored + n_partial + n_rejected
 
     def _delete_batches(self, seqs: Sequence[int]) -> tuple[int, int]:
         if not seqs:
@@ -296,6 +390,7 @@ class Buffer:
                 c["stored"],
                 c["rejected"],
                 c["last_seq"],
+                c.get("quarantined", 0),
             )
 
     @property

@@ -128,6 +128,13 @@ class AgentSettings:
     receipt_timeout_s: float = setting(
         30.0, "Resend a batch (identical bytes) if no receipt arrived after this.", gt=0, le=86_400
     )
+    max_unanswered_sends: int = setting(
+        5,
+        "Quarantine a batch after this many sends went unreceipted while the cloud receipted others "
+        "(it cannot verify it; an outage never counts).",
+        ge=1,
+        le=1000,
+    )
     heartbeat_interval_s: float = setting(60.0, "Seconds between health messages.", ge=1, le=86_400)
     backoff_initial_s: float = setting(1.0, "First reconnect delay.", gt=0, le=3600)
     backoff_max_s: float = setting(60.0, "Reconnect delay cap (doubles from initial).", gt=0, le=86_400)

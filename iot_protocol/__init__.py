@@ -6,7 +6,9 @@ package and nothing re-implements it.
 
 from . import jws
 from .errors import DecodeError, ProtocolError, SignatureError, TopicError, UnsupportedVersion, ValidationError
+from .jws import MAX_TOKEN_BYTES
 from .keys import (
+    check_public_key,
     generate_private_key,
     load_private_key,
     private_key_from_seed,
@@ -16,7 +18,12 @@ from .keys import (
     save_private_key,
 )
 from .messages import (
+    MAX_FIELDS_PER_READING,
+    MAX_FLAGS_PER_READING,
+    MAX_NAME_LENGTH,
     MAX_READINGS_PER_BATCH,
+    MAX_SEQ,
+    MAX_TIMESTAMP,
     VERSION,
     Alert,
     Batch,
@@ -24,9 +31,14 @@ from .messages import (
     ConfigReport,
     Health,
     Reading,
+    ReadingOutcome,
+    ReadingProblem,
+    ReadingRejection,
     Receipt,
     Rejection,
+    Retry,
     Status,
+    Unread,
     decode_alert,
     decode_batch,
     decode_config_document,
@@ -35,16 +47,26 @@ from .messages import (
     decode_receipt,
     decode_status,
     encode,
+    payload_indexes,
+    peek_seq,
 )
 from .settings import DeviceSettings, parse_settings
-from .signing import CLOUD_KID, open_batch, open_config, seal_batch, seal_config
+from .signing import CLOUD_KID, decode_verified_batch, open_batch, open_config, seal_batch, seal_config, verify_batch
 from .topics import Kind, Topics, validate_device_id
-from .validation import FIELD_RANGES, ReadingProblem, check_reading
+from .validation import FIELD_RANGES, NAME_RE, RESERVED_FIELD_NAMES, check_reading
 
 __all__ = [
     "CLOUD_KID",
     "FIELD_RANGES",
+    "MAX_FIELDS_PER_READING",
+    "MAX_FLAGS_PER_READING",
+    "MAX_NAME_LENGTH",
     "MAX_READINGS_PER_BATCH",
+    "MAX_SEQ",
+    "MAX_TIMESTAMP",
+    "MAX_TOKEN_BYTES",
+    "NAME_RE",
+    "RESERVED_FIELD_NAMES",
     "VERSION",
     "Alert",
     "Batch",
@@ -56,15 +78,20 @@ __all__ = [
     "Kind",
     "ProtocolError",
     "Reading",
+    "ReadingOutcome",
     "ReadingProblem",
+    "ReadingRejection",
     "Receipt",
     "Rejection",
+    "Retry",
     "SignatureError",
     "Status",
     "TopicError",
     "Topics",
+    "Unread",
     "UnsupportedVersion",
     "ValidationError",
+    "check_public_key",
     "check_reading",
     "decode_alert",
     "decode_batch",
@@ -73,6 +100,7 @@ __all__ = [
     "decode_health",
     "decode_receipt",
     "decode_status",
+    "decode_verified_batch",
     "encode",
     "generate_private_key",
     "jws",
@@ -80,6 +108,8 @@ __all__ = [
     "open_batch",
     "open_config",
     "parse_settings",
+    "payload_indexes",
+    "peek_seq",
     "private_key_from_seed",
     "public_key_b64",
     "public_key_from_b64",
@@ -88,4 +118,5 @@ __all__ = [
     "seal_batch",
     "seal_config",
     "validate_device_id",
+    "verify_batch",
 ]

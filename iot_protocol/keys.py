@@ -8,9 +8,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .errors import ValidationError
 from .jws import b64url_decode, b64url_encode
 
 __all__ = [
+    "check_public_key",
     "generate_private_key",
     "load_private_key",
     "private_key_from_seed",
@@ -63,9 +65,7 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Write ``key`` as PKCS#8 PEM with mode 0600."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_private_file(path, pem)
 
 
@@ -74,3 +74,85 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
+
+
+# ---- public key checks (enrollment) -----------------------------------------------------------------
+# Ed25519 (RFC 8032 5.1.3) point decoding in plain integers: enrollment is rare, so clarity over speed.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+_L = 2**252 + 27742317777372353535851937790883648493  # the prime order of the main subgroup
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_Point = tuple[int, int]
+_IDENTITY: _Point = (0, 1)
+
+
+def _add(a: _Point, b: _Point) -> _Point:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, -1, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, -1, _P) % _P  # a = -1: y1y2 - a*x1x2
+    return x3, y3
+
+
+def _mul(k: int, point: _Point) -> _Point:
+    out, q = _IDENTITY, point
+    while k:
+        if k & 1:
+            out = _add(out, q)
+        q = _add(q, q)
+        k >>= 1
+    return out
+
+
+def _decode_point(raw: bytes) -> _Point | str:
+    """The point of a 32-byte encoding, or the code of what is wrong with it."""
+    n = int.from_bytes(raw, "little")
+    sign, y = n >> 255, n & ((1 << 255) - 1)
+    if y >= _P:
+        return "key_non_canonical"
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P == (-u) % _P:
+        x = x * _SQRT_M1 % _P
+    if v * x * x % _P != u:
+        return "key_not_on_curve"
+    if x == 0 and sign:
+        return "key_non_canonical"  # "-0": a second encoding of the same point
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+_KEY_PROBLEMS = {
+    "key_length": "must be 32 bytes",
+    "key_all_zero": "is all zeros",
+    "key_non_canonical": "is a non-canonical encoding (y >= p, or x = 0 with the sign bit set)",
+    "key_not_on_curve": "is not a point on the Ed25519 curve",
+    "key_small_order": "is a small-order point (any signature could verify for some message)",
+    "key_mixed_order": "has a small-order component (not in the prime-order subgroup)",
+}
+
+
+def check_public_key(raw: bytes) -> None:
+    """Refuse an Ed25519 public key a device must not enroll with: wrong length, all zeros,
+    non-canonical, not on the curve, small order, or not in the prime-order subgroup (the checks of
+    libsodium's ``crypto_core_ed25519_is_valid_point``).
+
+    Raises:
+        ValidationError: ``reason`` names the problem (``key_all_zero``, ``key_small_order``, ...).
+    """
+    if len(raw) != 32:
+        code = "key_length"
+    elif not any(raw):
+        code = "key_all_zero"
+    else:
+        point = _decode_point(raw)
+        if isinstance(point, str):
+            code = point
+        elif _mul(8, point) == _IDENTITY:
+            code = "key_small_order"
+        elif _mul(_L, point) != _IDENTITY:
+            code = "key_mixed_order"
+        else:
+            return
+    raise ValidationError(f"the public key {_KEY_PROBLEMS[code]}", reason=code)

@@ -15,13 +15,18 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from ._json import count_members, has_duplicates
 from .errors import DecodeError, UnsupportedVersion
 from .topics import DEVICE_ID_RE, validate_device_id
 
 __all__ = [
     "MAX_BATCH_ID_LENGTH",
+    "MAX_FIELDS_PER_READING",
+    "MAX_FLAGS_PER_READING",
     "MAX_NAME_LENGTH",
     "MAX_READINGS_PER_BATCH",
+    "MAX_SEQ",
+    "MAX_TIMESTAMP",
     "VERSION",
     "Alert",
     "Batch",
@@ -29,9 +34,14 @@ __all__ = [
     "ConfigReport",
     "Health",
     "Reading",
+    "ReadingOutcome",
+    "ReadingProblem",
+    "ReadingRejection",
     "Receipt",
     "Rejection",
+    "Retry",
     "Status",
+    "Unread",
     "decode_alert",
     "decode_batch",
     "decode_config_document",
@@ -40,14 +50,27 @@ __all__ = [
     "decode_receipt",
     "decode_status",
     "encode",
+    "payload_indexes",
+    "peek_seq",
 ]
 
 VERSION = 1
-MAX_READINGS_PER_BATCH = 1000
 TYP_BATCH = "edu.batch.v1"
 TYP_CONFIG = "edu.config.v1"
+# The limits of a batch (docs/protocol.md, "Limits"). Integers are bounded so that every store can
+# hold them: a seq fits a signed 32-bit column, a time an IEEE double exactly (2**53 - 1).
+MAX_READINGS_PER_BATCH = 1000
 MAX_NAME_LENGTH = 64  # sensor types, field names, flags
 MAX_BATCH_ID_LENGTH = 128
+MAX_FIELDS_PER_READING = 64
+MAX_FLAGS_PER_READING = 64
+MAX_SEQ = 2**31 - 1
+MAX_TIMESTAMP = 2**53 - 1  # ts and sent_at, in ms
+
+# Reading-level reasons given while decoding: the reading's shape or types (bad_reading), or a name
+# of the wrong length (bad_name; the character rule is checked with the others, in validation.py).
+BAD_READING = "bad_reading"
+BAD_NAME = "bad_name"
 
 
 def _loads(data: bytes, what: str) -> dict[str, Any]:
@@ -57,6 +80,8 @@ def _loads(data: bytes, what: str) -> dict[str, Any]:
         raise DecodeError(f"{what} is not valid UTF-8 JSON", reason="bad_json") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} must be a JSON object", reason="bad_json")
+    if has_duplicates(data, count_members(obj)):
+        raise DecodeError(f"{what} repeats a member name in some object", reason="bad_json")
     v = obj.get("v")
     if v != VERSION:
         if isinstance(v, int) and not isinstance(v, bool):
@@ -65,10 +90,15 @@ def _loads(data: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0) -> int:
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
     value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DecodeError(f"{what}.{key} must be an integer >= {minimum}", reason="bad_schema")
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise DecodeError(f"{what}.{key} must be an integer {bound}", reason="bad_schema")
     return value
 
 
@@ -103,14 +133,28 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadingProblem:
+    """Why the reading at ``index`` of a batch's ``readings`` array is not stored."""
+
+    index: int
+    reason: str  # stable code: bad_reading | bad_name | non_finite | out_of_range | ... (docs/protocol.md)
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
-    """A device's signed unit of telemetry: ``seq`` increases by one per batch, per device."""
+    """A device's signed unit of telemetry: ``seq`` increases by one per batch, per device.
+
+    ``malformed``: the readings the decoder refused (each rejects only itself), by their index in the
+    payload's ``readings`` array; ``readings`` holds the others, in order (:func:`payload_indexes`).
+    A batch built to be sent has none."""
 
     device_id: str
     batch_id: str
     seq: int
     sent_at: int
     readings: tuple[Reading, ...]
+    malformed: tuple[ReadingProblem, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,34 +167,55 @@ class Batch:
         }
 
 
-def _decode_reading(obj: Any, i: int) -> Reading:
-    """The reference decoder of one reading: slow, but it names the first rule broken."""
+def payload_indexes(batch: Batch) -> range | list[int]:
+    """The index in the payload's ``readings`` array of each of ``batch.readings``."""
+    n = len(batch.readings)
+    if not batch.malformed:
+        return range(n)
+    bad = {p.index for p in batch.malformed}
+    return [i for i in range(n + len(bad)) if i not in bad]
+
+
+def _decode_reading(obj: Any, i: int) -> Reading | ReadingProblem:
+    """The reference decoder of one reading: a Reading, or the first rule it breaks (it alone is
+    rejected; the rest of its batch is not affected)."""
     what = f"readings[{i}]"
     if not isinstance(obj, dict):
-        raise DecodeError(f"{what} must be an object", reason="bad_schema")
+        return ReadingProblem(i, BAD_READING, f"{what} must be an object")
+    ts = obj.get("ts")
+    if not _is_int(ts) or not 0 <= ts <= MAX_TIMESTAMP:
+        return ReadingProblem(i, BAD_READING, f"{what}.ts must be an integer in 0..{MAX_TIMESTAMP}")
+    sensor_type = obj.get("sensor_type")
+    if not isinstance(sensor_type, str):
+        return ReadingProblem(i, BAD_READING, f"{what}.sensor_type must be a string")
+    if not 0 < len(sensor_type) <= MAX_NAME_LENGTH:
+        return ReadingProblem(i, BAD_NAME, f"{what}.sensor_type must be 1-{MAX_NAME_LENGTH} characters")
     values = obj.get("values")
-    if not isinstance(values, dict) or not values:
-        raise DecodeError(f"{what}.values must be a non-empty object", reason="bad_schema")
+    if not isinstance(values, dict) or not 0 < len(values) <= MAX_FIELDS_PER_READING:
+        return ReadingProblem(i, BAD_READING, f"{what}.values must be an object of 1-{MAX_FIELDS_PER_READING} fields")
     for name, value in values.items():
-        if not 0 < len(name) <= MAX_NAME_LENGTH or not _num(value):
-            raise DecodeError(f"{what}.values.{name[:MAX_NAME_LENGTH]} must be a number", reason="bad_schema")
+        if not 0 < len(name) <= MAX_NAME_LENGTH:
+            return ReadingProblem(i, BAD_NAME, f"{what}.values: a field name must be 1-{MAX_NAME_LENGTH} characters")
+        if not _num(value):
+            return ReadingProblem(i, BAD_READING, f"{what}.values.{name} must be a number")
     quality = obj.get("quality", 1.0)
     if not _num(quality):
-        raise DecodeError(f"{what}.quality must be a number", reason="bad_schema")
+        return ReadingProblem(i, BAD_READING, f"{what}.quality must be a number")
     flags = obj.get("flags", [])
-    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= MAX_NAME_LENGTH for f in flags):
-        raise DecodeError(f"{what}.flags must be a list of short strings", reason="bad_schema")
-    return Reading(
-        ts=_int(obj, "ts", what),
-        sensor_type=_str(obj, "sensor_type", what),
-        values=values,
-        quality=float(quality),
-        flags=tuple(flags),
-    )
+    if (
+        not isinstance(flags, list)
+        or len(flags) > MAX_FLAGS_PER_READING
+        or not all(isinstance(f, str) and 0 < len(f) <= MAX_NAME_LENGTH for f in flags)
+    ):
+        return ReadingProblem(
+            i, BAD_READING, f"{what}.flags must be a list of at most {MAX_FLAGS_PER_READING} strings of 1-64 characters"
+        )
+    return Reading(ts=ts, sensor_type=sensor_type, values=values, quality=float(quality), flags=tuple(flags))
 
 
 def _decode_batch_obj(obj: dict[str, Any]) -> Batch:
-    """The reference decoder of a parsed batch: it raises the error naming the first rule broken."""
+    """The reference decoder of a parsed batch: it raises the error naming the first batch-level rule
+    broken; a reading that breaks a rule is only set aside (``Batch.malformed``)."""
     readings = obj.get("readings")
     if not isinstance(readings, list) or not readings:
         raise DecodeError("batch.readings must be a non-empty list", reason="bad_schema")
@@ -163,20 +228,27 @@ def _decode_batch_obj(obj: dict[str, Any]) -> Batch:
         validate_device_id(device_id)
     except Exception:
         raise DecodeError(f"batch.device_id {device_id!r} is not a valid device id", reason="bad_schema") from None
-    return Batch(
-        device_id=device_id,
-        batch_id=_str(obj, "batch_id", "batch", max_len=MAX_BATCH_ID_LENGTH),
-        seq=_int(obj, "seq", "batch"),
-        sent_at=_int(obj, "sent_at", "batch"),
-        readings=tuple(_decode_reading(r, i) for i, r in enumerate(readings)),
-    )
+    batch_id = _str(obj, "batch_id", "batch", max_len=MAX_BATCH_ID_LENGTH)
+    seq = _int(obj, "seq", "batch", maximum=MAX_SEQ)
+    sent_at = _int(obj, "sent_at", "batch", maximum=MAX_TIMESTAMP)
+    good: list[Reading] = []
+    bad: list[ReadingProblem] = []
+    for i, r in enumerate(readings):
+        out = _decode_reading(r, i)
+        if type(out) is Reading:
+            good.append(out)
+        else:
+            assert type(out) is ReadingProblem
+            bad.append(out)
+    return Batch(device_id, batch_id, seq, sent_at, tuple(good), tuple(bad))
 
 
 # The fast path of decode_batch. orjson builds only exact dict/list/str/int/float/bool/None objects, so
 # ``type(x) is int`` (or ``in _NUMBER``) accepts exactly what the reference decoder's isinstance checks
 # accept (bool is a distinct type, as there). It builds the frozen dataclasses through their slot
 # descriptors (a frozen __init__ goes through object.__setattr__ per field, twice as slow); neither class
-# has a __post_init__. Anything it does not accept goes to the reference decoder, which raises the error.
+# has a __post_init__. Anything it does not accept as a whole (a malformed reading too) goes to the
+# reference decoder, which sets the reading aside or raises the error.
 _NUMBER = frozenset((int, float))
 
 
@@ -189,6 +261,7 @@ def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
 
 
 _NO_FLAGS: tuple[str, ...] = ()
+_NO_PROBLEMS: tuple[ReadingProblem, ...] = ()
 _new = object.__new__
 _set_ts = _slot_setter(Reading, "ts")
 _set_sensor_type = _slot_setter(Reading, "sensor_type")
@@ -200,11 +273,13 @@ _set_batch_id = _slot_setter(Batch, "batch_id")
 _set_seq = _slot_setter(Batch, "seq")
 _set_sent_at = _slot_setter(Batch, "sent_at")
 _set_readings = _slot_setter(Batch, "readings")
+_set_malformed = _slot_setter(Batch, "malformed")
 _device_id_match = DEVICE_ID_RE.match
 
 
 def _fast_batch(obj: dict[str, Any]) -> Batch | None:
-    """``obj`` as a Batch when it is a valid batch (exactly as :func:`_decode_batch_obj` decides), else None."""
+    """``obj`` as a Batch when it is a valid batch with no malformed reading (exactly as
+    :func:`_decode_batch_obj` decides), else None."""
     readings = obj.get("readings")
     if type(readings) is not list or not readings or len(readings) > MAX_READINGS_PER_BATCH:
         return None
@@ -218,9 +293,9 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
         or type(batch_id) is not str
         or not 0 < len(batch_id) <= MAX_BATCH_ID_LENGTH
         or type(seq) is not int
-        or seq < 0
+        or not 0 <= seq <= MAX_SEQ
         or type(sent_at) is not int
-        or sent_at < 0
+        or not 0 <= sent_at <= MAX_TIMESTAMP
     ):
         return None
     number = _NUMBER
@@ -230,7 +305,7 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
         if type(r) is not dict:
             return None
         values = r.get("values")
-        if type(values) is not dict or not values:
+        if type(values) is not dict or not 0 < len(values) <= MAX_FIELDS_PER_READING:
             return None
         for name, value in values.items():
             if type(value) not in number or not 0 < len(name) <= MAX_NAME_LENGTH:
@@ -241,17 +316,17 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
         flags = r.get("flags", _NO_FLAGS)
         if (
             type(ts) is not int
-            or ts < 0
+            or not 0 <= ts <= MAX_TIMESTAMP
             or type(sensor_type) is not str
             or not 0 < len(sensor_type) <= MAX_NAME_LENGTH
             or type(quality) not in number
         ):
             return None
         if flags is not _NO_FLAGS:
-            if type(flags) is not list:
+            if type(flags) is not list or len(flags) > MAX_FLAGS_PER_READING:
                 return None
             for f in flags:
-                if type(f) is not str or len(f) > MAX_NAME_LENGTH:
+                if type(f) is not str or not 0 < len(f) <= MAX_NAME_LENGTH:
                     return None
             flags = tuple(flags)
         reading = _new(Reading)
@@ -267,55 +342,176 @@ def _fast_batch(obj: dict[str, Any]) -> Batch | None:
     _set_seq(batch, seq)
     _set_sent_at(batch, sent_at)
     _set_readings(batch, tuple(out))
+    _set_malformed(batch, _NO_PROBLEMS)
     return batch
 
 
 def decode_batch(data: bytes) -> Batch:
-    """Decode a telemetry batch payload (the JWS payload bytes)."""
+    """Decode a telemetry batch payload (the JWS payload bytes).
+
+    Raises:
+        DecodeError: the payload breaks a batch-level rule (``bad_json``, ``bad_schema``,
+            ``too_large``, ``unsupported_version``). A reading that breaks a rule does not raise: it
+            is in ``Batch.malformed``.
+    """
     obj = _loads(data, "batch")
     batch = _fast_batch(obj)
     return batch if batch is not None else _decode_batch_obj(obj)
 
 
+def peek_seq(data: bytes) -> tuple[int | None, int]:
+    """(seq, number of readings) of a batch payload that failed to decode, as far as they can be
+    read: the seq when the payload is a JSON object whose ``seq`` is an integer in 0..MAX_SEQ (None
+    otherwise), and the length of its ``readings`` when that is a list (0 otherwise). The cloud names
+    a verified but malformed batch in its receipt by this seq."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, 0
+    if type(obj) is not dict:
+        return None, 0
+    seq = obj.get("seq")
+    readings = obj.get("readings")
+    n = len(readings) if type(readings) is list else 0
+    if type(seq) is int and 0 <= seq <= MAX_SEQ:
+        return seq, n
+    return None, n
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """A whole batch finally rejected: resending it cannot help."""
+
     seq: int
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
-    """Cloud -> device: these batch sequence numbers are durably stored (or finally rejected).
+class ReadingRejection:
+    """One reading of a batch not stored: ``index`` in the batch's ``readings`` array."""
 
-    A device deletes a batch from its buffer when its seq appears in ``stored`` or ``rejected``;
-    a rejected batch would fail the same way again, so resending it cannot help.
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingOutcome:
+    """The rejected readings of the batch ``seq`` (named in ``stored`` or ``rejected``)."""
+
+    seq: int
+    rejected: tuple[ReadingRejection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not stored and not final: resend the identical bytes after ``after_ms`` (rate_limited)."""
+
+    seq: int
+    reason: str
+    after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """A verified message whose seq could not be read, named by the SHA-256 (hex) of its exact bytes;
+    finally rejected."""
+
+    sha256: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Cloud -> device: what became of its batches (docs/protocol.md, Receipts).
+
+    ``stored``: seqs durably stored, except the readings listed for them in ``readings``;
+    ``rejected``: seqs finally rejected as a whole; ``readings``: per seq, the readings not stored
+    and why; ``retry``: seqs not stored that must be resent later; ``unread``: verified messages
+    without a readable seq. A device deletes a batch named in ``stored``, ``rejected`` or ``unread``.
     """
 
     stored: tuple[int, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    readings: tuple[ReadingOutcome, ...] = ()
+    retry: tuple[Retry, ...] = ()
+    unread: tuple[Unread, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "v": VERSION,
             "stored": list(self.stored),
             "rejected": [{"seq": r.seq, "reason": r.reason} for r in self.rejected],
         }
+        if self.readings:
+            out["readings"] = [
+                {"seq": o.seq, "rejected": [{"index": x.index, "reason": x.reason} for x in o.rejected]}
+                for o in self.readings
+            ]
+        if self.retry:
+            out["retry"] = [{"seq": r.seq, "reason": r.reason, "after_ms": r.after_ms} for r in self.retry]
+        if self.unread:
+            out["unread"] = [{"sha256": u.sha256, "reason": u.reason} for u in self.unread]
+        return out
+
+    def rejected_readings(self, seq: int) -> tuple[ReadingRejection, ...]:
+        """The readings of batch ``seq`` this receipt names as not stored."""
+        for o in self.readings:
+            if o.seq == seq:
+                return o.rejected
+        return ()
+
+
+def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise DecodeError(f"receipt.{key} must be a list", reason="bad_schema")
+    return value
+
+
+def _objects(obj: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    items = _list(obj, key)
+    for i, r in enumerate(items):
+        if not isinstance(r, dict):
+            raise DecodeError(f"receipt.{key}[{i}] must be an object", reason="bad_schema")
+    return items
 
 
 def decode_receipt(data: bytes) -> Receipt:
     obj = _loads(data, "receipt")
-    stored = obj.get("stored", [])
-    rejected = obj.get("rejected", [])
-    if not isinstance(stored, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in stored):
+    stored = _list(obj, "stored")
+    if not all(_is_int(s) for s in stored):
         raise DecodeError("receipt.stored must be a list of integers", reason="bad_schema")
-    if not isinstance(rejected, list):
-        raise DecodeError("receipt.rejected must be a list", reason="bad_schema")
-    rej = []
-    for i, r in enumerate(rejected):
-        if not isinstance(r, dict):
-            raise DecodeError(f"receipt.rejected[{i}] must be an object", reason="bad_schema")
-        rej.append(Rejection(_int(r, "seq", "receipt.rejected"), _str(r, "reason", "receipt.rejected")))
-    return Receipt(tuple(stored), tuple(rej))
+    rejected = tuple(
+        Rejection(_int(r, "seq", "receipt.rejected"), _str(r, "reason", "receipt.rejected"))
+        for r in _objects(obj, "rejected")
+    )
+    readings = []
+    for o in _objects(obj, "readings"):
+        items = o.get("rejected")
+        if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+            raise DecodeError("receipt.readings[].rejected must be a list of objects", reason="bad_schema")
+        readings.append(
+            ReadingOutcome(
+                _int(o, "seq", "receipt.readings"),
+                tuple(
+                    ReadingRejection(_int(x, "index", "receipt.readings"), _str(x, "reason", "receipt.readings"))
+                    for x in items
+                ),
+            )
+        )
+    retry = tuple(
+        Retry(
+            _int(r, "seq", "receipt.retry"),
+            _str(r, "reason", "receipt.retry"),
+            _int(r, "after_ms", "receipt.retry") if "after_ms" in r else 0,
+        )
+        for r in _objects(obj, "retry")
+    )
+    unread = tuple(
+        Unread(_str(u, "sha256", "receipt.unread"), _str(u, "reason", "receipt.unread"))
+        for u in _objects(obj, "unread")
+    )
+    return Receipt(tuple(stored), rejected, tuple(readings), retry, unread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +562,7 @@ class Health:
     signal: float | None = None
     last_seq: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    quarantined: int = 0  # readings in batches the cloud never verified, set aside after bounded resends
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -381,6 +578,7 @@ class Health:
             "battery": self.battery,
             "signal": self.signal,
             "last_seq": self.last_seq,
+            **({"quarantined": self.quarantined} if self.quarantined else {}),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -407,6 +605,7 @@ def decode_health(data: bytes) -> Health:
         signal=obj.get("signal"),
         last_seq=_int(obj, "last_seq", "health") if "last_seq" in obj else 0,
         extra=extra if isinstance(extra, dict) else {},
+        quarantined=_int(obj, "quarantined", "health") if "quarantined" in obj else 0,
     )
 
 

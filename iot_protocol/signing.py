@@ -19,7 +19,15 @@ from .messages import (
     encode,
 )
 
-__all__ = ["CLOUD_KID", "open_batch", "open_config", "seal_batch", "seal_config"]
+__all__ = [
+    "CLOUD_KID",
+    "decode_verified_batch",
+    "open_batch",
+    "open_config",
+    "seal_batch",
+    "seal_config",
+    "verify_batch",
+]
 
 CLOUD_KID = "cloud"
 
@@ -27,6 +35,42 @@ CLOUD_KID = "cloud"
 def seal_batch(batch: Batch, key: Ed25519PrivateKey) -> bytes:
     """The telemetry message for ``batch``: a compact JWS signed by the device, ``kid`` = device id."""
     return jws.sign(encode(batch), key, kid=batch.device_id, typ=TYP_BATCH)
+
+
+def verify_batch(token: bytes, *, topic_device: str, public_key: bytes) -> jws.Jws:
+    """The first half of :func:`open_batch`: check the envelope and the signer, and verify.
+
+    Raises:
+        DecodeError: too large, not a JWS, or the wrong ``typ``.
+        SignatureError: ``kid`` names another device, or the signature does not verify with
+            ``public_key`` (the key registered for ``topic_device``).
+    """
+    token_ = jws.decode(token)
+    if token_.typ != TYP_BATCH:
+        raise DecodeError(f"JWS typ must be {TYP_BATCH!r}, got {token_.typ!r}", reason="bad_envelope")
+    if token_.kid != topic_device:
+        raise SignatureError(
+            f"signer {token_.kid!r} is not the topic's device {topic_device!r}", reason="device_mismatch"
+        )
+    jws.verify(token_, public_key)
+    return token_
+
+
+def decode_verified_batch(
+    token: jws.Jws, *, topic_device: str, decode: Callable[[bytes], Batch] = decode_batch
+) -> Batch:
+    """The second half of :func:`open_batch`: decode the payload of a verified token.
+
+    Raises:
+        DecodeError: a batch-level rule is broken (a malformed reading is only set aside).
+        SignatureError: the payload names another device (``device_mismatch``).
+    """
+    batch = decode(token.payload)
+    if batch.device_id != topic_device:
+        raise SignatureError(
+            f"batch names device {batch.device_id!r}, topic names {topic_device!r}", reason="device_mismatch"
+        )
+    return batch
 
 
 def open_batch(
@@ -40,20 +84,8 @@ def open_batch(
         SignatureError: ``kid`` or the payload names another device, or the signature does not
             verify with ``public_key`` (the key registered for ``topic_device``).
     """
-    token_ = jws.decode(token)
-    if token_.typ != TYP_BATCH:
-        raise DecodeError(f"JWS typ must be {TYP_BATCH!r}, got {token_.typ!r}", reason="bad_envelope")
-    if token_.kid != topic_device:
-        raise SignatureError(
-            f"signer {token_.kid!r} is not the topic's device {topic_device!r}", reason="device_mismatch"
-        )
-    jws.verify(token_, public_key)
-    batch = decode(token_.payload)
-    if batch.device_id != topic_device:
-        raise SignatureError(
-            f"batch names device {batch.device_id!r}, topic names {topic_device!r}", reason="device_mismatch"
-        )
-    return batch
+    verified = verify_batch(token, topic_device=topic_device, public_key=public_key)
+    return decode_verified_batch(verified, topic_device=topic_device, decode=decode)
 
 
 def seal_config(doc: ConfigDocument, key: Ed25519PrivateKey) -> bytes:

@@ -1,14 +1,23 @@
-"""Rules a verified reading must satisfy to be stored: finite values within each field's
-physical range, and a timestamp not too far in the future. Pure functions, no I/O."""
+"""Rules a verified reading must satisfy to be stored: names of the contract's character set, finite
+values within each field's physical range, and a timestamp neither too far in the future nor from a
+clock that was never set. Pure functions, no I/O."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
 
-from .messages import Reading
+from .messages import Reading, ReadingProblem
 
-__all__ = ["FIELD_RANGES", "ReadingProblem", "check_reading"]
+__all__ = [
+    "FIELD_RANGES",
+    "MIN_TS_MS",
+    "NAME_RE",
+    "RESERVED_FIELD_NAMES",
+    "ReadingProblem",
+    "check_reading",
+    "name_problem",
+]
 
 # Physically plausible ranges per field (inclusive). A field not listed must only be finite.
 FIELD_RANGES: dict[str, tuple[float, float]] = {
@@ -24,16 +33,31 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
 # Timestamps before this (2020-01-01) come from a device whose clock was never set.
 MIN_TS_MS = 1_577_836_800_000
 
+# Sensor types and field names: one character set, which every store holds the same way (InfluxDB's
+# line protocol cannot carry a newline, and escapes ',', '=' and ' '; the embedded store took them, so
+# the outcome depended on the store). A letter first, then letters, digits, '_', '.', '-'; 1-64.
+NAME_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_.\-]{0,63}\Z")
+# Field names that would collide with the point's time or its tags in InfluxDB.
+RESERVED_FIELD_NAMES = frozenset({"time", "device_id", "sensor_type", "location"})
 
-@dataclass(frozen=True, slots=True)
-class ReadingProblem:
-    index: int
-    reason: str  # stable code: non_finite | out_of_range | future_timestamp | stale_timestamp | bad_quality
-    detail: str
+
+def name_problem(reading: Reading) -> str | None:
+    """What is wrong with the sensor type or a field name of ``reading``, or None."""
+    if not NAME_RE.match(reading.sensor_type):
+        return f"sensor_type {reading.sensor_type[:64]!r} is not a name (a letter, then letters, digits, _ . -)"
+    for name in reading.values:
+        if not NAME_RE.match(name):
+            return f"field name {name[:64]!r} is not a name (a letter, then letters, digits, _ . -)"
+        if name in RESERVED_FIELD_NAMES:
+            return f"field name {name!r} is reserved"
+    return None
 
 
 def check_reading(reading: Reading, index: int, *, now_ms: int, max_skew_ms: int) -> ReadingProblem | None:
     """Return the first rule ``reading`` breaks, or None when it may be stored."""
+    bad_name = name_problem(reading)
+    if bad_name is not None:
+        return ReadingProblem(index, "bad_name", bad_name)
     if reading.ts > now_ms + max_skew_ms:
         return ReadingProblem(index, "future_timestamp", f"ts {reading.ts} is {reading.ts - now_ms} ms ahead")
     if reading.ts < MIN_TS_MS:

@@ -314,10 +314,11 @@ def test_fuzzed_garbage_interleaved_with_valid_batches(env: Env) -> None:
         assert bridge.metrics.readings_stored._value.get() == 120
 
 
-def test_flood_is_rate_limited_acked_not_receipted_and_resends_are_stored(env: Env) -> None:
+def test_flood_is_rate_limited_acked_receipted_as_retry_and_resends_are_stored(env: Env) -> None:
     """Burst 6, 2 msg/s: of 10 batches sent at once 6 are stored and 4 dead-lettered ``rate_limited``
-    (acknowledged, never receipted); once the bucket has refilled, the 4 resent batches are stored.
-    Garbage on another device's topic is throttled the same way, before any verification."""
+    (acknowledged, receipted as a retry with when to resend, never as rejected); once the bucket has
+    refilled, the 4 resent batches are stored. Garbage on another device's topic is throttled the same
+    way, before any verification (no seq can be read from it: no receipt)."""
     settings = env.settings.model_copy(update={"rate_limit_msgs_per_s": 2.0, "rate_limit_burst": 6})
     key = env.keys["dev0"]
     tokens = {seq: sealed(make_batch("dev0", seq, 3), key) for seq in range(1, 11)}
@@ -335,7 +336,12 @@ def test_flood_is_rate_limited_acked_not_receipted_and_resends_are_stored(env: E
             wait_for(lambda: len(rc.stored("dev0")) == 6, 20, what="6 receipts")
             wait_for(lambda: bridge.ingest.backlog == 0, 20, what="everything acknowledged")
             assert rc.stored("dev0") == {("dev0", s) for s in range(1, 7)}
-            assert rc.rejected() == set()  # a rate-limited batch is not receipted: the device resends it
+            assert rc.rejected() == set()  # a rate-limited batch is not final: the device resends it
+            wait_for(lambda: len(rc.retries()) == 4, 10, what="4 retry receipts")
+            assert {(d, seq, reason) for d, seq, reason, _ in rc.retries()} == {
+                ("dev0", s, "rate_limited") for s in range(7, 11)
+            }
+            assert all(0 < after_ms <= 2_000 for *_, after_ms in rc.retries())
             assert bridge.metrics.rejected.labels("bad_envelope")._value.get() == 6
             assert env.store.count(device_id="dev0") == 18
             time.sleep(4 / 2.0 + 0.3)  # the bucket refills 4 tokens (2 per second)

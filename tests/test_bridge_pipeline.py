@@ -15,7 +15,17 @@ from broker_bridge.ledger import missing_ranges
 from broker_bridge.pipeline import Accepted, DeviceKey, Rejected, checked_points, key_id_of, process, replay_decision
 from broker_bridge.ratelimit import RateLimiter
 from broker_bridge.testing import make_batch, sealed
-from iot_protocol import Batch, Reading, Topics, check_reading, generate_private_key, jws, public_key_raw, seal_batch
+from iot_protocol import (
+    Batch,
+    Reading,
+    ReadingProblem,
+    Topics,
+    check_reading,
+    generate_private_key,
+    jws,
+    public_key_raw,
+    seal_batch,
+)
 from iot_protocol.validation import FIELD_RANGES, MIN_TS_MS
 
 TOPICS = Topics("t")
@@ -129,24 +139,34 @@ _readings = st.builds(
 
 @given(st.lists(_readings, min_size=1, max_size=20))
 def test_checked_points_decides_exactly_as_check_reading(readings: list[Reading]) -> None:
-    """The bridge's one-pass check keeps exactly the readings check_reading passes, with the same
-    problems, and builds their points (quality travelling as quality_score unless a value has it)."""
+    """The bridge's one-pass check keeps exactly the readings check_reading passes (and the first of
+    each (sensor type, ts): a repeat is duplicate_timestamp), with the same problems, and builds their
+    points (quality travelling as quality_score unless a value has it)."""
     batch = Batch("d1", "b", 1, NOW, tuple(readings))
-    points, problems = checked_points(batch, "lab", now_ms=NOW, max_skew_ms=60_000)
+    points, problems, indexes = checked_points(batch, "lab", now_ms=NOW, max_skew_ms=60_000)
     expected = [check_reading(r, i, now_ms=NOW, max_skew_ms=60_000) for i, r in enumerate(readings)]
+    seen: set[tuple[str, int]] = set()
+    kept: list[int] = []
+    for i, (r, problem) in enumerate(zip(readings, expected, strict=True)):
+        if problem is None and (r.sensor_type, r.ts) in seen:
+            expected[i] = ReadingProblem(i, "duplicate_timestamp", f"{r.sensor_type} at ts {r.ts} twice in the batch")
+        elif problem is None:
+            seen.add((r.sensor_type, r.ts))
+            kept.append(i)
     assert list(problems) == [p for p in expected if p is not None]
-    kept = [r for r, p in zip(readings, expected, strict=True) if p is None]
+    assert (list(indexes) if indexes is not None else list(range(len(readings)))) == kept
     assert [(p.device_id, p.location, p.sensor_type, p.ts_ms) for p in points] == [
-        ("d1", "lab", r.sensor_type, r.ts) for r in kept
+        ("d1", "lab", readings[i].sensor_type, readings[i].ts) for i in kept
     ]
-    assert [p.fields for p in points] == [{"quality_score": r.quality, **r.values} for r in kept]
+    assert [p.fields for p in points] == [{"quality_score": readings[i].quality, **readings[i].values} for i in kept]
 
 
 def test_non_finite_cannot_travel_in_json_but_is_checked() -> None:
-    # JSON has no infinity (orjson refuses 1e999), so it arrives as a schema error; check_reading
+    # JSON has no infinity (orjson writes null), so it arrives as a malformed reading; check_reading
     # still guards values that reach it by another route.
     out = run(seal_batch(Batch("d1", "b", 3, NOW, (Reading(NOW, "x", {"t": math.inf}),)), KEY))
-    assert isinstance(out, Rejected) and out.reason == "bad_schema"
+    assert isinstance(out, Accepted) and not out.points
+    assert [(p.index, p.reason) for p in out.problems] == [(0, "bad_reading")]
 
 
 def test_replay_rule_is_scoped_to_the_signing_key() -> None:
@@ -401,8 +421,11 @@ def test_wire_decoder_accepts_only_what_the_reference_accepts_with_the_same_valu
         assert (fast_exc.value.reason, str(fast_exc.value)) == (exc.reason, str(exc))
         return
     if wire is not None:
+        assert not ref.malformed, "the fast decoder accepted a batch with a malformed reading"
         _assert_same_batch(wire, ref)
-    _assert_same_batch(decode_batch_fast(payload), ref)
+    fast = decode_batch_fast(payload)
+    _assert_same_batch(fast, ref)
+    assert fast.malformed == ref.malformed
 
 
 _HEAD = b'{"v":1,"device_id":"d","batch_id":"b","seq":1,"sent_at":1,"readings":'

@@ -209,8 +209,8 @@ def _ledger_keys(engine, device_id: str) -> dict[int, str | None]:
 
 
 def test_ledger_schema_gains_the_key_id_column(tmp_path) -> None:
-    """A batch_ledger table from before seq epochs gets its key_id column when a bridge starts; its
-    rows count as an older epoch."""
+    """A batch_ledger table from before seq epochs gets its key_id column (and the receipt columns,
+    reason and rejections) when a bridge starts; its rows count as an older epoch, stored."""
     engine = make_engine(f"sqlite:///{tmp_path}/old.db")
     with engine.begin() as conn:
         conn.execute(
@@ -224,7 +224,7 @@ def test_ledger_schema_gains_the_key_id_column(tmp_path) -> None:
     ensure_ledger_schema(engine)
     ensure_ledger_schema(engine)  # idempotent
     ledger = Ledger(engine)
-    assert ledger.known([("x", 1)]) == {("x", 1): ("h", None)}
+    assert ledger.known([("x", 1)]) == {("x", 1): ("h", None, None, None)}
     engine.dispose()
 
 
@@ -253,7 +253,7 @@ def test_ledger_lookup_probes_the_key_even_when_statistics_are_stale(pg_url) -> 
     assert "Index Scan using batch_ledger_pkey" in plan, plan
     found = ledger.known(ask)
     assert set(found) == set(ask[:2_000])
-    assert found[("d3", 190_003)] == ("h" * 64, "k")
+    assert found[("d3", 190_003)] == ("h" * 64, "k", None, None)
     engine.dispose()
 
 

@@ -37,7 +37,10 @@ def example_batch() -> p.Batch:
         (
             p.Reading(1764115200000, "environment", {"temperature": 21.5, "humidity": 48.25, "pressure": 1013.2}),
             p.Reading(
-                1764115260000, "environment", {"temperature": 21.625, "humidity": 48.0, "pressure": 1013.1}, 0.5,
+                1764115260000,
+                "environment",
+                {"temperature": 21.625, "humidity": 48.0, "pressure": 1013.1},
+                0.5,
                 ("noisy",),
             ),
         ),
@@ -172,7 +175,7 @@ batches = st.builds(
     p.Batch,
     device_id=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
     batch_id=st.uuids().map(str),
-    seq=st.integers(0, 2**53),
+    seq=st.integers(0, p.MAX_SEQ),
     sent_at=st.integers(1_600_000_000_000, 2_000_000_000_000),
     readings=st.lists(readings, min_size=1, max_size=8).map(tuple),
 )
@@ -287,3 +290,179 @@ def test_fast_base64url_agrees_with_the_reference(monkeypatch: pytest.MonkeyPatc
 def test_fast_batch_decoder_takes_every_well_formed_batch(batch: p.Batch) -> None:
     """The property above must not hold vacuously: well-formed batches do take the fast path."""
     assert _messages._fast_batch(orjson.loads(p.encode(batch))) == batch
+
+
+# ---- the contract's rules for any implementer (issue 13) ---------------------------------------
+
+
+def test_ed25519_alg_vector_opens_to_the_same_batch() -> None:
+    """RFC 9864's fully-specified algorithm name is accepted next to EdDSA."""
+    token = vector("batch_token_ed25519").encode()
+    assert orjson.loads(jws.b64url_decode(token.split(b".")[0]))["alg"] == "Ed25519"
+    batch = p.open_batch(token, topic_device="greenhouse-01", public_key=p.public_key_raw(DEVICE_KEY))
+    assert batch == example_batch()
+    with pytest.raises(p.DecodeError) as err:
+        p.jws.decode(
+            jws.sign(b"{}", DEVICE_KEY, kid="x", typ="t").replace(b"eyJhbGciOiJFZERTQSI", b"eyJhbGciOiJFUzI1NiI")
+        )
+    assert err.value.reason == "bad_envelope"
+
+
+def test_partial_batch_vector_and_its_receipt() -> None:
+    payload = vector("partial_batch_payload").encode()
+    token = vector("partial_batch_token").encode()
+    h64, p64, s64 = token.split(b".")
+    assert jws.b64url_decode(p64) == payload
+    assert jws.b64url_encode(DEVICE_KEY.sign(h64 + b"." + p64)) == s64
+    batch = p.open_batch(token, topic_device="greenhouse-01", public_key=p.public_key_raw(DEVICE_KEY))
+    assert [r.index for r in batch.malformed] == [3] and len(batch.readings) == 5
+    receipt = p.decode_receipt(vector("partial_receipt").encode())
+    assert receipt.stored == (43,) and receipt.rejected == ()
+    assert [(x.index, x.reason) for x in receipt.rejected_readings(43)] == [
+        (1, "duplicate_timestamp"),
+        (2, "out_of_range"),
+        (3, "bad_reading"),
+        (4, "bad_name"),
+    ]
+    assert p.encode(receipt).decode() == vector("partial_receipt")
+    retry = p.decode_receipt(vector("retry_receipt").encode())
+    assert retry.retry == (p.Retry(44, "rate_limited", 1500),) and not retry.stored
+    assert p.encode(retry).decode() == vector("retry_receipt")
+    unread = p.Receipt(unread=(p.Unread("ab" * 32, "bad_json"),))
+    assert p.decode_receipt(p.encode(unread)) == unread
+
+
+def _batch_json(**over: object) -> dict[str, object]:
+    obj = orjson.loads(vector("batch_payload"))
+    obj.update(over)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("seq", "ok"), [(0, True), (2**31 - 1, True), (2**31, False), (2**63, False), (-1, False), (1.0, False)]
+)
+def test_seq_is_bounded_to_a_signed_32_bit_integer(seq: object, ok: bool) -> None:
+    data = orjson.dumps(_batch_json(seq=seq))
+    if ok:
+        assert p.decode_batch(data).seq == seq
+        assert p.peek_seq(data) == (seq, 2)
+    else:
+        with pytest.raises(p.DecodeError) as err:
+            p.decode_batch(data)
+        assert err.value.reason == "bad_schema"
+        assert p.peek_seq(data) == (None, 2)
+
+
+def test_a_malformed_reading_is_set_aside_not_the_batch() -> None:
+    good = {"ts": 1764115200000, "sensor_type": "environment", "values": {"temperature": 21.5}}
+    odd = [
+        {**good, "ts": -1},
+        {**good, "ts": 1.5},
+        {**good, "ts": "now"},
+        {**good, "quality": "high"},
+        {**good, "quality": True},
+        {**good, "values": {}},
+        {**good, "values": {f"f{i}": 1.0 for i in range(65)}},
+        {**good, "values": {"x" * 65: 1.0}},
+        {**good, "sensor_type": ""},
+        {**good, "flags": ["ok"] * 65},
+        {**good, "flags": [""]},
+        {**good, "ts": 2**53},
+        "not an object",
+    ]
+    batch = p.decode_batch(orjson.dumps(_batch_json(readings=[good, *odd, good])))
+    assert len(batch.readings) == 2
+    assert [(x.index, x.reason) for x in batch.malformed] == [
+        (1, "bad_reading"), (2, "bad_reading"), (3, "bad_reading"), (4, "bad_reading"), (5, "bad_reading"),
+        (6, "bad_reading"), (7, "bad_reading"), (8, "bad_name"), (9, "bad_name"), (10, "bad_reading"),
+        (11, "bad_reading"), (12, "bad_reading"), (13, "bad_reading"),
+    ]  # fmt: skip
+    assert list(p.payload_indexes(batch)) == [0, 14]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("temperature", True), ("soil.moisture-2_b", True), ("x" * 64, True), ("2nd", False), ("_x", False),
+     ("a b", False), ("a=b", False), ("a,b", False), ("a\nb", False), ("µ", False), ("time", False),
+     ("location", False)],
+)  # fmt: skip
+def test_one_name_rule_for_sensor_types_and_fields(name: str, ok: bool) -> None:
+    now = 1764115200000
+    as_field = p.check_reading(p.Reading(now, "env", {name: 1.0}), 0, now_ms=now, max_skew_ms=0)
+    assert (as_field is None) == ok and (ok or as_field.reason == "bad_name")  # type: ignore[union-attr]
+    as_type = p.check_reading(p.Reading(now, name, {"x": 1.0}), 0, now_ms=now, max_skew_ms=0)
+    assert (as_type is None) == (ok or name in p.RESERVED_FIELD_NAMES)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":1,"v":1,"stored":[]}',
+        b'{"v":1,"stored":[],"rejected":[{"seq":1,"seq":2,"reason":"x"}]}',
+        b'{"v":1,"stored":[],"rejected":[{"seq":1,"reason":"a:b","reason":"x"}]}',
+    ],
+)
+def test_repeated_member_names_are_refused(raw: bytes) -> None:
+    with pytest.raises(p.DecodeError) as err:
+        p.decode_receipt(raw)
+    assert err.value.reason == "bad_json"
+    assert p.decode_receipt(b'{"v":1,"stored":[],"rejected":[{"seq":1,"reason":"a:b"}]}').rejected[0].reason == "a:b"
+    dup = _batch_json()
+    body = orjson.dumps(dup).replace(b'"temperature":21.5', b'"temperature":21.5,"temperature":99.0')
+    with pytest.raises(p.DecodeError) as err:
+        p.decode_batch(body)
+    assert err.value.reason == "bad_json"
+    header = jws.b64url_encode(b'{"alg":"EdDSA","alg":"none","kid":"greenhouse-01","typ":"edu.batch.v1"}')
+    forged = header + b"." + vector("batch_token").encode().split(b".", 1)[1]
+    with pytest.raises(p.DecodeError) as err:
+        jws.decode(forged)
+    assert err.value.reason == "bad_envelope"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t.replace(b".", b"=.", 1),  # padding
+        lambda t: t[:40] + b" " + t[40:],  # whitespace
+        lambda t: t[:40] + b"\n" + t[40:],
+        lambda t: t.replace(b"-", b"+").replace(b"_", b"/"),  # the standard alphabet
+    ],
+)
+def test_base64url_is_strict(mangle: object) -> None:
+    token = vector("batch_token").encode()
+    bad = mangle(token)  # type: ignore[operator]
+    assert bad != token
+    with pytest.raises(p.DecodeError) as err:
+        p.open_batch(bad, topic_device="greenhouse-01", public_key=p.public_key_raw(DEVICE_KEY))
+    assert err.value.reason == "bad_envelope"
+
+
+# The small-order points libsodium refuses (its blacklist), and what each is refused as.
+_SMALL_ORDER = [
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+]
+
+
+def test_weak_public_keys_are_refused_each_with_its_reason() -> None:
+    for raw in _SMALL_ORDER:
+        with pytest.raises(p.ValidationError) as err:
+            p.check_public_key(bytes.fromhex(raw))
+        assert err.value.reason in ("key_small_order", "key_all_zero")
+    for raw, reason in [
+        ("00" * 32, "key_all_zero"),
+        ("ed" + "ff" * 30 + "7f", "key_non_canonical"),
+        ("01" + "00" * 30 + "80", "key_non_canonical"),  # x = 0 with the sign bit: a second encoding
+        ("02" + "00" * 31, "key_not_on_curve"),
+        ("00" * 31, "key_length"),
+    ]:
+        with pytest.raises(p.ValidationError) as err:
+            p.check_public_key(bytes.fromhex(raw))
+        assert err.value.reason == reason, raw
+    for _ in range(20):
+        p.check_public_key(p.public_key_raw(p.generate_private_key()))
+    p.check_public_key(p.public_key_raw(DEVICE_KEY))

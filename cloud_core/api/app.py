@@ -213,6 +213,9 @@ def create_app(
             worker_stop.set()
             if worker is not None:
                 worker.join(timeout=10)
+            ingest = getattr(app.state, "ingest", None)  # made on first use by routes/ingest.py
+            if ingest is not None:
+                ingest.close()
             app.state.tsdb.close()
             ctx.close()
 
@@ -267,8 +270,10 @@ def create_app(
     from .deps import require_role
     from .routes import config as config_routes
     from .routes import devices as device_routes
+    from .routes import ingest as ingest_routes
 
     app.include_router(device_routes.router)
+    app.include_router(ingest_routes.router)
     app.include_router(config_routes.router)
     app.include_router(analytics_routes.router, dependencies=[Depends(require_role("viewer"))])
     return app

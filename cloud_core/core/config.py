@@ -110,6 +110,12 @@ class CloudSettings(BaseSettings):
         gt=0,
         description="Seconds the device-events consumer batches presence/health updates before writing.",
     )
+    ingest_receipt_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="POST /v1/data/ingest waits this long for the bridge's receipt, then answers 503 "
+        "(the device resends the same bytes later).",
+    )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs on stderr.")
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
-from iot_protocol import ProtocolError, Topics, public_key_from_b64, validate_device_id
+from iot_protocol import ProtocolError, Topics, check_public_key, public_key_from_b64, validate_device_id
 
 from .. import crud
 from ..broker.admin import BrokerAdmin, BrokerAdminError
@@ -26,7 +26,18 @@ from ..broker.client import Publisher
 from ..core.config import CloudSettings
 from ..core.security import generate_mqtt_password, generate_token, hash_token
 from ..models import Device, DeviceCreate, DevicePublic, EnrollmentToken, utcnow
-from .errors import Conflict, InvalidInput, NotFound, TokenExpired, TokenUnknown, TokenUsed, Unavailable
+from .errors import (
+    Conflict,
+    DeviceDeactivated,
+    InvalidInput,
+    KeyInUse,
+    NotFound,
+    TokenExpired,
+    TokenUnknown,
+    TokenUsed,
+    Unavailable,
+    WeakKey,
+)
 
 __all__ = ["EnrollRequest", "EnrollResponse", "Registration", "Registry", "as_utc"]
 
@@ -142,7 +153,10 @@ class Registry:
 
         Raises:
             TokenUnknown, TokenUsed, TokenExpired: the token cannot be used (each says why).
+            DeviceDeactivated: the device was deactivated (which revoked its token).
             InvalidInput: ``public_key`` is not 32 bytes of unpadded base64url.
+            WeakKey: ``public_key`` is one no device may use (all zeros, small order, ...).
+            KeyInUse: ``public_key`` is registered to another device.
             Unavailable: the broker did not take the credentials (the token stays usable).
         """
         row = session.exec(
@@ -151,6 +165,13 @@ class Registry:
         if row is None:
             raise TokenUnknown("enrollment token not recognised: check it, or register the device again")
         if row.used_at is not None:
+            owner = crud.get_device(session, device_id=row.device_id)
+            if owner is not None and owner.status == "inactive":
+                raise DeviceDeactivated(
+                    f"device {row.device_id!r} is deactivated, which revoked its enrollment token: run "
+                    f"'iotctl devices rotate {row.device_id}' for a new token to enroll it again",
+                    device_id=row.device_id,
+                )
             raise TokenUsed(
                 "enrollment token already used: run 'iotctl devices rotate <id>' for a new one",
                 device_id=row.device_id,
@@ -163,11 +184,24 @@ class Registry:
                 device_id=row.device_id,
             )
         try:
-            public_key_from_b64(public_key)
+            raw = public_key_from_b64(public_key)
         except (ValueError, ProtocolError):
             raise InvalidInput(
                 "public_key must be an Ed25519 public key: 32 bytes, unpadded base64url"
             ) from None
+        try:
+            check_public_key(raw)
+        except ProtocolError as exc:
+            raise WeakKey(f"{exc}: generate a new key pair", code=exc.reason, device_id=row.device_id) from None
+        other = session.exec(
+            select(Device.id).where(Device.public_key == public_key, Device.id != row.device_id)
+        ).first()
+        if other is not None:
+            raise KeyInUse(
+                "this public key is already registered to another device: every device needs its own key "
+                "pair (generate a new one)",
+                device_id=row.device_id,
+            )
         device = self._device(session, row.device_id)
         row.used_at = now
         device.public_key = public_key

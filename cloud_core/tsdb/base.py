@@ -26,6 +26,7 @@ __all__ = [
     "MEASUREMENT",
     "RESOLUTIONS",
     "Point",
+    "PointKey",
     "QueryRow",
     "Resolution",
     "StoreError",
@@ -84,6 +85,10 @@ class Point:
     location: str
     ts_ms: int
     fields: Mapping[str, float]
+
+
+#: What a point is stored under: (device_id, sensor_type, location, ts_ms).
+PointKey = tuple[str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,17 @@ class TimeSeriesStore(abc.ABC):
             ValueError: unknown agg or resolution, non-positive window, start after end.
             StoreUnavailable: the store could not be reached.
         """
+
+    @abc.abstractmethod
+    def latest_ts(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """The newest stored timestamp (ms) of each of ``device_ids`` that has a point (any series).
+        Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    def stored_fields(self, keys: Sequence[PointKey]) -> dict[PointKey, dict[str, float]]:
+        """The fields stored under each of ``keys`` that has a point. The bridge asks before writing
+        a reading that could land on a stored key, so a different reading is never silently
+        overwritten (docs/bridge.md, duplicate timestamps). Raises StoreUnavailable."""
 
     @abc.abstractmethod
     def count(self, *, device_id: str | None = None, start_ms: int = 0, end_ms: int | None = None) -> int:

@@ -25,6 +25,7 @@ from .base import (
     DAY_MS,
     HOUR_MS,
     Point,
+    PointKey,
     QueryRow,
     StoreRejected,
     StoreUnavailable,
@@ -284,6 +285,38 @@ class EmbeddedStore(TimeSeriesStore):
             QueryRow(b, dev, {r[2]: r[3] for r in group})
             for (b, dev), group in groupby(values, key=lambda r: r[:2])
         ]
+
+    def latest_ts(self, device_ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        ids = list(dict.fromkeys(device_ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            cur = self._select(
+                f"SELECT device_id, max(ts) FROM readings WHERE device_id IN ({', '.join('?' * len(chunk))}) "
+                "GROUP BY device_id",
+                chunk,
+            )
+            out.update({d: int(ts) for d, ts in cur if ts is not None})
+        return out
+
+    def stored_fields(self, keys: Sequence[PointKey]) -> dict[PointKey, dict[str, float]]:
+        spans: dict[str, list[int]] = {}
+        for device_id, _, _, ts in keys:
+            span = spans.setdefault(device_id, [ts, ts])
+            span[0], span[1] = min(span[0], ts), max(span[1], ts)
+        wanted = set(keys)
+        out: dict[PointKey, dict[str, float]] = {}
+        for device_id, (lo, hi) in spans.items():
+            cur = self._select(
+                "SELECT sensor_type, location, ts, field, value FROM readings "
+                "WHERE device_id = ? AND ts >= ? AND ts <= ?",
+                [device_id, lo, hi],
+            )
+            for sensor_type, location, ts, name, value in cur:
+                key = (device_id, sensor_type, location, ts)
+                if key in wanted:
+                    out.setdefault(key, {})[name] = value
+        return out
 
     def count(self, *, device_id: str | None = None, start_ms: int = 0, end_ms: int | None = None) -> int:
         where, args = self._where(device_id, None, start_ms, end_ms)

@@ -33,6 +33,7 @@ from .base import (
     HOURLY_MEASUREMENT,
     MEASUREMENT,
     Point,
+    PointKey,
     QueryRow,
     StoreError,
     StoreRejected,
@@ -399,6 +400,48 @@ class InfluxStore(TimeSeriesStore):
             ]
         rows.sort(key=lambda r: (r.ts_ms, r.device_id))
         return rows[:limit] if limit is not None else rows
+
+    def latest_ts(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """From ``last(quality_score)``: every point the bridge writes carries that field."""
+        src, _ = self._source("raw")
+        ids = list(dict.fromkeys(device_ids))
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), 200):
+            cond = " OR ".join(f"{_ident('device_id')} = {_literal(d)}" for d in ids[i : i + 200])
+            stmt = f"SELECT last({_ident('quality_score')}) FROM {src} WHERE {cond} GROUP BY {_ident('device_id')}"
+            for s in self._run_read(stmt):
+                dev = (s.get("tags") or {}).get("device_id")
+                if dev is not None and s["values"]:
+                    out[dev] = int(s["values"][0][0])
+        return out
+
+    def stored_fields(self, keys: Sequence[PointKey]) -> dict[PointKey, dict[str, float]]:
+        """One request: a ``SELECT *`` per device over the span of its keys' times."""
+        if not keys:
+            return {}
+        spans: dict[str, list[int]] = {}
+        for device_id, _, _, ts in keys:
+            span = spans.setdefault(device_id, [ts, ts])
+            span[0], span[1] = min(span[0], ts), max(span[1], ts)
+        src, _ = self._source("raw")
+        stmt = "; ".join(
+            f"SELECT * FROM {src} WHERE {_ident('device_id')} = {_literal(d)} "
+            f"AND time >= {int(lo)}ms AND time <= {int(hi)}ms"
+            for d, (lo, hi) in spans.items()
+        )
+        wanted = set(keys)
+        out: dict[PointKey, dict[str, float]] = {}
+        for s in self._run_read(stmt):
+            columns: list[str] = s["columns"]
+            idx = {c: i for i, c in enumerate(columns)}
+            tag_idx = [idx.get(t) for t in ("device_id", "sensor_type", "location")]
+            value_cols = [(i, c) for i, c in enumerate(columns) if c != "time" and c not in _TAGS]
+            for v in s["values"]:
+                dev, sensor, loc = (v[i] if i is not None else "" for i in tag_idx)
+                key = (dev or "", sensor or "", loc or "", int(v[0]))
+                if key in wanted:
+                    out[key] = {name: float(v[i]) for i, name in value_cols if v[i] is not None}
+        return out
 
     def count(self, *, device_id: str | None = None, start_ms: int = 0, end_ms: int | None = None) -> int:
         """Points stored: per series, the largest per-field count (exact when every point of a

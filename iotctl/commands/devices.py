@@ -240,6 +240,7 @@ def ledger(
                 "rejected": books.rejected,
                 "buffered": books.buffered,
                 "dropped": books.dropped,
+                "quarantined": books.quarantined,
                 "in_flight": books.in_flight,
                 "awaiting_receipt": books.awaiting_receipt,
                 "lost": books.lost,
@@ -268,6 +269,8 @@ def ledger(
     typer.echo(f"+ rejected   {books.rejected:>10}  (invalid readings and batches rejected whole, dead-lettered)")
     typer.echo(f"+ buffered   {books.buffered:>10}  (on the device then, not stored yet)")
     typer.echo(f"+ dropped    {books.dropped:>10}  (by the device's buffer policy)")
+    if books.quarantined:
+        typer.echo(f"+ quarantined{books.quarantined:>10}  (in batches the cloud never answered, set aside)")
     typer.echo(f"+ in flight  {books.in_flight:>10}  (none of the above: lost unless the device resends them)")
     if books.awaiting_receipt:
         typer.echo(
