@@ -4,6 +4,7 @@ direct rows in the metadata database (embedded or anonymous brokers, tests, benc
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -55,9 +56,11 @@ def enroll_via_api(
     keys: dict[str, Ed25519PrivateKey],
     *,
     timeout_s: float = 30.0,
+    ca_file: str | Path | None = None,
 ) -> dict[str, Credentials]:
     """Register each device (``POST /v1/devices/register``, bearer admin token), then enroll it
     (``POST /v1/enroll`` with the one-time token and the public key), as a real device would.
+    ``ca_file`` verifies an ``https://`` API (default: the system's trusted CAs).
 
     Returns the broker credentials per device. Raises FleetError naming the device and the API's answer.
     """
@@ -65,7 +68,12 @@ def enroll_via_api(
 
     base = api_url.rstrip("/")
     out: dict[str, Credentials] = {}
-    with httpx.Client(base_url=base, timeout=timeout_s) as http:
+    verify: Any = True
+    if ca_file is not None:
+        from iot_protocol.tls import client_context
+
+        verify = client_context(ca_file)
+    with httpx.Client(base_url=base, timeout=timeout_s, verify=verify) as http:
         for d in devices:
             body: dict[str, Any] = {
                 "id": d.device_id,
