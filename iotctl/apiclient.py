@@ -62,6 +62,23 @@ def resolve_api(api: str) -> str:
         return api
 
 
+def _verify(api: str) -> Any:
+    """How to check an https:// API: ``IOTCTL_CA`` (a CA file) when set, else the embedded CA of
+    ``iotctl up`` when this machine has one (<state dir>/pki/ca.crt), else the system's CAs."""
+    import os
+
+    from cloud_core.paths import default_state_dir
+
+    if not api.startswith("https://"):
+        return True
+    ca = os.environ.get("IOTCTL_CA") or str(default_state_dir() / "pki" / "ca.crt")
+    if not Path(ca).is_file():
+        return True
+    from iot_protocol.tls import client_context
+
+    return client_context(ca)
+
+
 def call(
     method: str,
     path: str,
@@ -79,7 +96,7 @@ def call(
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s)
+        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s, verify=_verify(api))
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None
     except httpx.UnsupportedProtocol:

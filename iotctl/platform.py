@@ -51,6 +51,10 @@ class PlatformSettings:
     topic_prefix: str = "edu"
     broker_kind: str = "auto"  # auto | mosquitto | amqtt (embedded broker only)
     drain_timeout_s: float = 5.0  # on stop, how long simulated devices wait for outstanding receipts
+    # --- TLS (issue 16): beyond loopback, devices get mqtts:// and https:// from the embedded CA ------
+    bind_host: str = "127.0.0.1"  # where the API and the broker's device listener listen
+    advertised_host: str | None = None  # the name devices use (default: bind_host, or this host's name)
+    mqtts_port: int = 8883  # the broker's TLS listener (a free one if taken)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Platform:
         self._fleet_thread: threading.Thread | None = None
         self.fleet_error: str | None = None
         self.mqtt_protocol = "5"
+        self.tls: Any = None  # cloud_core.pki.UpTls when binding beyond loopback
+        self.public_mqtt_url = ""
 
     # ---- parts, in start order -------------------------------------------------------------------
     def _start_broker(self) -> tuple[str | None, str | None, Any]:
@@ -120,13 +126,23 @@ class Platform:
         kind = s.broker_kind
         if kind == "auto":
             kind = "mosquitto" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "amqtt"
+        self.tls = self._tls()
+        if self.tls is not None and kind == "amqtt":
+            raise PlatformError(
+                f"binding to {s.bind_host} needs TLS, which the embedded amqtt broker does not serve here: "
+                "install mosquitto (apt-get install mosquitto) or bind to 127.0.0.1"
+            )
         if kind == "mosquitto":
             from cloud_core.broker.mosquitto_process import MosquittoProcess
 
-            proc = MosquittoProcess(self.state_dir / "mosquitto", port=port, dynsec=True)
+            proc = MosquittoProcess(
+                self.state_dir / "mosquitto", port=port, dynsec=True, tls=self.tls.broker if self.tls else None
+            )
             self._stack.enter_context(proc)
             self.mqtt_url = proc.url
             self.broker_desc = f"mosquitto (pid {proc.pid}) {proc.url}"
+            if self.tls is not None:
+                self.broker_desc += f", devices {self.tls.public_mqtt_url} (TLS)"
             return proc.admin_username, proc.admin_password, None
         from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
 
@@ -136,6 +152,16 @@ class Platform:
         self.mqtt_protocol = "3.1.1"
         self.broker_desc = f"amqtt (in-process, MQTT 3.1.1) {broker.url}"
         return None, None, AmqttAdmin(broker)
+
+    def _tls(self) -> Any:
+        """TLS for devices when binding beyond loopback (cloud_core.pki.up_tls), else None."""
+        from cloud_core.pki import up_tls
+
+        s = self.s
+        advertised = s.advertised_host or (s.bind_host if s.bind_host not in ("0.0.0.0", "::") else socket.getfqdn())
+        return up_tls(
+            self.state_dir, bind_host=s.bind_host, advertised_host=advertised, mqtts_port=_pick_port(s.mqtts_port)
+        )
 
     def _start_api(self, admin_user: str | None, admin_password: str | None, broker_admin: Any) -> None:
         import uvicorn
@@ -152,7 +178,8 @@ class Platform:
             tsdb_url=self.tsdb_url,
             cache_url=self.cache_url,
             mqtt_url=self.mqtt_url,
-            public_mqtt_url=self.mqtt_url,
+            public_mqtt_url=self.tls.public_mqtt_url if self.tls else self.mqtt_url,
+            mqtt_ca_file=self.tls.files.ca_file if self.tls else None,
             mqtt_admin_username=admin_user,
             mqtt_admin_password=SecretStr(admin_password) if admin_password else None,
             mqtt_protocol=self.mqtt_protocol,
@@ -160,12 +187,20 @@ class Platform:
             api_port=port,
         )
         app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings())
+        tls_kwargs = self.tls.uvicorn if self.tls else {}
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on", **tls_kwargs
+            )
         )
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()
-        self.api_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+        verify: Any = True
+        if self.tls is not None:
+            from iot_protocol.tls import client_context
+
+            verify = client_context(self.tls.files.ca_file)
 
         def stop_api() -> None:
             server.should_exit = True
@@ -178,7 +213,7 @@ class Platform:
             if not thread.is_alive():
                 raise PlatformError(f"the API stopped during start-up (see the log above); state dir {self.state_dir}")
             try:
-                r = httpx.get(f"{self.api_url}/ready", timeout=2)
+                r = httpx.get(f"{self.api_url}/ready", timeout=2, verify=verify)
                 if r.status_code == 200:
                     # Where the running platform is, for `iotctl devices|config|sim` without flags.
                     for name, url in (("api.url", self.api_url), ("mqtt.url", self.mqtt_url)):
@@ -237,9 +272,12 @@ class Platform:
         plan = scenario.plan()
         keys = {d.device_id: device_key(scenario.simulation.seed, d.device_id) for d in plan.devices}
         token = self.cloud.admin_token_path.read_text().strip()
-        credentials = enroll_via_api(self.api_url, token, plan.devices, keys)
+        ca = self.tls.files.ca_file if self.tls else None
+        credentials = enroll_via_api(self.api_url, token, plan.devices, keys, ca_file=ca)
         settings = FleetSettings(
-            mqtt_url=self.mqtt_url,
+            # with TLS the simulated devices use the TLS listener, as real ones on the network do
+            mqtt_url=f"mqtts://127.0.0.1:{self.tls.broker.port}" if self.tls else self.mqtt_url,
+            tls_ca_file=ca,
             topic_prefix=self.s.topic_prefix,
             buffer_dir=self.state_dir / "sim-buffers",
             drain_timeout_s=self.s.drain_timeout_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -376,3 +377,40 @@ def test_agent_settings_need_both_client_cert_and_key(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match="tls_client_cert and tls_client_key go together"):
         load_settings(_agent_config(tmp_path, tls_client_cert="c.pem"))
+
+
+# ---- iotctl up beyond loopback ---------------------------------------------------------------------
+
+
+def test_up_beyond_loopback_serves_devices_over_tls_only(tmp_path: Path) -> None:
+    """Bound to every interface, the platform serves the API over HTTPS and devices over mqtts with its
+    own CA: the simulated devices enroll over HTTPS, pin that CA and their readings are stored; the
+    broker's plain listener stays on loopback. On loopback nothing changes (plain, no CA made)."""
+    from iotctl.platform import Platform, PlatformSettings
+
+    settings = PlatformSettings(
+        state_dir=tmp_path / "state", devices=2, sampling_interval_s=0.3, mqtt_port=0, api_port=0,
+        bridge_metrics_port=0, drain_timeout_s=30, broker_kind="mosquitto", bind_host="0.0.0.0",
+        advertised_host="127.0.0.1", mqtts_port=0,
+    )  # fmt: skip
+    with Platform(settings) as platform:
+        assert platform.api_url.startswith("https://") and platform.tls is not None
+        assert platform.cloud.public_mqtt_url == platform.tls.public_mqtt_url
+        assert platform.tls.public_mqtt_url.startswith("mqtts://127.0.0.1:")
+        ca = platform.tls.files.ca_file
+        assert ca == settings.state_dir.resolve() / "pki" / "ca.crt"
+        assert httpx.get(f"{platform.api_url}/health", verify=client_context(ca)).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the API port
+            httpx.get(platform.api_url.replace("https", "http") + "/health", timeout=5)
+        conf = (settings.state_dir / "mosquitto" / "mosquitto.conf").read_text()
+        assert f"listener {platform.tls.broker.port} 0.0.0.0\n" in conf and "tls_version tlsv1.2\n" in conf
+        assert re.search(r"^listener \d+ 127\.0\.0\.1$", conf, re.M)  # the plain one: loopback only
+        wait_for(lambda: platform.stats().readings_stored >= 10, "readings stored from devices on TLS", timeout=60)
+        assert platform.fleet.settings.mqtt_url.startswith("mqtts://")
+    plain = PlatformSettings(
+        state_dir=tmp_path / "plain", devices=0, mqtt_port=0, api_port=0, bridge_metrics_port=0,
+        broker_kind="mosquitto",
+    )  # fmt: skip
+    with Platform(plain) as platform:
+        assert platform.api_url.startswith("http://") and platform.tls is None
+        assert not (plain.state_dir / "pki").exists()

@@ -4,7 +4,7 @@ certificates for the broker and the API, optional per-device client certificates
 ``iotctl up`` uses when it binds beyond loopback (:func:`embedded_tls`)."""
 
 from .ca import CertificateAuthority, Issued, cert_summary
-from .embedded import EmbeddedTls, embedded_tls, needs_tls
+from .embedded import EmbeddedTls, UpTls, embedded_tls, needs_tls, up_tls
 from .errors import CertificateNotFound, PkiError, PkiExists, PkiNotInitialised
 
 __all__ = [
@@ -15,7 +15,9 @@ __all__ = [
     "PkiError",
     "PkiExists",
     "PkiNotInitialised",
+    "UpTls",
     "cert_summary",
     "embedded_tls",
     "needs_tls",
+    "up_tls",
 ]

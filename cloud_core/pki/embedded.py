@@ -1,13 +1,13 @@
 """TLS for ``iotctl up`` when it binds beyond loopback: its own small CA in ``<state_dir>/pki`` and one
 server certificate for the broker's device listener and the API, covering the names devices use.
 
-What ``iotctl up`` calls (see docs/deployment.md, "TLS in embedded mode")::
+What ``iotctl up`` calls (iotctl/platform.py)::
 
-    if needs_tls(bind_host):
-        tls = embedded_tls(state_dir, [advertised_host])    # CA once; server cert (re)issued as needed
-        MosquittoProcess(..., tls=tls.broker_listener(port=mqtts_port, host=bind_host))
-        uvicorn.Config(app, host=bind_host, **tls.uvicorn_kwargs())
-        CloudSettings(..., public_mqtt_url=f"mqtts://{advertised_host}:{mqtts_port}", mqtt_ca_file=tls.ca_file)
+    tls = up_tls(state_dir, bind_host=..., advertised_host=..., mqtts_port=...)   # None on loopback
+    if tls is not None:
+        MosquittoProcess(..., tls=tls.broker)                  # + a TLS listener on bind_host:mqtts_port
+        uvicorn.Config(app, host=bind_host, ..., **tls.uvicorn)  # HTTPS
+        CloudSettings(..., public_mqtt_url=tls.public_mqtt_url, mqtt_ca_file=tls.files.ca_file)
 
 The cloud services inside the process keep using the plain listener on loopback.
 """
@@ -28,7 +28,7 @@ from cryptography import x509
 from .ca import CertificateAuthority
 from .errors import PkiNotInitialised
 
-__all__ = ["SERVER_CERT_NAME", "EmbeddedTls", "embedded_tls", "needs_tls"]
+__all__ = ["SERVER_CERT_NAME", "EmbeddedTls", "UpTls", "embedded_tls", "needs_tls", "up_tls"]
 
 SERVER_CERT_NAME = "embedded-server"
 _RENEW_BEFORE = dt.timedelta(days=30)
@@ -117,3 +117,38 @@ def embedded_tls(state_dir: Path, hosts: Sequence[str] = ()) -> EmbeddedTls:
     if not fresh:
         ca.issue(SERVER_CERT_NAME, kind="server", dns_names=dns, ip_addresses=ips)
     return EmbeddedTls(ca_file=ca.ca_path, cert_file=out / "tls.crt", key_file=out / "tls.key")
+
+
+@dataclass(frozen=True, slots=True)
+class UpTls:
+    """What ``iotctl up`` needs to serve devices over TLS (from :func:`up_tls`).
+
+    Attributes:
+        files: the CA, certificate and key.
+        broker: the Mosquitto TLS listener (``MosquittoProcess(tls=...)``).
+        uvicorn: keyword arguments for ``uvicorn.Config`` (HTTPS).
+        public_mqtt_url: the broker URL devices are told at enrollment (``mqtts://host:port``).
+        api_scheme: ``https``.
+    """
+
+    files: EmbeddedTls
+    broker: Any
+    uvicorn: dict[str, str]
+    public_mqtt_url: str
+    api_scheme: str = "https"
+
+
+def up_tls(state_dir: Path, *, bind_host: str, advertised_host: str, mqtts_port: int) -> UpTls | None:
+    """TLS for ``iotctl up`` binding to ``bind_host``: None on loopback (plain is fine there), else the
+    embedded CA, a server certificate naming ``advertised_host``, the broker's TLS listener on
+    ``mqtts_port`` and the API's HTTPS settings."""
+    if not needs_tls(bind_host):
+        return None
+    files = embedded_tls(state_dir, [advertised_host])
+    host = f"[{advertised_host}]" if ":" in advertised_host else advertised_host
+    return UpTls(
+        files=files,
+        broker=files.broker_listener(port=mqtts_port, host=bind_host),
+        uvicorn=files.uvicorn_kwargs(),
+        public_mqtt_url=f"mqtts://{host}:{mqtts_port}",
+    )
