@@ -134,6 +134,9 @@ class AppContext:
             metrics=metrics,
         )
         ctx.bootstrap_admin()
+        from .fleet_metrics import FleetCollector
+
+        metrics.registry.register(FleetCollector(engine, settings))
         if consume_events:
             ctx.events = DeviceEventsConsumer(engine, settings)
             ctx.events.start()
