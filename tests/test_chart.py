@@ -338,7 +338,7 @@ def test_configmap_keeps_the_reference_limits_and_directives() -> None:
     assert m["persistentClientExpiration"] == ref["persistent_client_expiration"]
     # the memory limits the chart derives from the pod's memory are the reference's, for the defaults
     rendered = _rendered_conf_values()
-    for directive in ("memory_limit", "max_queued_bytes", "max_connections"):
+    for directive in ("memory_limit", "max_inflight_bytes", "max_queued_bytes", "max_connections"):
         assert rendered[directive] == ref[directive], directive
 
 
@@ -467,4 +467,4 @@ def test_tls_listener_renders_only_when_enabled() -> None:
     assert "listener 8883" not in plain and "certfile" not in plain
     assert "listener 8883\nprotocol mqtt\ncafile /mosquitto/certs/ca.crt\ncertfile /mosquitto/certs/tls.crt\n" in tls
     assert "max_queued_messages 100000\n" in plain and "allow_anonymous false\n" in plain
-    assert "max_queued_bytes 100663296\n" in plain and "memory_limit 1610612736\n" in plain
+    assert "max_queued_bytes 75497472\n" in plain and "memory_limit 1610612736\n" in plain

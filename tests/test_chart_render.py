@@ -385,18 +385,23 @@ def broker_conf(values: dict[str, Any]) -> dict[str, str]:
 
 def test_broker_limits_follow_the_pods_memory() -> None:
     """docs/deployment.md "Broker memory": heap cap = 75% of the pod limit; half of it shared by the
-    bridge sessions (HPA max); the other half at 64 KiB per connection."""
+    bridge sessions (HPA max), a quarter of each session's share in flight and the rest queued; the other
+    half of the heap at 64 KiB per connection."""
     conf = broker_conf(REQUIRED)
     mib = 1024 * 1024
-    assert int(conf["memory_limit"]) == 2048 * mib * 75 // 100
-    assert int(conf["max_queued_bytes"]) == 2048 * mib * 75 // 100 // 2 // 8 == 96 * mib
-    assert int(conf["max_connections"]) == (2048 * mib * 75 // 100 // 2) // (64 * 1024) == 12288
-    # the worst case the old config allowed (~1 GiB per session, 8 sessions) no longer fits; the new one does
-    assert 8 * int(conf["max_queued_bytes"]) + 12288 * 64 * 1024 <= int(conf["memory_limit"]) < 2048 * mib
+    heap = 2048 * mib * 75 // 100
+    assert int(conf["memory_limit"]) == heap == 1536 * mib
+    session = heap // 2 // 8
+    assert int(conf["max_inflight_bytes"]) == session // 4 == 24 * mib
+    assert int(conf["max_queued_bytes"]) == session - session // 4 == 72 * mib
+    assert int(conf["max_connections"]) == (heap // 2) // (64 * 1024) == 12288
+    # every session full and every connection used still fits the heap, and the heap the container
+    per_session = int(conf["max_inflight_bytes"]) + int(conf["max_queued_bytes"])
+    assert 8 * per_session + 12288 * 64 * 1024 <= int(conf["memory_limit"]) < 2048 * mib
     big = broker_conf(
         merged(REQUIRED, {"mosquitto": {"memory": {"limitMiB": 4096}}, "bridge": {"hpa": {"maxReplicas": 4}}})
     )
-    assert int(big["max_queued_bytes"]) == 4096 * mib * 75 // 100 // 2 // 4
+    assert int(big["max_queued_bytes"]) + int(big["max_inflight_bytes"]) == 4096 * mib * 75 // 100 // 2 // 4
     sts = by_kind(rendered("defaults"), "StatefulSet")[f"{RELEASE}-mosquitto"]
     assert sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2048Mi"
 

@@ -160,9 +160,17 @@ podAntiAffinity:
 {{- define "edu-platform.broker.bridgeSessions" -}}
 {{- if .Values.bridge.hpa.enabled }}{{ int64 .Values.bridge.hpa.maxReplicas }}{{ else }}{{ int64 .Values.bridge.replicas }}{{ end -}}
 {{- end -}}
-{{- define "edu-platform.broker.maxQueuedBytes" -}}
+{{/* One bridge session's share of the queue budget; 1/4 of it may be in flight (the bridge's Receive
+Maximum lets the broker send it 10,000 messages before it acknowledges any), 3/4 queued behind. */}}
+{{- define "edu-platform.broker.sessionBytes" -}}
 {{- $heap := int64 (include "edu-platform.broker.memoryLimit" .) -}}
 {{- div (div (mul $heap (int64 .Values.mosquitto.memory.queuePercent)) 100) (int64 (include "edu-platform.broker.bridgeSessions" .)) -}}
+{{- end -}}
+{{- define "edu-platform.broker.maxInflightBytes" -}}
+{{- div (int64 (include "edu-platform.broker.sessionBytes" .)) 4 -}}
+{{- end -}}
+{{- define "edu-platform.broker.maxQueuedBytes" -}}
+{{- sub (int64 (include "edu-platform.broker.sessionBytes" .)) (int64 (include "edu-platform.broker.maxInflightBytes" .)) -}}
 {{- end -}}
 {{- define "edu-platform.broker.maxConnections" -}}
 {{- $heap := int64 (include "edu-platform.broker.memoryLimit" .) -}}
