@@ -30,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot_protocol import Kind, Topics
 
+from .errors import ConfigError
 from .settings import BridgeSettings
 
 __all__ = ["SYS_DROPPED", "Inbound", "MqttConsumer"]
@@ -113,6 +114,18 @@ class MqttConsumer:
         c.on_disconnect = self._disconnected
         c.on_raw_publish = self._message
         c.on_subscribe = self._subscribed  # type: ignore[assignment]
+        if settings.mqtt_tls:
+            from iot_protocol.tls import client_context
+
+            try:
+                c.tls_set_context(
+                    client_context(
+                        settings.tls_ca_file, cert_file=settings.tls_client_cert, key_file=settings.tls_client_key
+                    )
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        c.on_connect_error = self._connect_failed
         self._client = c
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -205,6 +218,20 @@ class MqttConsumer:
             subs.append((self._status, SubscribeOptions(qos=0, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)))
         client.subscribe(subs)  # type: ignore[arg-type]
 
+    def _connect_failed(self, exc: BaseException) -> None:
+        """A connection attempt failed before CONNACK; paho retries. A TLS failure needs a person (a
+        wrong CA, an expired certificate, a wrong name): say which once, in one line, and keep it for /ready."""
+        from iot_protocol.tls import describe_tls_error, is_tls_error
+
+        s = self._s
+        if is_tls_error(exc):
+            why = describe_tls_error(exc, s.mqtt_host, s.mqtt_port, s.tls_ca_file)
+        else:
+            why = f"cannot reach the broker at {s.mqtt_host}:{s.mqtt_port}: {exc}"
+        if why != self.last_error:
+            (log.error if is_tls_error(exc) else log.warning)(why)
+        self.last_error = why
+
     def _subscribed(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[object], _p: object) -> None:
         failed = [str(c) for c in codes[:2] if getattr(c, "is_failure", False)]
         if failed:  # the telemetry or registry subscription was refused (ACL)
@@ -271,6 +298,7 @@ class _LeanClient(mqtt.Client):
     ``_handle_pubackcomp``; paho is pinned < 3)."""
 
     on_raw_publish: Callable[[bytes, int, int, bytes], None]
+    on_connect_error: Callable[[BaseException], None] | None = None
     _rbuf = b""  # bytes received and not yet handed to paho
     _rpos = 0
     _refill = True  # False once a wake-up has handled its share: the rest waits for the next select
@@ -345,6 +373,14 @@ class _LeanClient(mqtt.Client):
         end = pos + bufsize
         self._rpos = end
         return buf[pos:end]
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:  # paho's loop retries; the consumer says why it failed
+            if self.on_connect_error is not None:
+                self.on_connect_error(exc)
+            raise
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         if not self._out_messages:  # the PUBACK of a publish_many message: nothing tracks it

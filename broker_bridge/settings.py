@@ -29,7 +29,14 @@ class BridgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDU_BRIDGE_", extra="forbid", frozen=True)
 
     # --- broker -------------------------------------------------------------------------------------
-    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port.")
+    mqtt_url: str = Field(
+        "mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port (or mqtts://host:port for TLS)."
+    )
+    tls_ca_file: str | None = Field(
+        None, description="mqtts: trust only this CA certificate (PEM); unset: the system's trusted CAs."
+    )
+    tls_client_cert: str | None = Field(None, description="mqtts with mTLS: client certificate (PEM).")
+    tls_client_key: str | None = Field(None, description="Its private key (PEM).")
     mqtt_username: str | None = Field(None, description="Service-account user name (dynamic security).")
     mqtt_password: SecretStr | None = Field(None, description="Service-account password.")
     topic_prefix: str = Field("edu", description="Topic prefix shared with the devices.")
@@ -142,8 +149,10 @@ class BridgeSettings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> BridgeSettings:
         parts = urlsplit(self.mqtt_url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ConfigError(f"mqtt_url {self.mqtt_url!r}: use mqtt://host:port")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
+            raise ConfigError(f"mqtt_url {self.mqtt_url!r}: use mqtt://host:port or mqtts://host:port")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ConfigError("tls_client_cert and tls_client_key go together: set both or neither")
         if self.receive_maximum > self.max_backlog:
             raise ConfigError("receive_maximum must be <= max_backlog: the broker may send that many unacked")
         if self.retry_max_s < self.retry_initial_s:
@@ -156,4 +165,8 @@ class BridgeSettings(BaseSettings):
 
     @property
     def mqtt_port(self) -> int:
-        return urlsplit(self.mqtt_url).port or 1883
+        return urlsplit(self.mqtt_url).port or (8883 if self.mqtt_tls else 1883)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return self.mqtt_url.startswith("mqtts://")

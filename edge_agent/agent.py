@@ -542,8 +542,18 @@ class Agent:
         )
         if self.identity.mqtt_username:
             client.username_pw_set(self.identity.mqtt_username, self.identity.mqtt_password)
+        self._tls_ca: Path | None = None
         if url.scheme == "mqtts":
-            client.tls_set()
+            from iot_protocol.tls import client_context
+
+            s = self.settings
+            self._tls_ca = s.tls_ca_file or self.identity.ca_file  # the CA pinned at enrollment
+            try:
+                client.tls_set_context(
+                    client_context(self._tls_ca, cert_file=s.tls_client_cert, key_file=s.tls_client_key)
+                )
+            except ValueError as exc:
+                raise SettingsError(str(exc), field="tls_ca_file") from None
         client.max_inflight_messages_set(max(20, self.settings.max_inflight_batches + 10))
         client.will_set(self.topics.status(self.device_id), encode(Status("offline", reason="lost")), 1, True)
         client.on_connect = self._on_connect
@@ -612,11 +622,16 @@ class Agent:
                     properties=self._connect_props,
                 )
                 self._client.loop_forever(retry_first_connection=False)
-            except (OSError, ValueError) as exc:  # refused, unreachable, DNS
-                log.warning(
-                    "cannot reach the broker",
-                    extra={"broker": f"{self._host}:{self._port}", "error": str(exc)},
-                )
+            except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS
+                from iot_protocol.tls import describe_tls_error, is_tls_error
+
+                if is_tls_error(exc):  # a certificate problem: retrying alone will not fix it
+                    log.error(describe_tls_error(exc, self._host, self._port, self._tls_ca))
+                else:
+                    log.warning(
+                        "cannot reach the broker",
+                        extra={"broker": f"{self._host}:{self._port}", "error": str(exc)},
+                    )
             self._connected.clear()
             self._ready.clear()
             if self._stop.is_set():

@@ -112,6 +112,15 @@ class AgentSettings:
         ge=0,
         le=3600,
     )
+    tls_ca_file: Path | None = setting(  # noqa: RUF009 (see _STATE)
+        None,
+        "mqtts: trust this CA certificate (PEM) instead of the one pinned at enrollment (identity_dir/ca.crt; "
+        "without either, the system's trusted CAs).",
+    )
+    tls_client_cert: Path | None = setting(  # noqa: RUF009 (see _STATE)
+        None, "mqtts with mTLS: this device's client certificate (PEM, from `iotctl pki issue --client`)."
+    )
+    tls_client_key: Path | None = setting(None, "Its private key (PEM, mode 0600).")  # noqa: RUF009 (see _STATE)
     mqtt_keepalive_s: int = setting(30, "MQTT keepalive; the last will fires ~1.5x after.", ge=5, le=3600)
     session_expiry_s: int = setting(
         7 * 86_400, "MQTT 5 session expiry: how long the broker keeps our session while away.", ge=0
@@ -169,6 +178,8 @@ def _cross_check(s: AgentSettings) -> None:
     """Rules that involve more than one field."""
     if s.backoff_max_s < s.backoff_initial_s:
         raise Invalid("backoff_max_s", f"must be >= backoff_initial_s ({s.backoff_initial_s:g})")
+    if (s.tls_client_cert is None) != (s.tls_client_key is None):
+        raise Invalid("tls_client_key", "tls_client_cert and tls_client_key go together: set both or neither")
     types = [x.sensor_type for x in s.sensors]
     dup = next((i for i, t in enumerate(types) if t in types[:i]), None)
     if dup is not None:  # storage keys a point on (device, sensor_type, ts): two would overwrite
@@ -206,7 +217,8 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> AgentSett
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{p} is not valid TOML: {exc}") from None
         base = p.resolve().parent
-        for key in ("identity_dir", "buffer_path"):  # relative paths are relative to the file
+        # relative paths are relative to the file
+        for key in ("identity_dir", "buffer_path", "tls_ca_file", "tls_client_cert", "tls_client_key"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
     from_env: dict[str, str] = {}

@@ -7,12 +7,18 @@ public key with the one-time token to ``POST {api}/v1/enroll``, and stores what 
 - ``credentials.json`` device_id, mqtt_url, mqtt_username, mqtt_password, client_id,
                        topic_prefix, key_version (mode 0600)
 - ``cloud_public_key`` the cloud's config-signing public key (unpadded base64url)
+- ``ca.crt``           the CA of the broker's TLS certificate, when the cloud sent one (``mqtt_ca_pem``):
+                       pinned, the agent then trusts only it for mqtts://
+
+Enrolling over ``https://`` verifies the API with ``ca_file`` when given (the operator's CA, shipped
+with the device image), else with the system's trusted CAs.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,7 @@ __all__ = ["CREDENTIALS_FILE", "Identity", "enroll", "load_identity", "write_ide
 KEY_FILE = "device_key.pem"
 CREDENTIALS_FILE = "credentials.json"
 CLOUD_KEY_FILE = "cloud_public_key"
+CA_FILE = "ca.crt"
 _FIELDS = (
     "device_id",
     "mqtt_url",
@@ -52,6 +59,7 @@ class Identity:
     cloud_public_key: bytes
     key_version: int
     key: Ed25519PrivateKey = field(repr=False)
+    ca_file: Path | None = None  # the pinned CA of the broker's certificate (ca.crt), if the cloud sent one
 
 
 def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str, Any]) -> Identity:
@@ -71,6 +79,13 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
     # takes up the new identity when the credentials change (edge_agent.agent), by then complete.
     save_private_key(key, d / KEY_FILE)
     write_private_file(d / CLOUD_KEY_FILE, (str(info["cloud_public_key"]) + "\n").encode())
+    ca_pem = info.get("mqtt_ca_pem")
+    if ca_pem:
+        if "BEGIN CERTIFICATE" not in str(ca_pem):
+            raise IdentityError("enrollment response's mqtt_ca_pem is not a PEM certificate")
+        write_private_file(d / CA_FILE, str(ca_pem).encode())
+    else:
+        (d / CA_FILE).unlink(missing_ok=True)  # re-enrolled with a cloud that uses a public CA
     write_private_file(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
     return load_identity(d)
 
@@ -103,13 +118,17 @@ def load_identity(directory: Path | str) -> Identity:
             cloud_public_key=cloud_key,
             key_version=int(creds.get("key_version") or 1),
             key=key,
+            ca_file=(d / CA_FILE) if (d / CA_FILE).exists() else None,
         )
     except KeyError as exc:
         raise IdentityError(f"{d / CREDENTIALS_FILE} lacks {exc.args[0]!r}; enroll again") from None
 
 
-def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float = 30.0) -> Identity:
-    """Enroll this device with a one-time ``token``; see the module docstring.
+def enroll(
+    api_url: str, token: str, directory: Path | str, *, timeout_s: float = 30.0, ca_file: Path | str | None = None
+) -> Identity:
+    """Enroll this device with a one-time ``token``; see the module docstring. ``ca_file`` verifies an
+    ``https://`` API (default: the system's trusted CAs).
 
     Raises:
         EnrollmentError: the API refused (its ``detail``, one line: used or expired token) or is down.
@@ -121,14 +140,29 @@ def enroll(api_url: str, token: str, directory: Path | str, *, timeout_s: float 
     body = json.dumps({"token": token, "public_key": public_key_b64(key)}).encode()
     url = api_url.rstrip("/") + "/v1/enroll"
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    context = None
+    if url.startswith("https://"):
+        from iot_protocol.tls import client_context
+
+        try:
+            context = client_context(ca_file)
+        except ValueError as exc:
+            raise EnrollmentError(str(exc)) from None
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
             info = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = _detail(exc.read())
         raise EnrollmentError(f"enrollment refused by {url} (HTTP {exc.code}): {detail}", status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        from iot_protocol.tls import describe_tls_error, is_tls_error
+
+        if isinstance(reason, BaseException) and is_tls_error(reason):
+            parts = urllib.parse.urlsplit(url)
+            raise EnrollmentError(
+                describe_tls_error(reason, parts.hostname or "", parts.port or 443, ca_file)
+            ) from None
         raise EnrollmentError(f"cannot reach the enrollment API at {url}: {reason}") from None
     except ValueError:
         raise EnrollmentError(f"the enrollment API at {url} did not answer JSON") from None

@@ -27,6 +27,7 @@ import logging
 import resource
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -71,7 +72,14 @@ class FleetSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDU_SIM_", extra="forbid", frozen=True)
 
-    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port.")
+    mqtt_url: str = Field(
+        "mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port (or mqtts://host:port for TLS)."
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="mqtts: trust only this CA certificate (the one enrollment pins); unset: system CAs."
+    )
+    tls_client_cert: Path | None = Field(None, description="mqtts with mTLS: one client certificate for all devices.")
+    tls_client_key: Path | None = Field(None, description="Its private key.")
     topic_prefix: str = Field("edu", description="Topic prefix shared with the bridge.")
     buffer_dir: Path | None = Field(
         None,
@@ -87,9 +95,7 @@ class FleetSettings(BaseSettings):
     misc_interval_s: float = Field(1.0, gt=0, description="Period of paho's loop_misc (keepalive pings).")
     drain_timeout_s: float = Field(30.0, ge=0, description="After the run, wait this long for receipts.")
     heartbeat_interval_s: float = Field(300.0, gt=0, description="Simulated seconds between health messages.")
-    heartbeats: bool = Field(
-        True, description="Publish health heartbeats and retained online/offline status."
-    )
+    heartbeats: bool = Field(True, description="Publish health heartbeats and retained online/offline status.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +252,8 @@ class _Device:
         c.on_socket_close = f._sock_close
         c.on_socket_register_write = f._sock_want_write
         c.on_socket_unregister_write = f._sock_done_write
+        if f.tls_context is not None:
+            c.tls_set_context(f.tls_context)
         c.connect_async(f.host, f.port, keepalive=f.settings.keepalive_s)
         return c
 
@@ -256,7 +264,15 @@ class _Device:
             self.client.reconnect()
             self.stats.connects += 1
         except OSError as exc:
-            log.warning("connect failed", extra={"device_id": self.id, "error": str(exc)})
+            from iot_protocol.tls import describe_tls_error, is_tls_error
+
+            f = self.fleet
+            if is_tls_error(exc):
+                f.last_error = describe_tls_error(exc, f.host, f.port, f.settings.tls_ca_file)
+                log.error(f.last_error, extra={"device_id": self.id})
+            else:
+                f.last_error = f"cannot reach the broker at {f.host}:{f.port}: {exc}"
+                log.warning("connect failed", extra={"device_id": self.id, "error": str(exc)})
             self.fleet._after_real(self.fleet.settings.reconnect_delay_s, self.connect)
 
     def drop_connection(self) -> None:
@@ -384,6 +400,16 @@ class _Device:
         return n
 
 
+def _read_all(client: mqtt.Client) -> None:
+    """Read what the socket has. A TLS socket may hold decrypted bytes that select() cannot see
+    (``pending()``): keep reading until it holds none, or they would wait for the next packet."""
+    client.loop_read()
+    sock = client.socket()
+    while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        client.loop_read()
+        sock = client.socket()
+
+
 def _on_connect(client: mqtt.Client, dev: _Device, flags: Any, rc: Any, props: Any = None) -> None:
     if getattr(rc, "is_failure", False) or (isinstance(rc, int) and rc != 0):
         log.warning("connect refused", extra={"device_id": dev.id, "reason": str(rc)})
@@ -436,9 +462,18 @@ class Fleet:
         self.labels = labels or LabelWriter(None)
         self.topics = Topics(settings.topic_prefix)
         parts = urlsplit(settings.mqtt_url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"broker URL {settings.mqtt_url!r}: use mqtt://host:port")
-        self.host, self.port = parts.hostname, parts.port or 1883
+        if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker URL {settings.mqtt_url!r}: use mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme == "mqtts"
+        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
+        self.tls_context: ssl.SSLContext | None = None
+        if tls:
+            from iot_protocol.tls import client_context
+
+            self.tls_context = client_context(
+                settings.tls_ca_file, cert_file=settings.tls_client_cert, key_file=settings.tls_client_key
+            )
+        self.last_error: str | None = None  # why the last connection attempt failed (one line)
         self.stopping = False
         self.report = FleetReport(devices=len(plan.devices))
         self._sel = selectors.DefaultSelector()
@@ -517,9 +552,7 @@ class Fleet:
     def _schedule_device(self, dev: _Device) -> None:
         first = self.plan.start_ms + dev.phase_ms
         self._at_sim(first, self._sample_tick, dev, first)
-        self._at_sim(
-            first + dev.transmission_interval_ms, self._tx_tick, dev, first + dev.transmission_interval_ms
-        )
+        self._at_sim(first + dev.transmission_interval_ms, self._tx_tick, dev, first + dev.transmission_interval_ms)
         if self.settings.heartbeats:
             hb = int(self.settings.heartbeat_interval_s * 1000)
             t = self.plan.start_ms + int(hash01(dev.plan.seed, "hb", 0) * hb)
@@ -560,11 +593,7 @@ class Fleet:
                 category=spec.category,
                 field=spec.field,
                 params={
-                    **(
-                        {"magnitude": spec.effective_magnitude()}
-                        if spec.category in ("sensor", "device")
-                        else {}
-                    ),
+                    **({"magnitude": spec.effective_magnitude()} if spec.category in ("sensor", "device") else {}),
                     **dict(spec.params),
                 },
                 expected=expected,
@@ -615,9 +644,7 @@ class Fleet:
                 variant=str(spec.params.get("variant", "json")),
             )
         except ValueError as exc:  # e.g. a replay before anything was stored: try again later
-            log.warning(
-                "attack postponed", extra={"device_id": dev.id, "attack": spec.kind, "error": str(exc)}
-            )
+            log.warning("attack postponed", extra={"device_id": dev.id, "attack": spec.kind, "error": str(exc)})
             self._after_real(1.0, self._attack, dev, spec)
             return
         if not dev.connected:
@@ -680,7 +707,7 @@ class Fleet:
             for key, mask in self._sel.select(timeout):
                 client: mqtt.Client = key.data
                 if mask & selectors.EVENT_READ:
-                    client.loop_read()
+                    _read_all(client)
                 if mask & selectors.EVENT_WRITE and client.socket() is not None:
                     client.loop_write()
         self.stopping = True
@@ -695,9 +722,7 @@ class Fleet:
         for dev in self.devices.values():
             if dev.connected:
                 if self.settings.heartbeats:
-                    dev.publish(
-                        self.topics.status(dev.id), encode(Status("offline", reason="clean")), retain=True
-                    )
+                    dev.publish(self.topics.status(dev.id), encode(Status("offline", reason="clean")), retain=True)
                 dev.client.disconnect()
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and self._sel.get_map():

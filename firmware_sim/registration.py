@@ -9,6 +9,7 @@ instead (``iotctl sim run --fleet``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -86,9 +87,11 @@ def enroll_via_api(
     *,
     take_over: bool = False,
     timeout_s: float = 30.0,
+    ca_file: str | Path | None = None,
 ) -> dict[str, Credentials]:
     """Register each device (``POST /v1/devices/register``, bearer admin token), then enroll it
     (``POST /v1/enroll`` with the one-time token and the public key), as a real device would.
+    ``ca_file`` verifies an ``https://`` API (default: the system's trusted CAs).
 
     With ``take_over``, a device already registered is rotated for a fresh token (its current holder is
     cut off); without, any such id stops the registration before a device is written.
@@ -105,7 +108,12 @@ def enroll_via_api(
     devices = list(devices)
     out: dict[str, Credentials] = {}
     auth = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=base, timeout=timeout_s) as http:
+    verify: Any = True
+    if ca_file is not None:
+        from iot_protocol.tls import client_context
+
+        verify = client_context(ca_file)
+    with httpx.Client(base_url=base, timeout=timeout_s, verify=verify) as http:
         if not take_over:
             try:
                 listed = http.get("/v1/devices", headers=auth)

@@ -41,6 +41,7 @@ from cloud_core.broker.mosquitto_process import (
     BrokerBinaryMissing,
     BrokerLimits,
     BrokerStartError,
+    BrokerTls,
     ChildProcess,
     MosquittoProcess,
     log_tail,
@@ -319,6 +320,7 @@ class MosquittoServer(_Lifecycle):
         allow_anonymous: accept connections without credentials (ignored with ``dynsec``).
         limits: broker limits; fields may also be given as keyword args (``max_queued_messages=10``).
         start_timeout: seconds to wait for the broker to answer.
+        tls: also serve MQTT over TLS with these files (its ``port`` 0: a free port); see ``tls_url``.
         **conf: further ``mosquitto.conf`` lines (``persistent_client_expiration="1h"``); keys named like
             a ``BrokerLimits`` field (``autosave_interval=1``) replace that limit instead.
     """
@@ -332,9 +334,12 @@ class MosquittoServer(_Lifecycle):
         admin_username: str = "admin",
         admin_password: str | None = None,
         start_timeout: float = 10.0,
+        tls: BrokerTls | None = None,
         **conf: object,
     ) -> None:
         fields = {f.name for f in dataclasses.fields(BrokerLimits)}
+        if tls is not None and not tls.port:
+            tls = dataclasses.replace(tls, port=free_port(), host="127.0.0.1")
         limit_kw = {k: v for k, v in conf.items() if k in fields}
         extra = {k: v for k, v in conf.items() if k not in fields}
         self.root = _make_root("mosquitto")
@@ -348,6 +353,7 @@ class MosquittoServer(_Lifecycle):
             limits=dataclasses.replace(limits, **limit_kw),  # type: ignore[arg-type]
             extra_conf=extra,
             start_timeout=start_timeout,
+            tls=tls,
         )
         self._started_once = False
 
@@ -363,6 +369,15 @@ class MosquittoServer(_Lifecycle):
     is_running = property(lambda self: self.process.is_running)
     pid = property(lambda self: self.process.pid)
 
+    @property
+    def tls_port(self) -> int:
+        assert self.process.tls is not None, "started without tls="
+        return self.process.tls.port
+
+    def tls_url(self, host: str = "127.0.0.1") -> str:
+        """``mqtts://<host>:<tls port>`` (pass another name to test certificate name checks)."""
+        return f"mqtts://{host}:{self.tls_port}"
+
     def start(self) -> None:
         """Start (again) and wait until it answers a CONNECT. Raises ServerBinaryMissing/ServerStartError."""
         for attempt in range(_PORT_RETRIES):
@@ -375,6 +390,8 @@ class MosquittoServer(_Lifecycle):
                 fresh = self.log_path.read_text(errors="replace")[offset:] if self.log_path.exists() else ""
                 if not self._started_once and _port_taken(fresh) and attempt + 1 < _PORT_RETRIES:
                     self.process.port = free_port()
+                    if self.process.tls is not None:
+                        self.process.tls = dataclasses.replace(self.process.tls, port=free_port())
                     continue
                 raise ServerStartError(str(exc)) from exc
             self._started_once = True

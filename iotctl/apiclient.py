@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -67,6 +68,21 @@ def public_api(api: str | None) -> str:
     return found.public_api_url if found is not None else "<API URL>"
 
 
+def _verify(api: str) -> Any:
+    """How to check an https:// API: ``IOTCTL_CA`` (a CA file) when set, else the embedded CA of
+    ``iotctl up`` when this machine has one (<state dir>/pki/ca.crt), else the system's CAs."""
+    import os
+
+    if not api.startswith("https://"):
+        return True
+    ca = os.environ.get("IOTCTL_CA") or str(state_dir() / "pki" / "ca.crt")
+    if not Path(ca).is_file():
+        return True
+    from iot_protocol.tls import client_context
+
+    return client_context(ca)
+
+
 def call(
     method: str,
     path: str,
@@ -94,7 +110,7 @@ def call(
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s)
+        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s, verify=_verify(api))
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None
     except httpx.UnsupportedProtocol:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api", "Run the cloud REST API."),
     "sim": ("sim", "Simulate fleets of devices with faults, attacks and ground truth."),
     "anomalies": ("anomalies", "List anomaly alerts; evaluate detectors on labelled data."),
+    "pki": ("pki", "A small offline CA: TLS certificates for the broker, API and devices."),
 }
 
 

@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Platform", "PlatformError", "PlatformSettings", "PlatformStats"]
 
-# The schemes of what the platform serves. The TLS listeners (deployment work) switch these to
-# mqtts / https for binds beyond loopback; every URL below is built from them.
+# The schemes of what the platform serves. Beyond loopback, devices get the TLS listeners of the
+# embedded CA (cloud_core.pki.up_tls): mqtts on its own port, and the API over https.
 MQTT_SCHEME = "mqtt"
 HTTP_SCHEME = "http"
+MQTTS_SCHEME = "mqtts"
+HTTPS_SCHEME = "https"
 
 
 class PlatformError(Exception):
@@ -77,6 +79,9 @@ class PlatformSettings:
     fleet_prefix: str = "up"  # ids of the platform's own simulated devices: up-000, up-001, ...
     broker_kind: str = "auto"  # auto | mosquitto | amqtt (embedded broker only)
     drain_timeout_s: float = 5.0  # on stop, how long simulated devices wait for outstanding receipts
+    # Beyond loopback devices connect over TLS to this port (None: remembered, first start 8883 when free);
+    # the plain MQTT listener then stays on loopback for the platform's own parts.
+    mqtts_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,10 @@ class Platform:
         self.fleet_error: str | None = None
         self.mqtt_protocol = "5"
         self.mqtt_port = 0
+        self.mqtts_port = 0
         self.api_port = 0
+        self.tls: Any = None  # cloud_core.pki.UpTls when binding beyond loopback
+        self.ca_file: Path | None = None  # the embedded CA devices pin (with TLS)
 
     # ---- parts, in start order -------------------------------------------------------------------
     def _start_broker(self) -> tuple[str | None, str | None, Any]:
@@ -172,18 +180,40 @@ class Platform:
             self.public_mqtt_url = _with_host(s.broker_url, self.advertised) if loopback else s.broker_url
             self.broker_desc = f"external {s.broker_url}"
             return s.broker_admin_username, s.broker_admin_password, None
-        port = self._ports.choose("mqtt", given=s.mqtt_port, default=1883, option="--mqtt-port")
-        self.mqtt_port = port
-        self.mqtt_url = Endpoint(MQTT_SCHEME, self._internal, port).url
-        self.public_mqtt_url = Endpoint(MQTT_SCHEME, self.advertised, port).url
-        listen = Endpoint(MQTT_SCHEME, s.bind_host, port).url
         kind = s.broker_kind
         if kind == "auto":
             kind = "mosquitto" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "amqtt"
+        self.tls = self._tls()
+        if self.tls is not None and kind == "amqtt":
+            raise PlatformError(
+                f"binding to {s.bind_host} needs TLS, which the embedded amqtt broker does not serve: "
+                "install mosquitto (apt-get install mosquitto) or bind to 127.0.0.1"
+            )
+        port = self._ports.choose("mqtt", given=s.mqtt_port, default=1883, option="--mqtt-port")
+        self.mqtt_port = port
+        self.mqtt_url = Endpoint(MQTT_SCHEME, self._internal, port).url
+        if self.tls is not None:
+            # Devices use the TLS listener; the plain one serves only the platform's own parts, on loopback.
+            self.public_mqtt_url = Endpoint(MQTTS_SCHEME, self.advertised, self.mqtts_port).url
+            plain_host = self._internal
+            listen = (
+                f"{Endpoint(MQTTS_SCHEME, s.bind_host, self.mqtts_port).url} (TLS), "
+                f"{Endpoint(MQTT_SCHEME, plain_host, port).url} (loopback)"
+            )
+        else:
+            self.public_mqtt_url = Endpoint(MQTT_SCHEME, self.advertised, port).url
+            plain_host = s.bind_host
+            listen = Endpoint(MQTT_SCHEME, s.bind_host, port).url
         if kind == "mosquitto":
             from cloud_core.broker.mosquitto_process import MosquittoProcess
 
-            proc = MosquittoProcess(self.state_dir / "mosquitto", host=s.bind_host, port=port, dynsec=True)
+            proc = MosquittoProcess(
+                self.state_dir / "mosquitto",
+                host=plain_host,
+                port=port,
+                dynsec=True,
+                tls=self.tls.broker if self.tls else None,
+            )
             self._stack.enter_context(proc)
             self.broker_desc = f"mosquitto (pid {proc.pid}) listening on {listen}"
             return proc.admin_username, proc.admin_password, None
@@ -195,6 +225,18 @@ class Platform:
         self.broker_desc = f"amqtt (in-process, MQTT 3.1.1) listening on {listen}"
         return None, None, AmqttAdmin(broker)
 
+    def _tls(self) -> Any:
+        """TLS for devices when binding beyond loopback (the embedded CA), else None."""
+        from cloud_core.pki import needs_tls, up_tls
+
+        s = self.s
+        if not needs_tls(s.bind_host):
+            return None
+        self.mqtts_port = self._ports.choose("mqtts", given=s.mqtts_port, default=8883, option="--mqtts-port")
+        tls = up_tls(self.state_dir, bind_host=s.bind_host, advertised_host=self.advertised, mqtts_port=self.mqtts_port)
+        self.ca_file = tls.files.ca_file if tls is not None else None
+        return tls
+
     def _start_api(self, admin_user: str | None, admin_password: str | None, broker_admin: Any) -> None:
         import uvicorn
         from pydantic import SecretStr
@@ -205,8 +247,9 @@ class Platform:
 
         port = self._ports.choose("api", given=self.s.api_port, default=8080, option="--api-port")
         self.api_port = port
-        self.api_url = Endpoint(HTTP_SCHEME, self._internal, port).url
-        self.public_api_url = Endpoint(HTTP_SCHEME, self.advertised, port).url
+        http = HTTPS_SCHEME if self.tls is not None else HTTP_SCHEME
+        self.api_url = Endpoint(http, self._internal, port).url
+        self.public_api_url = Endpoint(http, self.advertised, port).url
         self.cloud = CloudSettings(
             state_dir=self.state_dir,
             db_url=self.db_url,
@@ -214,6 +257,7 @@ class Platform:
             cache_url=self.cache_url,
             mqtt_url=self.mqtt_url,
             public_mqtt_url=self.public_mqtt_url,
+            mqtt_ca_file=self.ca_file,
             mqtt_admin_username=admin_user,
             mqtt_admin_password=SecretStr(admin_password) if admin_password else None,
             mqtt_protocol=self.mqtt_protocol,
@@ -222,11 +266,17 @@ class Platform:
             api_port=port,
         )
         app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings())
+        tls_kwargs = self.tls.uvicorn if self.tls is not None else {}
         server = uvicorn.Server(
-            uvicorn.Config(app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on", **tls_kwargs)
         )
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()
+        verify: Any = True
+        if self.ca_file is not None:
+            from iot_protocol.tls import client_context
+
+            verify = client_context(self.ca_file)
 
         def stop_api() -> None:
             server.should_exit = True
@@ -239,7 +289,7 @@ class Platform:
             if not thread.is_alive():
                 raise PlatformError(f"the API stopped during start-up (see the log above); state dir {self.state_dir}")
             try:
-                r = httpx.get(f"{self.api_url}/ready", timeout=2)
+                r = httpx.get(f"{self.api_url}/ready", timeout=2, verify=verify)
                 if r.status_code == 200:
                     return
                 last = r.text
@@ -294,9 +344,11 @@ class Platform:
         keys = {d.device_id: device_key(scenario.simulation.seed, d.device_id) for d in plan.devices}
         token = self.cloud.admin_token_path.read_text().strip()
         # The fleet's ids are this platform's own: a restart takes its devices over again.
-        credentials = enroll_via_api(self.api_url, token, plan.devices, keys, take_over=True)
+        credentials = enroll_via_api(self.api_url, token, plan.devices, keys, take_over=True, ca_file=self.ca_file)
         settings = FleetSettings(
-            mqtt_url=self.mqtt_url,
+            # with TLS the simulated devices use the TLS listener, as real ones on the network do
+            mqtt_url=Endpoint(MQTTS_SCHEME, "127.0.0.1", self.mqtts_port).url if self.tls else self.mqtt_url,
+            tls_ca_file=self.ca_file,
             topic_prefix=self.s.topic_prefix,
             buffer_dir=self.state_dir / "sim-buffers",
             drain_timeout_s=self.s.drain_timeout_s,
@@ -360,7 +412,9 @@ class Platform:
             self.engine = make_engine(self.db_url)
             self._stack.callback(self.engine.dispose)
             self._ports.remember(
-                **({"mqtt": self.mqtt_port} if self.s.broker_url is None else {}), api=self.api_port
+                **({"mqtt": self.mqtt_port} if self.s.broker_url is None else {}),
+                **({"mqtts": self.mqtts_port} if self.mqtts_port else {}),
+                api=self.api_port,
             )
             if devices:
                 self._start_fleet()

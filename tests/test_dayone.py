@@ -288,29 +288,36 @@ def test_agent_on_another_machine_enrolls_against_up_bind_all_and_survives_its_r
     host = ns.host_ip if ns is not None else primary_address()
     assert host is not None
     state = tmp_path / "state"
-    mqtt_port, api_port = free_port("0.0.0.0"), free_port("0.0.0.0")
+    mqtt_port, mqtts_port, api_port = free_port("0.0.0.0"), free_port("0.0.0.0"), free_port("0.0.0.0")
     up = UpProcess(
-        state, "--bind", "0.0.0.0", "--advertise", host, "--mqtt-port", str(mqtt_port), "--api-port",
-        str(api_port), "--devices", "0",
+        state, "--bind", "0.0.0.0", "--advertise", host, "--mqtt-port", str(mqtt_port), "--mqtts-port",
+        str(mqtts_port), "--api-port", str(api_port), "--devices", "0",
     )  # fmt: skip
     agent: AgentProcess | None = None
     try:
         found = up.start()
-        assert found.public_api_url == f"http://{host}:{api_port}"
-        assert found.public_mqtt_url == f"mqtt://{host}:{mqtt_port}"
-        assert "in plain text" in up.stderr  # beyond loopback, and not encrypted yet: said at start
+        # beyond loopback: TLS with the platform's own CA, for the API and for devices' MQTT
+        assert found.public_api_url == f"https://{host}:{api_port}"
+        assert found.public_mqtt_url == f"mqtts://{host}:{mqtts_port}"
+        ca = state / "pki" / "ca.crt"
+        assert "over TLS" in up.stderr and str(ca) in up.stderr
         reg = iotctl("devices", "register", "pi-1", "--state-dir", str(state))
         assert reg.returncode == 0, reg.stderr
-        hint = f"on the device: iotctl agent enroll --api http://{host}:{api_port} --token {_token(reg.stdout)}"
+        hint = (
+            f"on the device: iotctl agent enroll --api https://{host}:{api_port} --ca {ca} "
+            f"--token {_token(reg.stdout)}"
+        )
         assert hint in reg.stdout
         prefix = ns.argv([]) if ns is not None else []
         enroll = subprocess.run(
-            [*prefix, IOTCTL, "agent", "enroll", "--api", f"http://{host}:{api_port}", "--token", _token(reg.stdout),
-             "--dir", str(tmp_path / "identity")],
+            [*prefix, IOTCTL, "agent", "enroll", "--api", f"https://{host}:{api_port}", "--ca", str(ca),
+             "--token", _token(reg.stdout), "--dir", str(tmp_path / "identity")],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert enroll.returncode == 0, enroll.stderr
-        assert load_identity(tmp_path / "identity").mqtt_url == f"mqtt://{host}:{mqtt_port}"
+        identity = load_identity(tmp_path / "identity")
+        assert identity.mqtt_url == f"mqtts://{host}:{mqtts_port}"
+        assert identity.ca_file is not None and identity.ca_file.read_bytes() == ca.read_bytes()  # pinned
         agent = AgentProcess(_agent_config(tmp_path), prefix)
         wait_for(lambda: _count(state, "pi-1") >= 10, "readings from the other machine", 60)
         assert up.stop() == 0

@@ -197,7 +197,7 @@ def test_admin_token_is_private_and_ops_endpoints_answer(cloud: Cloud) -> None:
     assert (cloud.settings.state_dir / "admin.token").stat().st_mode & 0o777 == 0o600
     assert cloud.settings.signing_key_path.stat().st_mode & 0o777 == 0o600
     assert httpx.get(cloud.url + "/health").json() == {"status": "ok"}
-    assert httpx.get(cloud.url + "/ready").json() == {"status": "ready"}
+    assert httpx.get(cloud.url + "/ready").json() == {"status": "ready", "broker": "connected"}
     cloud.register(dev(cloud.topics.prefix, "m"))
     metrics = httpx.get(cloud.url + "/metrics").text
     assert 'edu_api_requests_total{method="POST",route="/v1/devices/register",status="201"} 1.0' in metrics

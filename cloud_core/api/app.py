@@ -116,6 +116,7 @@ class AppContext:
                 password=service_password,
                 timeout_s=settings.mqtt_timeout_s,
                 protocol=settings.mqtt_protocol,
+                tls=settings.mqtt_tls_context(),
             )
         except BaseException:
             broker.close()
@@ -133,6 +134,9 @@ class AppContext:
             metrics=metrics,
         )
         ctx.bootstrap_admin()
+        from .fleet_metrics import FleetCollector
+
+        metrics.registry.register(FleetCollector(engine, settings))
         if consume_events:
             ctx.events = DeviceEventsConsumer(engine, settings)
             ctx.events.start()
@@ -165,16 +169,19 @@ class AppContext:
         self.engine.dispose()
 
     def check_ready(self) -> dict[str, str]:
-        """What is not ready, by dependency (empty when everything is)."""
+        """What is not ready, by dependency (empty when everything is). Only the database counts: without
+        the broker the API still serves reads, registrations and the console, and a broker restart
+        must not take every API replica out of its Service at once (paho reconnects by itself)."""
         problems: dict[str, str] = {}
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
             problems["database"] = str(exc).splitlines()[0]
-        if not self.publisher.client.is_connected():
-            problems["broker"] = "not connected to the MQTT broker"
         return problems
+
+    def broker_connected(self) -> bool:
+        return bool(self.publisher.client.is_connected())
 
 
 def create_app(
@@ -256,11 +263,13 @@ def create_app(
 
     @app.get("/ready", tags=["ops"])
     def ready(request: Request) -> JSONResponse:
-        """Ready when the metadata database answers and the broker connection is up."""
-        problems = request.app.state.ctx.check_ready()
+        """Ready when the metadata database answers. The broker connection is reported, not required."""
+        ctx = request.app.state.ctx
+        problems = ctx.check_ready()
+        broker = "connected" if ctx.broker_connected() else "disconnected"
         if problems:
-            return JSONResponse({"status": "not ready", "detail": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready", "detail": problems, "broker": broker}, status_code=503)
+        return JSONResponse({"status": "ready", "broker": broker})
 
     @app.get("/metrics", tags=["ops"])
     def metrics_endpoint() -> Response:

@@ -127,4 +127,5 @@ def open_broker_admin(settings: CloudSettings) -> BrokerAdmin:
         username=settings.mqtt_admin_username,
         password=password,
         timeout_s=settings.mqtt_timeout_s,
+        tls=settings.mqtt_tls_context(),
     )

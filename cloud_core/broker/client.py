@@ -3,6 +3,7 @@ wait for the broker's acknowledgement."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import uuid
 from typing import Protocol
@@ -31,9 +32,11 @@ def connect(
     keepalive: int = 30,
     client: mqtt.Client | None = None,
     protocol: str = "5",
+    tls: ssl.SSLContext | None = None,
 ) -> mqtt.Client:
-    """A client connected to ``host:port`` with its loop running; raises BrokerUnavailable on refusal
-    or timeout. Pass ``client`` to connect one that already has its callbacks set."""
+    """A client connected to ``host:port`` with its loop running; raises BrokerUnavailable on refusal,
+    timeout or a TLS failure (one line saying which). Pass ``client`` to connect one that already has
+    its callbacks set, ``tls`` to connect over TLS."""
     if client is None:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -53,9 +56,15 @@ def connect(
             previous(c, userdata, flags, reason, props)  # type: ignore[call-arg,arg-type]  # v2 signature
 
     client.on_connect = on_connect
+    if tls is not None:
+        client.tls_set_context(tls)
     try:
         client.connect(host, port, keepalive=keepalive)
     except OSError as exc:
+        from iot_protocol.tls import describe_tls_error, is_tls_error
+
+        if is_tls_error(exc):
+            raise BrokerUnavailable(describe_tls_error(exc, host, port)) from None
         raise BrokerUnavailable(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from None
     client.loop_start()
     if not connected.wait(timeout_s):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -52,7 +53,14 @@ class DynsecAdmin(BrokerAdmin):
     """
 
     def __init__(
-        self, host: str, port: int, *, username: str, password: str, timeout_s: float = 10.0
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str,
+        password: str,
+        timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
@@ -65,7 +73,7 @@ class DynsecAdmin(BrokerAdmin):
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_a: self._subscribed.set()
         self._client = connect(
-            host, port, username=username, password=password, timeout_s=timeout_s, client=client
+            host, port, username=username, password=password, timeout_s=timeout_s, client=client, tls=tls
         )
         if not self._subscribed.wait(timeout_s):
             self.close()

@@ -48,6 +48,7 @@ __all__ = [
     "BrokerLimits",
     "BrokerProcessError",
     "BrokerStartError",
+    "BrokerTls",
     "ChildProcess",
     "MosquittoProcess",
     "find_dynsec_plugin",
@@ -102,6 +103,31 @@ class BrokerLimits:
 DEFAULT_LIMITS = BrokerLimits()
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """A TLS listener (MQTT over TLS 1.2+) next to the plain one, for devices.
+
+    Attributes:
+        port: its port (8883 by convention).
+        host: its address (``0.0.0.0``: every interface).
+        ca_file: the CA certificate; with ``require_certificate`` clients must present one it signed.
+        cert_file: the server certificate (its names must be the ones devices connect to).
+        key_file: its private key. The three files are copied into the data directory (``tls/``, mode
+            0600, owned by the broker's user), so the originals may stay readable only by their owner.
+        require_certificate: mTLS: refuse clients without a certificate from ``ca_file`` (they still log
+            in with their user name and password).
+        tls_version: the lowest TLS version accepted (Mosquitto takes tlsv1.2 as "1.2 or newer").
+    """
+
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    host: str = "0.0.0.0"
+    require_certificate: bool = False
+    tls_version: str = "tlsv1.2"
+
+
 # --------------------------------------------------------------------------- child processes
 
 _PR_SET_PDEATHSIG = 1
@@ -121,10 +147,15 @@ def stop_all_children() -> None:
 atexit.register(stop_all_children)
 
 
-def preexec_for(run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn``: become ``run_as`` (when given), then ask for ``death_signal`` if the parent dies."""
+def preexec_for(
+    run_as: pwd.struct_passwd | None, death_signal: int | None, parent_pid: int, umask: int | None = None
+) -> Callable[[], None]:
+    """A ``preexec_fn``: set ``umask``, become ``run_as`` (when given), then ask for ``death_signal`` if
+    the parent dies."""
 
     def setup() -> None:
+        if umask is not None:
+            os.umask(umask)
         if run_as is not None:
             os.setgid(run_as.pw_gid)
             os.initgroups(run_as.pw_name, run_as.pw_gid)
@@ -151,6 +182,7 @@ class ChildProcess:
         die_with_parent: ask the kernel to send ``stop_signal`` if this process dies.
         cwd: working directory.
         env: extra environment variables.
+        umask: the child's umask (None: inherited); 0o077 keeps every file it creates private.
     """
 
     def __init__(
@@ -163,8 +195,10 @@ class ChildProcess:
         die_with_parent: bool = True,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        umask: int | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.umask = umask
         self.log_path = log_path
         self.run_as = run_as
         self.stop_signal = stop_signal
@@ -201,7 +235,9 @@ class ChildProcess:
                 cwd=self.cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=preexec_for(user, self.stop_signal if self.die_with_parent else None, os.getpid()),
+                preexec_fn=preexec_for(
+                    user, self.stop_signal if self.die_with_parent else None, os.getpid(), self.umask
+                ),
             )
         with _LIVE_LOCK:
             _LIVE_CHILDREN.add(self)
@@ -471,6 +507,7 @@ class MosquittoProcess:
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
         die_with_parent: the broker gets SIGTERM if this process dies (tests; embedded mode).
         binary: path of the mosquitto binary (default: found on PATH or in /usr/sbin).
+        tls: also listen with TLS for devices (the plain listener stays on ``host``, for the cloud).
     """
 
     def __init__(
@@ -489,8 +526,10 @@ class MosquittoProcess:
         stop_timeout: float = 10.0,
         die_with_parent: bool = True,
         binary: str | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.tls = tls
         self.host = host
         self.port = port
         self.dynsec = dynsec
@@ -521,6 +560,11 @@ class MosquittoProcess:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the TLS listener's files are copied (readable by the broker's user only)."""
+        return self.data_dir / "tls"
 
     @property
     def admin_password(self) -> str:
@@ -580,6 +624,16 @@ class MosquittoProcess:
                 f"plugin {find_dynsec_plugin()}",
                 f"plugin_opt_config_file {self.dynsec_path}",
             ]
+        if self.tls is not None:
+            t = self.tls
+            lines += [
+                f"listener {t.port} {t.host}",
+                f"cafile {self.tls_dir / 'ca.crt'}",
+                f"certfile {self.tls_dir / 'server.crt'}",
+                f"keyfile {self.tls_dir / 'server.key'}",
+                f"tls_version {t.tls_version}",
+                f"require_certificate {_conf_value(t.require_certificate)}",
+            ]
         lines += [f"{key} {_conf_value(value)}" for key, value in self.extra_conf.items()]
         return "\n".join(lines) + "\n"
 
@@ -598,10 +652,19 @@ class MosquittoProcess:
         if self.dynsec and not self.dynsec_path.exists():
             write_dynsec_config(self.dynsec_path, self.admin_username, self.admin_password)
         self.conf_path.write_text(self.render_config())
+        if self.tls is not None:
+            self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+            for src, name in ((self.tls.ca_file, "ca.crt"), (self.tls.cert_file, "server.crt"),
+                              (self.tls.key_file, "server.key")):  # fmt: skip
+                dst = self.tls_dir / name
+                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(Path(src).read_bytes())
         run_as = self._run_as()
         if run_as is not None:
             user = pwd.getpwnam(run_as)
-            for path in [self.data_dir, *self.data_dir.iterdir()]:
+            tls_files = [*self.tls_dir.iterdir()] if self.tls_dir.exists() else []
+            for path in [self.data_dir, *self.data_dir.iterdir(), *tls_files]:
                 if path.name == "dynsec-admin.secret":
                     continue
                 with contextlib.suppress(OSError):
@@ -625,6 +688,7 @@ class MosquittoProcess:
             run_as=self._run_as(),
             die_with_parent=self.die_with_parent,
             cwd=self.data_dir,
+            umask=0o077,  # dynamic-security.json (rewritten on every change) and mosquitto.db stay 0600
         )
         self._child = child
         child.spawn()

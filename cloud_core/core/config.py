@@ -3,6 +3,7 @@ the entry point (``iotctl api``, ``iotctl up``, a test) and passed down; never b
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,12 @@ class CloudSettings(BaseSettings):
         description="The broker URL devices are told at enrollment (one they can reach). "
         "Empty means mqtt_url.",
     )
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) of the broker's TLS listener. Sent to every device at enrollment "
+        "(mqtt_ca_pem), which then trusts only it; the cloud's own clients use it for mqtts:// URLs. "
+        "Unset: devices use their system's trusted CAs (a broker certificate from a public CA).",
+    )
     mqtt_username: str = Field(
         default="edu-cloud",
         description="The cloud services' MQTT service account (may publish and subscribe anything under the "
@@ -87,6 +94,12 @@ class CloudSettings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     api_port: int = Field(default=8080, ge=0, le=65535, description="Port the REST API listens on.")
+    api_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Serve HTTPS with this certificate (PEM; from `iotctl pki issue api`). Unset: plain HTTP "
+        "(behind an Ingress that terminates TLS, or on loopback).",
+    )
+    api_tls_key_file: Path | None = Field(default=None, description="The private key of api_tls_cert_file.")
     bootstrap_admin_username: str = Field(
         default="admin",
         description="User created at first start (no users yet); its API token is written to "
@@ -128,6 +141,8 @@ class CloudSettings(BaseSettings):
             self.public_mqtt_url = self.mqtt_url
         if self.config_signing_key_path is None:
             self.config_signing_key_path = self.state_dir / "config-signing.pem"
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("api_tls_cert_file and api_tls_key_file go together: set both or neither")
         if not self.stale_after_s < self.offline_after_s:
             raise ValueError("stale_after_s must be less than offline_after_s")
         return self
@@ -150,17 +165,32 @@ class CloudSettings(BaseSettings):
         return self.state_dir / "admin.token"
 
     @property
+    def mqtt_tls(self) -> bool:
+        """Whether the cloud's own clients connect with TLS (an mqtts:// mqtt_url)."""
+        return self.mqtt_url.startswith("mqtts://")
+
+    def mqtt_tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the cloud's own MQTT clients: None for mqtt://; for mqtts://, one trusting
+        :attr:`mqtt_ca_file` (or the system's CAs)."""
+        if not self.mqtt_tls:
+            return None
+        from iot_protocol.tls import client_context
+
+        return client_context(self.mqtt_ca_file)
+
+    @property
     def mqtt_host_port(self) -> tuple[str, int]:
         """(host, port) of :attr:`mqtt_url`."""
         return parse_mqtt_url(self.mqtt_url)
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` -> (host, port); port defaults to 1883. Raises ValueError otherwise."""
+    """``mqtt://host:port`` or ``mqtts://host:port`` -> (host, port); the port defaults to 1883 (8883 for
+    mqtts). Raises ValueError otherwise."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://host:port")
+    if not sep or scheme not in ("mqtt", "tcp", "mqtts"):
+        raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://host:port or mqtts://host:port")
     host, _, port = rest.rstrip("/").rpartition(":")
     if not host:
-        return rest.rstrip("/"), 1883
+        return rest.rstrip("/"), 8883 if scheme == "mqtts" else 1883
     return host, int(port)

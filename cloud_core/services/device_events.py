@@ -157,6 +157,7 @@ class DeviceEventsConsumer:
             password=s.service_password(),
             timeout_s=s.mqtt_timeout_s,
             client=client,
+            tls=s.mqtt_tls_context(),
         )
         # connect() restores the previous on_connect, which resubscribes after every reconnect.
         self._flusher = threading.Thread(target=self._flush_loop, name="device-events-flush", daemon=True)

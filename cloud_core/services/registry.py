@@ -75,6 +75,11 @@ class EnrollResponse(BaseModel):
     topic_prefix: str
     cloud_public_key: str = Field(description="The cloud's Ed25519 config-signing key, unpadded base64url.")
     key_version: int
+    mqtt_ca_pem: str | None = Field(
+        default=None,
+        description="PEM of the CA that signed the broker's TLS certificate: the device pins it and trusts "
+        "only it for mqtts://. None: the broker's certificate is from a CA the device already trusts.",
+    )
 
 
 @dataclass
@@ -232,6 +237,7 @@ class Registry:
             topic_prefix=self.settings.topic_prefix,
             cloud_public_key=self.cloud_public_key,
             key_version=device.key_version,
+            mqtt_ca_pem=self.settings.mqtt_ca_file.read_text() if self.settings.mqtt_ca_file else None,
         )
 
     def deactivate(self, session: Session, *, device_id: str) -> Device:

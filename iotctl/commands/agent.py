@@ -20,16 +20,21 @@ def enroll(
     api: str = typer.Option(..., "--api", help="Cloud API base URL, e.g. https://iot.school.example"),
     token: str = typer.Option(..., "--token", help="One-time enrollment token from `iotctl devices register`."),
     dir: Path = typer.Option(_DEFAULT_DIR, "--dir", help="Identity directory (key and credentials, mode 0600)."),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="CA certificate that verifies an https:// API (default: the system's trusted CAs)."
+    ),
 ) -> None:
-    """Generate this device's key pair, enroll it with a one-time token, store the credentials."""
+    """Generate this device's key pair, enroll it with a one-time token, store the credentials (and the
+    broker's CA, which the agent then trusts alone)."""
     from edge_agent.errors import AgentError
     from edge_agent.identity import enroll as do_enroll
 
     try:
-        ident = do_enroll(api, token, dir)
+        ident = do_enroll(api, token, dir, ca_file=ca)
     except AgentError as exc:
         raise CliError(str(exc)) from None
-    typer.echo(f"enrolled as {ident.device_id} (key version {ident.key_version}); identity in {dir}")
+    pinned = f"; broker CA pinned in {ident.ca_file}" if ident.ca_file else ""
+    typer.echo(f"enrolled as {ident.device_id} (key version {ident.key_version}); identity in {dir}{pinned}")
 
 
 @app.command()

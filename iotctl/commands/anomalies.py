@@ -214,6 +214,9 @@ def worker(
     mqtt_password: str | None = typer.Option(None, "--mqtt-password", envvar="EDU_MQTT_PASSWORD"),
     topic_prefix: str = typer.Option("edu", "--topic-prefix", envvar="EDU_TOPIC_PREFIX"),
     metrics_port: int = typer.Option(9110, "--metrics-port", help="Prometheus /metrics port (0: none)."),
+    log_level: str = typer.Option(
+        "INFO", "--log-level", envvar="EDU_LOG_LEVEL", help="Level of the JSON logs: DEBUG, INFO, WARNING, ERROR."
+    ),
 ) -> None:
     """Run one analytics worker of the consumer group until SIGINT/SIGTERM (settings: EDU_ANALYTICS_*)."""
     import signal
@@ -232,7 +235,9 @@ def worker(
     from cloud_core.paths import default_db_url
     from iot_protocol import Topics
 
-    setup_logging("INFO")
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise CliError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    setup_logging(log_level.upper())
     try:
         cache = open_cache(cache_url)
         engine = make_engine(db or default_db_url())

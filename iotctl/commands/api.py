@@ -40,6 +40,9 @@ def api(
     setup_logging(settings.log_level)
     app_ = create_app(settings, consume_events=events)
     try:
-        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None)
+        tls = {}
+        if settings.api_tls_cert_file is not None:  # HTTPS: devices enroll over it
+            tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)}
+        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None, **tls)  # type: ignore[arg-type]
     except BrokerAdminError as exc:
         raise CliError(f"cannot start the API: {exc}") from None

@@ -11,7 +11,7 @@ import typer
 
 from iotctl.apiclient import ApiOption, JsonOption, TokenOption, call, public_api
 from iotctl.errors import CliError
-from iotctl.statedir import StateDirOption
+from iotctl.statedir import StateDirOption, state_dir
 
 app = typer.Typer(no_args_is_help=True, help="Register, list, deactivate and rotate devices.")
 
@@ -39,10 +39,17 @@ def _registration(body: dict[str, Any], what: str, api: str | None) -> None:
     typer.echo(f"{what} {device['id']} ({device['device_type']}, {device['location']})")
     typer.echo(f"enrollment token (one use, expires {body['expires_at']}):")
     typer.echo(body["enrollment_token"])
+    url = public_api(api)
+    # An https API of `iotctl up` beyond loopback is served with the platform's own CA: the device needs
+    # that file to trust the API at enrollment (it then pins the same CA for the broker).
+    ca = state_dir() / "pki" / "ca.crt"
+    ca_hint = f" --ca {ca}" if url.startswith("https://") and ca.is_file() else ""
     typer.echo(
-        f"on the device: iotctl agent enroll --api {public_api(api)} --token {body['enrollment_token']} "
+        f"on the device: iotctl agent enroll --api {url}{ca_hint} --token {body['enrollment_token']} "
         "--dir /var/lib/edu-agent/identity"
     )
+    if ca_hint:
+        typer.echo(f"(copy {ca} to the device first: the platform's CA, which the device then trusts alone)")
 
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -112,6 +112,14 @@ def up(
         help="Embedded broker port (0: any free one). Default: the one this state dir used before; "
         "first start: 1883, or a free one if taken.",
     ),
+    mqtts_port: int | None = typer.Option(
+        None,
+        "--mqtts-port",
+        min=0,
+        max=65535,
+        help="With --bind beyond loopback: the broker's TLS port for devices (0: any free one). Default: the one "
+        "this state dir used before; first start: 8883, or a free one if taken.",
+    ),
     api_port: int | None = typer.Option(
         None,
         "--api-port",
@@ -162,6 +170,7 @@ def up(
         state_dir=state, devices=devices, sampling_interval_s=interval, broker_url=broker,
         broker_admin_username=broker_admin_user, broker_admin_password=broker_admin_password,
         db_url=db, tsdb_url=tsdb, cache_url=cache, mqtt_port=mqtt_port, api_port=api_port,
+        mqtts_port=mqtts_port,
         broker_kind=broker_kind, bind_host=bind, advertised_host=advertise,
     )  # fmt: skip
     stop = threading.Event()
@@ -187,10 +196,10 @@ def up(
             f"{cli} sim run --devices 20 --speed 60 --duration 10m{flag}",
             file=sys.stderr,
         )
-        if not bind_ip.is_loopback:
+        if platform.ca_file is not None:
             print(
-                f"  listening on {bind} (the network) in plain text: MQTT and HTTP are not encrypted yet, so use "
-                "it on a network you trust (a classroom LAN), not the internet",
+                f"  listening on {bind} (the network) over TLS with this platform's own CA: devices enroll with "
+                f"--api {platform.public_api_url} --ca {platform.ca_file} (copy that file to them)",
                 file=sys.stderr,
             )
         deadline = started + duration if duration is not None else None

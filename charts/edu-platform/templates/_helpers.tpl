@@ -100,3 +100,130 @@ prometheus.io/path: "/metrics"
 - name: EDU_TOPIC_PREFIX
   value: {{ .Values.topicPrefix | quote }}
 {{- end -}}
+
+{{/* Component labels: selector labels plus the component. Call with (dict "root" $ "component" "api"). */}}
+{{- define "edu-platform.componentLabels" -}}
+{{ include "edu-platform.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+checksum/secret: the chart's own Secret, plus the data of every existingSecret the pods read (lookup
+reads it on a live install/upgrade, so rotating a credential and running `helm upgrade` rolls the pods;
+offline renders see no data and fall back to the names and secrets.rolloutToken).
+*/}}
+{{- define "edu-platform.secretChecksum" -}}
+{{- $parts := list (include (print .Template.BasePath "/secret.yaml") .) .Values.secrets.rolloutToken -}}
+{{- $names := list .Values.postgresql.existingSecret .Values.influxdb.existingSecret .Values.redis.existingSecret .Values.mqtt.existingSecret .Values.mqtt.adminExistingSecret .Values.configSigning.existingSecret -}}
+{{- if .Values.mosquitto.tls.enabled }}{{- $names = append $names .Values.mosquitto.tls.existingSecret -}}{{- end -}}
+{{- range $name := $names | compact | uniq | sortAlpha -}}
+{{- $found := lookup "v1" "Secret" $.Release.Namespace $name -}}
+{{- $parts = append $parts (printf "%s=%s" $name (($found).data | default dict | toJson)) -}}
+{{- end -}}
+{{- $parts | join "\n" | sha256sum -}}
+{{- end -}}
+
+{{/* Pod-level settings every edu-platform pod shares: no service-account token, the pod security
+context, pull secrets. */}}
+{{- define "edu-platform.podCommon" -}}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* affinity: the component's own, else preferred anti-affinity on the host name (replicas spread over
+nodes). Call with (dict "root" $ "component" "api" "affinity" .Values.api.affinity). */}}
+{{- define "edu-platform.affinity" -}}
+{{- if .affinity -}}
+{{- toYaml .affinity -}}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "edu-platform.componentLabels" (dict "root" .root "component" .component) | nindent 12 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Broker memory arithmetic (docs/deployment.md, "Broker memory"). All in bytes. */}}
+{{- define "edu-platform.broker.memoryLimit" -}}
+{{- $m := .Values.mosquitto.memory -}}
+{{- div (mul (int64 $m.limitMiB) 1048576 (int64 $m.heapPercent)) 100 -}}
+{{- end -}}
+{{- define "edu-platform.broker.bridgeSessions" -}}
+{{- if .Values.bridge.hpa.enabled }}{{ int64 .Values.bridge.hpa.maxReplicas }}{{ else }}{{ int64 .Values.bridge.replicas }}{{ end -}}
+{{- end -}}
+{{/* One bridge session's share of the queue budget; 1/4 of it may be in flight (the bridge's Receive
+Maximum lets the broker send it 10,000 messages before it acknowledges any), 3/4 queued behind. */}}
+{{- define "edu-platform.broker.sessionBytes" -}}
+{{- $heap := int64 (include "edu-platform.broker.memoryLimit" .) -}}
+{{- div (div (mul $heap (int64 .Values.mosquitto.memory.queuePercent)) 100) (int64 (include "edu-platform.broker.bridgeSessions" .)) -}}
+{{- end -}}
+{{- define "edu-platform.broker.maxInflightBytes" -}}
+{{- div (int64 (include "edu-platform.broker.sessionBytes" .)) 4 -}}
+{{- end -}}
+{{- define "edu-platform.broker.maxQueuedBytes" -}}
+{{- sub (int64 (include "edu-platform.broker.sessionBytes" .)) (int64 (include "edu-platform.broker.maxInflightBytes" .)) -}}
+{{- end -}}
+{{- define "edu-platform.broker.maxConnections" -}}
+{{- $heap := int64 (include "edu-platform.broker.memoryLimit" .) -}}
+{{- $rest := sub $heap (div (mul $heap (int64 .Values.mosquitto.memory.queuePercent)) 100) -}}
+{{- div $rest (mul (int64 .Values.mosquitto.memory.perConnectionKiB) 1024) -}}
+{{- end -}}
+
+{{/* Whether to render Prometheus Operator resources: true, false, or "auto" (the cluster serves the API). */}}
+{{- define "edu-platform.monitoring.on" -}}
+{{- $v := .value -}}
+{{- if eq (toString $v) "auto" -}}
+{{- if .root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end -}}
+{{- else if $v -}}true{{- end -}}
+{{- end -}}
+
+{{/* One NetworkPolicy egress rule per external service. Call with (dict "rule" .Values.networkPolicy.egress.redis). */}}
+{{- define "edu-platform.egressRule" -}}
+- ports:
+    {{- range .rule.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- with .rule.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* DNS egress (kube-dns in kube-system). */}}
+{{- define "edu-platform.dnsEgress" -}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+  ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+{{- end -}}
+
+{{/* The broker URL of the cloud services, as the NetworkPolicies see it: egress to the release's
+Mosquitto (plain port) or to the external broker's ports. */}}
+{{- define "edu-platform.brokerEgress" -}}
+{{- if .Values.mosquitto.enabled -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "edu-platform.componentLabels" (dict "root" . "component" "mosquitto") | nindent 10 }}
+  ports:
+    - protocol: TCP
+      port: {{ .Values.mosquitto.port }}
+{{- else -}}
+{{ include "edu-platform.egressRule" (dict "rule" .Values.networkPolicy.egress.mqtt) }}
+{{- end -}}
+{{- end -}}
