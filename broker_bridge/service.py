@@ -14,6 +14,7 @@ from types import TracebackType
 
 from cloud_core.cache import open_cache
 from cloud_core.core.db import create_all, make_engine
+from cloud_core.core.migrate import SchemaError
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import Topics
 
@@ -113,6 +114,8 @@ class Bridge:
         try:
             create_all(self.engine)
             ensure_ledger_schema(self.engine)  # create_all adds no column to an existing table
+        except SchemaError as exc:  # migrated by a newer release: refuse to run against it
+            raise ConfigError(str(exc)) from None
         except Exception as exc:  # DB down or racing replicas: ingest can run without it for a while
             log.warning("could not ensure metadata tables: %s", exc)
         self.directory.refresh()

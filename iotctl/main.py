@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("devices", "Register, list, deactivate and rotate devices; loss ledger."),
     "config": ("config", "Set and show devices' desired configuration."),
     "query": ("query", "Read stored readings back as a table, CSV or JSON."),
-    "db": ("db", "Initialise databases: metadata tables, InfluxDB retention and downsampling."),
+    "db": ("db", "Initialise databases; migrate the metadata schema (upgrade, current, downgrade)."),
     "bridge": ("bridge", "Run the ingest bridge (broker -> verification -> time-series store)."),
     "api": ("api", "Run the cloud REST API."),
     "sim": ("sim", "Simulate fleets of devices with faults, attacks and ground truth."),

@@ -27,6 +27,7 @@ def api(
     from cloud_core.broker.admin import BrokerAdminError
     from cloud_core.core.config import CloudSettings
     from cloud_core.core.logging import setup_logging
+    from cloud_core.core.migrate import SchemaError
 
     try:
         settings = CloudSettings()
@@ -38,8 +39,27 @@ def api(
     if port is not None:
         settings.api_port = port
     setup_logging(settings.log_level)
+    _check_schema(settings.db_url)
     app_ = create_app(settings, consume_events=events)
     try:
         uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None)
-    except BrokerAdminError as exc:
+    except (BrokerAdminError, SchemaError) as exc:
         raise CliError(f"cannot start the API: {exc}") from None
+
+
+def _check_schema(db_url: str) -> None:
+    """Refuse, in one line, a metadata schema newer than this release (or an older one the API may
+    not migrate) before uvicorn starts: an error in the app's lifespan would be a traceback."""
+    from cloud_core.core.db import create_all, make_engine
+    from cloud_core.core.migrate import SchemaError
+
+    try:
+        engine = make_engine(db_url)
+    except ValueError as exc:
+        raise CliError(f"bad setting EDU_DB_URL: {exc}") from None
+    try:
+        create_all(engine)
+    except SchemaError as exc:
+        raise CliError(f"cannot start the API: {exc}") from None
+    finally:
+        engine.dispose()
