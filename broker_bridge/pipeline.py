@@ -37,6 +37,9 @@ INACTIVE_DEVICE = "inactive_device"
 REPLAYED_SEQ = "replayed_seq"
 NOT_TELEMETRY = "bad_topic"
 RATE_LIMITED = "rate_limited"
+QUOTA_EXCEEDED = "quota_exceeded"
+#: Refused for volume, not content: acknowledged, counted and dead-lettered the same way, never receipted.
+THROTTLED = frozenset({RATE_LIMITED, QUOTA_EXCEEDED})
 
 
 def key_id_of(public_key: bytes) -> str:

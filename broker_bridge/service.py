@@ -25,6 +25,7 @@ from .keys import KeyDirectory, parse_registry_event
 from .ledger import Ledger, ensure_ledger_schema
 from .metrics import HttpServer, Metrics
 from .mqtt import SYS_DROPPED, Inbound, MqttConsumer
+from .quota import QuotaGate
 from .settings import BridgeSettings
 from .writer import Ingest
 
@@ -57,6 +58,13 @@ class Bridge:
             deadletters=self.deadletters,
             metrics=self.metrics,
         )
+        self.quota = (
+            QuotaGate(
+                self.engine, self.cache, refresh_s=s.quota_refresh_s, lease_s=s.quota_lease_s, burst_s=s.quota_burst_s
+            )
+            if s.quotas
+            else None
+        )
         self.ingest = Ingest(
             s,
             self.topics,
@@ -68,6 +76,7 @@ class Bridge:
             metrics=self.metrics,
             ack=self._ack,
             publish=self._publish,
+            quota=self.quota,
         )
         self.mqtt = MqttConsumer(
             s,
@@ -119,6 +128,8 @@ class Bridge:
         except Exception as exc:  # DB down or racing replicas: ingest can run without it for a while
             log.warning("could not ensure metadata tables: %s", exc)
         self.directory.refresh()
+        if self.quota is not None:
+            self.quota.start()
         if s.metrics_port is not None:
             self.http = HttpServer(self.metrics, self.ready, s.metrics_host, s.metrics_port)
             self.http.start()
@@ -145,6 +156,8 @@ class Bridge:
         time.sleep(0.05)  # let the network thread send the last PUBACKs and receipts
         self.mqtt.stop()
         self.effects.stop()
+        if self.quota is not None:
+            self.quota.stop()
         if self.http is not None:
             self.http.stop()
         for closer in (self.store.close, self.cache.close, self.ledger.close, self.engine.dispose):

@@ -37,8 +37,10 @@ from .ledger import Ledger, LedgerRow
 from .metrics import Metrics
 from .mqtt import Inbound
 from .pipeline import (
+    QUOTA_EXCEEDED,
     RATE_LIMITED,
     REPLAYED_SEQ,
+    THROTTLED,
     Accepted,
     DeviceKey,
     Rejected,
@@ -46,6 +48,7 @@ from .pipeline import (
     process,
     replay_decision,
 )
+from .quota import QuotaGate
 from .ratelimit import RateLimiter
 from .settings import BridgeSettings
 
@@ -98,6 +101,7 @@ class Ingest:
         metrics: Metrics,
         ack: Callable[[list[Inbound]], int],
         publish: Callable[[list[tuple[str, bytes]]], int],
+        quota: QuotaGate | None = None,
     ) -> None:
         self._s = settings
         self._topics = topics
@@ -120,6 +124,7 @@ class Ingest:
             if settings.rate_limit_msgs_per_s > 0
             else None
         )
+        self._quota = quota
         self._cond = threading.Condition(threading.Lock())
         self._current = Unit()
         self._closed: deque[Unit] = deque()
@@ -205,6 +210,8 @@ class Ingest:
         if type(o) is not Accepted:
             return o, None, 0
         self._m.readings_received.inc(len(o.batch.readings))
+        if self._quota is not None:
+            self._quota.charge(o.device_id, len(o.batch.readings))
         if not self._encodes or len(o.points) < _ENCODE_ON_ARRIVAL_MIN:
             return o, None, len(o.points)
         try:
@@ -218,21 +225,24 @@ class Ingest:
         Checked before verification, on every message naming the device (verified or not): refusing
         costs nothing, and a flood from someone with broker access but not the key is throttled too.
         With ``seq`` unset the rejection is not receipted (the honest sender resends later), and it is
-        acknowledged with its unit, so it never holds the session."""
-        if self._limiter is None:
+        acknowledged with its unit, so it never holds the session.
+
+        A device over its class quota (:mod:`broker_bridge.quota`) is refused here the same way, with
+        reason ``quota_exceeded``."""
+        if self._limiter is None and self._quota is None:
             return None
         try:
             device_id, _ = self._topics.parse(msg.topic)
         except ProtocolError:
             return None  # process() rejects it as bad_topic
-        if self._limiter.allow(device_id, msg.received):
+        if self._limiter is not None and not self._limiter.allow(device_id, msg.received):
+            s = self._s
+            reason, detail = RATE_LIMITED, f"over {s.rate_limit_msgs_per_s:g} msg/s (burst {s.rate_limit_burst})"
+        elif self._quota is not None and (why := self._quota.check(device_id, len(msg.payload))) is not None:
+            reason, detail = QUOTA_EXCEEDED, why
+        else:
             return None
-        return Rejected(
-            device_id,
-            RATE_LIMITED,
-            f"over {self._s.rate_limit_msgs_per_s:g} msg/s (burst {self._s.rate_limit_burst})",
-            payload_hash(msg.payload),
-        )
+        return Rejected(device_id, reason, detail, payload_hash(msg.payload))
 
     # ---- writer --------------------------------------------------------------------------------
     def _next_unit(self) -> Unit | None:
@@ -504,7 +514,7 @@ class Ingest:
         self, msg: Inbound, o: Rejected, now: datetime, receipts: dict[str, tuple[list[int], list[Rejection]]]
     ) -> None:
         self._m.rejected.labels(o.reason).inc()
-        limited = o.reason == RATE_LIMITED  # a flood: keep its rows small (hash, no payload), its logs quiet
+        limited = o.reason in THROTTLED  # a flood: keep its rows small (hash, no payload), its logs quiet
         self._dead_letter(
             DeadLetter(
                 o.device_id, msg.topic, o.reason, o.detail, o.seq, None, now, o.sha256, None if limited else msg.payload
