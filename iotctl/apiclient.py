@@ -1,5 +1,6 @@
 """How CLI commands talk to the cloud REST API: base URL and bearer token from options, environment
-(``IOTCTL_API``, ``IOTCTL_TOKEN``) or the local admin token; every failure becomes one CliError line."""
+(``IOTCTL_API``, ``IOTCTL_TOKEN``), the current ``iotctl login`` profile (its access token refreshed
+when it is about to expire), or the local admin token; every failure becomes one CliError line."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="IOTCTL_TOKEN",
-        help="API bearer token. Default: <state dir>/admin.token (written by the API at first start).",
+        help="API bearer token or key. Default: the 'iotctl login' profile, else <state dir>/admin.token.",
         show_default=False,
     ),
 ]
@@ -35,9 +36,28 @@ def _admin_token_path() -> Path:
     return default_state_dir() / "admin.token"
 
 
-def resolve_token(token: str | None) -> str:
+def _profile_token(api: str) -> str | None:
+    """The current profile's access token for ``api`` (refreshed first when it is about to expire)."""
+    from .profiles import current_profile, save_profile
+
+    profile = current_profile()
+    if profile is None or (api != DEFAULT_API and api.rstrip("/") != profile.api.rstrip("/")):
+        return None
+    if profile.expired():
+        body = call("POST", "/v1/auth/refresh", api=profile.api, token=None, auth=False,
+                    json={"refresh_token": profile.refresh_token}, what="refresh the session")  # fmt: skip
+        profile.access_token, profile.expires_at = body["access_token"], int(body["expires_at"])
+        profile.refresh_token = body["refresh_token"]
+        save_profile(profile, make_current=False)
+    return profile.access_token
+
+
+def resolve_token(token: str | None, api: str = DEFAULT_API) -> str:
     if token:
         return token
+    from_profile = _profile_token(api)
+    if from_profile:
+        return from_profile
     path = _admin_token_path()
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -54,6 +74,11 @@ def resolve_api(api: str) -> str:
     writes when it had to take another port."""
     if api != DEFAULT_API:
         return api
+    from .profiles import current_profile
+
+    profile = current_profile()
+    if profile is not None:
+        return profile.api
     from cloud_core.paths import default_state_dir
 
     try:
@@ -71,15 +96,18 @@ def call(
     json: Any = None,
     auth: bool = True,
     timeout_s: float = 30.0,
+    params: Any = None,
+    raw: bool = False,
+    what: str = "",
 ) -> Any:
-    """Send one request and return the decoded JSON body; raise CliError on any failure."""
+    """Send one request and return the decoded JSON body (``raw``: the text); raise CliError on any failure."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    headers = {"Authorization": f"Bearer {resolve_token(token, api)}"} if auth else {}
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s)
+        response = httpx.request(method, url, json=json, params=params, headers=headers, timeout=timeout_s)
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None
     except httpx.UnsupportedProtocol:
@@ -94,11 +122,15 @@ def call(
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code < 400 and raw:
+        return response.text
     if response.status_code >= 400:
         detail = body.get("detail") if isinstance(body, dict) else None
         if not isinstance(detail, str):
             detail = response.reason_phrase or "error"
         if response.status_code == 401:
-            detail += " (check --token / IOTCTL_TOKEN)"
+            detail += " (check --token / IOTCTL_TOKEN, or run 'iotctl login')"
+        if what:
+            detail = f"cannot {what}: {detail}"
         raise CliError(f"{detail} [HTTP {response.status_code}]", exit_code=1)
     return body

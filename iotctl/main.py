@@ -24,6 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api", "Run the cloud REST API."),
     "sim": ("sim", "Simulate fleets of devices with faults, attacks and ground truth."),
     "anomalies": ("anomalies", "List anomaly alerts; evaluate detectors on labelled data."),
+    "login": ("login", "Sign in to a cloud API; the session is kept in a profile for every command."),
+    "logout": ("logout", "End a profile's session."),
+    "whoami": ("whoami", "Show who is signed in, with role, permissions and classes."),
+    "users": ("users", "Add, list, disable users; reset passwords; grants (admins)."),
+    "keys": ("keys", "Create, list and revoke API keys for automation and CI."),
+    "classes": ("classes", "Classes: create, members (students), quotas and usage."),
+    "audit": ("audit", "Read the audit log (admins)."),
 }
 
 
