@@ -93,7 +93,7 @@ class TokenSigner:
         self._loaded_at = float("-inf")
 
     def _load(self) -> None:
-        with Session(self._engine) as session:
+        with Session(self._engine, expire_on_commit=False) as session:
             rows = session.exec(select(SigningKey).order_by(col(SigningKey.created_at))).all()
             if not any(r.retired_at is None for r in rows):
                 key = _new_key()
