@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from ..auth.broker_sync import BrokerSync
+from ..auth.passwords import configure as configure_passwords
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenSigner
 from ..broker.admin import BrokerAdmin
@@ -94,6 +95,7 @@ class AppContext:
         broker_admin: BrokerAdmin | None = None,
     ) -> AppContext:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        configure_passwords(time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib)
         engine = make_engine(settings.db_url)
         if settings.db_auto_migrate:
             create_all(engine)

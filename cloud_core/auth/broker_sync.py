@@ -2,11 +2,11 @@
 
 Roles at the broker (Mosquitto dynamic security, or the embedded amqtt broker's equivalent):
 
-- ``edu-user-<user id>``: the topics of the user's own devices and of devices granted to them
+- ``edu-<prefix>-user-<user id>``: the topics of the user's own devices and of devices granted to them
   (one by one or a whole class); every device for admins and users with fleet access;
-- ``edu-class-<class id>``: the topics of the devices the class's students share with it, held by
+- ``edu-<prefix>-class-<class id>``: the topics of the devices the class's students share with it, held by
   every member;
-- ``edu-class-<class id>-teachers``: the topics of every device of the class, held by its teachers.
+- ``edu-<prefix>-class-<class id>-teachers``: the topics of every device of the class, held by its teachers.
 
 A user's broker account (``user:<username>``, created when they ask for MQTT credentials) holds
 their user role and the roles of their classes, and may subscribe and receive only (never publish).
@@ -33,12 +33,13 @@ def mqtt_username_for(username: str) -> str:
     return f"user:{username}"
 
 
-def user_role(user_id: int) -> str:
-    return f"edu-user-{user_id}"
+def user_role(prefix: str, user_id: int) -> str:
+    return f"edu-{prefix}-user-{user_id}"
 
 
-def class_role(class_id: int, *, teachers: bool = False) -> str:
-    return f"edu-class-{class_id}-teachers" if teachers else f"edu-class-{class_id}"
+def class_role(prefix: str, class_id: int, *, teachers: bool = False) -> str:
+    base = f"edu-{prefix}-class-{class_id}"
+    return f"{base}-teachers" if teachers else base
 
 
 class BrokerSync:
@@ -64,12 +65,14 @@ class BrokerSync:
         assert user.id is not None
         if user.mqtt_username is None and password is None:
             return
-        self.broker.set_reader_role(user_role(user.id), reader_topics(self._user_devices(session, user), self.prefix))
-        roles = [user_role(user.id)]
+        p = self.prefix
+        self.broker.set_reader_role(user_role(p, user.id), reader_topics(self._user_devices(session, user), p))
+        roles = [user_role(p, user.id)]
         for m in session.exec(select(ClassMember).where(ClassMember.user_id == user.id)).all():
-            roles.append(class_role(m.class_id))
+            self.sync_class(session, m.class_id)  # the account may only hold roles that exist
+            roles.append(class_role(p, m.class_id))
             if m.class_role == "teacher":
-                roles.append(class_role(m.class_id, teachers=True))
+                roles.append(class_role(p, m.class_id, teachers=True))
         username = user.mqtt_username or mqtt_username_for(user.username)
         if not user.is_active:
             self.broker.disable_reader_account(username)
@@ -78,12 +81,10 @@ class BrokerSync:
 
     def sync_class(self, session: Session, class_id: int) -> None:
         devices = session.exec(select(Device).where(Device.class_id == class_id)).all()
-        self.broker.set_reader_role(
-            class_role(class_id), reader_topics([d.id for d in devices if d.shared_with_class], self.prefix)
-        )
-        self.broker.set_reader_role(
-            class_role(class_id, teachers=True), reader_topics([d.id for d in devices], self.prefix)
-        )
+        p = self.prefix
+        shared = [d.id for d in devices if d.shared_with_class]
+        self.broker.set_reader_role(class_role(p, class_id), reader_topics(shared, p))
+        self.broker.set_reader_role(class_role(p, class_id, teachers=True), reader_topics([d.id for d in devices], p))
 
     def sync_device(self, session: Session, device: Device) -> None:
         """After a device was registered, moved, shared or unshared: its owner's and its class's roles."""

@@ -12,13 +12,30 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from ..core.security import verify_password as _verify_scrypt
 from .errors import AuthInvalid
 
-__all__ = ["MIN_PASSWORD_LENGTH", "check_password_policy", "hash_password", "needs_rehash", "verify_password"]
+__all__ = [
+    "MIN_PASSWORD_LENGTH",
+    "check_password_policy",
+    "configure",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+]
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
-_hasher = PasswordHasher()  # Argon2id, t=3, m=64 MiB, p=4: about 50 ms here
+_hasher = PasswordHasher()  # Argon2id, t=3, m=64 MiB, p=4 (RFC 9106's low-memory profile)
 # A hash verified when the username is unknown, so an unknown user costs the same time as a known one.
 _DUMMY = _hasher.hash("edu-platform: not a password")
+
+
+def configure(*, time_cost: int, memory_kib: int) -> None:
+    """Set the Argon2id cost for new hashes (process-wide; from CloudSettings at start). Hashes made
+    with other parameters still verify and are rehashed at the next login."""
+    global _hasher, _DUMMY
+    if (time_cost, memory_kib) == (_hasher.time_cost, _hasher.memory_cost):
+        return
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+    _DUMMY = _hasher.hash("edu-platform: not a password")
 
 
 def check_password_policy(password: str) -> None:

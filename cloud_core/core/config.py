@@ -135,6 +135,15 @@ class CloudSettings(BaseSettings):
     login_max_per_address: int = Field(
         default=50, ge=1, description="Failed logins per window from one address, whatever the username."
     )
+    password_time_cost: int = Field(
+        default=3, ge=1, le=20, description="Argon2id passes per password hash (cost of every login)."
+    )
+    password_memory_kib: int = Field(
+        default=65536,
+        ge=1024,
+        description="Argon2id memory per password hash in KiB (64 MiB: RFC 9106's low-memory profile, ~50-150 ms "
+        "a login here). Lower only for tests.",
+    )
     cookie_secure: bool | None = Field(
         default=None,
         description="Mark the sign-in cookies Secure (HTTPS only). None: when the request came over HTTPS.",
