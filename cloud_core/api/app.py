@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..analytics.settings import AnalyticsSettings
@@ -26,15 +28,30 @@ from ..tsdb import open_tsdb
 from .context import AppContext, Metrics
 from .deps import public, undeclared_routes
 
-__all__ = ["AppContext", "Metrics", "create_app"]
+__all__ = ["ERROR_RESPONSES", "AppContext", "ErrorBody", "Metrics", "create_app"]
 
 log = logging.getLogger(__name__)
 
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what was wrong, and a stable code."""
+
+    detail: str
+    code: str | None = None
+
+
 #: Error answers every route may give (documented in the OpenAPI schema for clients and tests).
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    401: {"description": "Not signed in, or the credentials are not valid."},
-    403: {"description": "Signed in, but the role or the grant does not allow this."},
-    404: {"description": "No such resource, or not one you may see."},
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (401, "Not signed in, or the credentials are not valid."),
+        (403, "Signed in, but the role or the grant does not allow this."),
+        (404, "No such resource, or not one you may see."),
+        (409, "Conflicts with the current state (exists already, deactivated, over a quota)."),
+        (410, "Expired (an enrollment token)."),
+        (422, "A bad parameter or body; detail names it."),
+        (429, "Too many attempts; see Retry-After."),
+        (503, "A dependency (the broker, the store) did not answer; retrying can help."),
+    )
 }
 
 
@@ -131,7 +148,13 @@ def create_app(
             return JSONResponse({"status": "not ready", "detail": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], dependencies=ops)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        dependencies=ops,
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
     def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -21,7 +21,7 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
@@ -35,10 +35,12 @@ __all__ = [
     "ACCESS_COOKIE",
     "CSRF_COOKIE",
     "CSRF_HEADER",
+    "MAX_ID",
     "REFRESH_COOKIE",
     "Admin",
     "Authenticated",
     "ContextDep",
+    "Id",
     "P",
     "Requirement",
     "SessionDep",
@@ -50,6 +52,9 @@ __all__ = [
 ]
 
 P = Permission
+MAX_ID = 2_147_483_647  # ids are 32-bit integers in every database
+#: An id in a path: 1..2^31-1 (anything else is a 422 naming it, never a database overflow).
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 ACCESS_COOKIE = "edu_access"
 REFRESH_COOKIE = "edu_refresh"
 CSRF_COOKIE = "edu_csrf"
@@ -160,6 +165,8 @@ class Requirement:
                 class_id = int(raw)
             except (TypeError, ValueError):
                 raise AuthInvalid(f"{self.klass} must be an integer, not {raw!r}") from None
+            if not 1 <= class_id <= MAX_ID:
+                raise AuthInvalid(f"{self.klass} must be 1-{MAX_ID}, not {raw}")
             request.state.classroom = authorize_class(session, principal, class_id, teacher=self.teacher)
         return principal
 

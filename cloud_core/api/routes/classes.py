@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from ...auth import classes as classes_service
 from ...auth.access import Principal
 from ...auth.models import Classroom, ClassroomPublic, Organisation, User
-from ..deps import Admin, Authenticated, ContextDep, P, SessionDep, require
+from ..deps import Admin, Authenticated, ContextDep, Id, P, SessionDep, require
 
 router = APIRouter(prefix="/v1", tags=["classes"])
 
@@ -110,7 +110,7 @@ def list_classes(p: Authenticated, session: SessionDep) -> list[ClassroomPublic]
 
 
 @router.get("/classes/{class_id}", response_model=ClassDetail)
-def get_class(class_id: int, request: Request, p: ClassMemberDep, session: SessionDep) -> ClassDetail:
+def get_class(class_id: Id, request: Request, p: ClassMemberDep, session: SessionDep) -> ClassDetail:
     """Members, and the devices you may see in it (teachers: all of them)."""
     classroom = _classroom(request)
     from ...auth.access import visible_device_ids
@@ -130,7 +130,7 @@ def get_class(class_id: int, request: Request, p: ClassMemberDep, session: Sessi
 
 @router.post("/classes/{class_id}/members", response_model=MemberOut, status_code=201)
 def add_member(
-    class_id: int, body: MemberIn, request: Request, p: ClassTeacherDep, session: SessionDep, ctx: ContextDep
+    class_id: Id, body: MemberIn, request: Request, p: ClassTeacherDep, session: SessionDep, ctx: ContextDep
 ) -> MemberOut:
     """Add a user of the organisation, or (with ``password``) create a student account and add it."""
     user = classes_service.add_member(
@@ -148,7 +148,7 @@ def add_member(
 
 @router.delete("/classes/{class_id}/members/{user_id}", status_code=204)
 def remove_member(
-    class_id: int, user_id: int, request: Request, p: ClassTeacherDep, session: SessionDep, ctx: ContextDep
+    class_id: Id, user_id: Id, request: Request, p: ClassTeacherDep, session: SessionDep, ctx: ContextDep
 ) -> Response:
     classes_service.remove_member(session, actor=p, classroom=_classroom(request), user_id=user_id)
     session.commit()
@@ -159,14 +159,14 @@ def remove_member(
 
 
 @router.get("/classes/{class_id}/quota")
-def get_quota(class_id: int, request: Request, _p: ClassTeacherReadDep, session: SessionDep) -> dict[str, Any]:
+def get_quota(class_id: Id, request: Request, _p: ClassTeacherReadDep, session: SessionDep) -> dict[str, Any]:
     """The class's quotas and usage: devices (per student), stored bytes, and quota_exceeded rejections
     per device over the last 24 hours."""
     return asdict(classes_service.class_usage(session, classroom=_classroom(request)))
 
 
 @router.put("/classes/{class_id}/quota", response_model=ClassroomPublic)
-def set_quota(class_id: int, body: Quotas, request: Request, p: Admin, session: SessionDep) -> ClassroomPublic:
+def set_quota(class_id: Id, body: Quotas, request: Request, p: Admin, session: SessionDep) -> ClassroomPublic:
     """Set quotas (admins; fields left out are unchanged, null is unlimited)."""
     from ...auth.access import authorize_class
 

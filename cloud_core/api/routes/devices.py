@@ -19,7 +19,7 @@ from ...liveness import liveness
 from ...models import Device, DeviceCreate, DevicePublic
 from ...services.errors import EnrollmentRefused, ServiceError
 from ...services.registry import EnrollRequest, EnrollResponse, Registration
-from ..deps import ContextDep, P, SessionDep, public, require
+from ..deps import MAX_ID, ContextDep, P, SessionDep, public, require
 
 router = APIRouter(prefix="/v1", tags=["devices"])
 
@@ -41,7 +41,10 @@ class DeviceStatus(DevicePublic):
 
 class RegisterRequest(DeviceCreate):
     class_id: int | None = Field(
-        default=None, description="The class it belongs to (default: your class, when you are a student of one)."
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="The class it belongs to (default: your class, when you are a student of one).",
     )
 
 

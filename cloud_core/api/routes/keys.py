@@ -10,7 +10,7 @@ from ...auth.credentials import create_api_key, list_api_keys, revoke_api_key
 from ...auth.errors import Forbidden
 from ...auth.models import ApiKeyPublic
 from ...auth.users import get_user
-from ..deps import Authenticated, SessionDep
+from ..deps import Authenticated, Id, SessionDep
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 
@@ -54,7 +54,7 @@ def list_keys(p: Authenticated, session: SessionDep, all_users: bool = False) ->
 
 
 @router.delete("/keys/{key_id}", response_model=ApiKeyPublic)
-def revoke_key(key_id: int, p: Authenticated, session: SessionDep) -> ApiKeyPublic:
+def revoke_key(key_id: Id, p: Authenticated, session: SessionDep) -> ApiKeyPublic:
     row = revoke_api_key(session, actor=p, key_id=key_id)
     session.commit()
     return ApiKeyPublic.model_validate(row)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from ...auth import users as users_service
 from ...auth.errors import AuthInvalid
 from ...auth.models import User, UserPublic
-from ..deps import Admin, ContextDep, SessionDep
+from ..deps import MAX_ID, Admin, ContextDep, Id, SessionDep
 
 router = APIRouter(prefix="/v1", tags=["users"])
 
@@ -42,7 +42,7 @@ class PasswordReset(BaseModel):
 class GrantIn(BaseModel):
     permission: Literal["read", "write"]
     device_id: str | None = Field(default=None, max_length=64)
-    class_id: int | None = None
+    class_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class GrantOut(BaseModel):
@@ -69,12 +69,12 @@ def create_user(body: UserCreate, p: Admin, session: SessionDep) -> UserPublic:
 
 
 @router.get("/users/{user_id}", response_model=UserPublic)
-def get_user(user_id: int, _p: Admin, session: SessionDep) -> UserPublic:
+def get_user(user_id: Id, _p: Admin, session: SessionDep) -> UserPublic:
     return UserPublic.model_validate(_user(session, user_id))
 
 
 @router.patch("/users/{user_id}", response_model=UserPublic)
-def change_user(user_id: int, body: UserChange, p: Admin, session: SessionDep, ctx: ContextDep) -> UserPublic:
+def change_user(user_id: Id, body: UserChange, p: Admin, session: SessionDep, ctx: ContextDep) -> UserPublic:
     """Disabling a user refuses their tokens and keys at once and closes their sessions."""
     user = _user(session, user_id)
     fleet: str | bool | None = (
@@ -95,14 +95,14 @@ def change_user(user_id: int, body: UserChange, p: Admin, session: SessionDep, c
 
 
 @router.post("/users/{user_id}/password", status_code=204)
-def reset_password(user_id: int, body: PasswordReset, p: Admin, session: SessionDep) -> Response:
+def reset_password(user_id: Id, body: PasswordReset, p: Admin, session: SessionDep) -> Response:
     users_service.set_password(session, actor=p, user=_user(session, user_id), password=body.password)
     session.commit()
     return Response(status_code=204)
 
 
 @router.get("/users/{user_id}/grants", response_model=list[GrantOut])
-def list_grants(user_id: int, _p: Admin, session: SessionDep) -> list[GrantOut]:
+def list_grants(user_id: Id, _p: Admin, session: SessionDep) -> list[GrantOut]:
     devices, groups = users_service.list_grants(session, user_id=_user(session, user_id).id or 0)
     return [GrantOut(permission=g.permission, device_id=g.device_id) for g in devices] + [
         GrantOut(permission=g.permission, class_id=g.class_id) for g in groups
@@ -110,7 +110,7 @@ def list_grants(user_id: int, _p: Admin, session: SessionDep) -> list[GrantOut]:
 
 
 @router.put("/users/{user_id}/grants", response_model=GrantOut)
-def put_grant(user_id: int, body: GrantIn, p: Admin, session: SessionDep, ctx: ContextDep) -> GrantOut:
+def put_grant(user_id: Id, body: GrantIn, p: Admin, session: SessionDep, ctx: ContextDep) -> GrantOut:
     """Grant read or write on one device (``device_id``) or on every device of a class (``class_id``)."""
     user = _user(session, user_id)
     users_service.grant(
@@ -123,12 +123,12 @@ def put_grant(user_id: int, body: GrantIn, p: Admin, session: SessionDep, ctx: C
 
 @router.delete("/users/{user_id}/grants", status_code=204)
 def delete_grant(
-    user_id: int,
+    user_id: Id,
     p: Admin,
     session: SessionDep,
     ctx: ContextDep,
-    device_id: str | None = None,
-    class_id: int | None = None,
+    device_id: str | None = Query(None, max_length=64),
+    class_id: int | None = Query(None, ge=1, le=MAX_ID),
 ) -> Response:
     if (device_id is None) == (class_id is None):
         raise AuthInvalid("name exactly one of device_id and class_id")
