@@ -243,8 +243,10 @@ def test_a_class_end_to_end(school: tuple[RunningApi, Bridge], topic_prefix: str
 
         # ---- the teacher sees the quota at work ----------------------------------------------------------
         usage = wait_for(
-            lambda: (u := api.request("GET", f"/v1/classes/{class_id}/quota", token=teacher).json())["stored_bytes"] > 0
-            and u,
+            lambda: (
+                (u := api.request("GET", f"/v1/classes/{class_id}/quota", token=teacher).json())["stored_bytes"] > 0
+                and u
+            ),
             "class usage",
         )
         assert usage["quota_exceeded"].get(devices["ben"], 0) > 0 and devices["ana"] not in usage["quota_exceeded"]
@@ -265,4 +267,12 @@ def test_a_class_end_to_end(school: tuple[RunningApi, Bridge], topic_prefix: str
         teacher_reader.close()
     # The audit log holds the class's story.
     actions = {e["action"] for e in api.admin("GET", "/v1/audit", params={"limit": 500}).json()}
-    assert {"class.create", "user.create", "class.member", "device.register", "config.set", "device.share"} <= actions
+    assert {
+        "class.create",
+        "user.create",
+        "class.member",
+        "device.register",
+        "device.enroll",
+        "config.set",
+        "device.share",
+    } <= actions

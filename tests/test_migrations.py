@@ -156,6 +156,18 @@ def test_first_revision_to_head_keeps_every_row_and_maps_roles_and_tokens(engine
             p = authenticate_key(session, TOKENS[name])
             assert (p.username, p.role, p.fleet_access) == (name, role, fleet)
 
+    # Epoch milliseconds fit the anomaly times now (PostgreSQL's INTEGER is 32-bit: revision 0003).
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO anomalies (device_id, field, sensor_type, detector, status, start_ms, end_ms, peak_ms, "
+                "peak_score, count, \"values\", created_at) VALUES ('dev-b', 'temperature', 'env', 'stuck', 'open', "
+                ":ms, :ms, :ms, 1.5, 1, '[]', :t)"
+            ),
+            {"ms": 1_767_225_600_000, "t": NOW},
+        )
+        conn.execute(text("DELETE FROM anomalies WHERE device_id = 'dev-b'"))
+
     # Down to the first revision and up again: still nothing lost, tokens back as they were.
     migrate.downgrade(engine, migrate.FIRST_REVISION)
     assert _counts(engine) == before

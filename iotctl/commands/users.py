@@ -86,6 +86,7 @@ def disable(username: NameArg, api: ApiOption = DEFAULT_API, token: TokenOption 
 
 @app.command()
 def enable(username: NameArg, api: ApiOption = DEFAULT_API, token: TokenOption = None) -> None:
+    """Let a disabled user sign in again."""
     _patch(username, {"is_active": True}, api, token)
     typer.echo(f"enabled {username}")
 
@@ -97,6 +98,7 @@ def set_role(
     api: ApiOption = DEFAULT_API,
     token: TokenOption = None,
 ) -> None:
+    """Change a user's role (not your own)."""
     _patch(username, {"role": role}, api, token)
     typer.echo(f"{username} is now {role}")
 
@@ -137,6 +139,7 @@ def revoke_grant(
     api: ApiOption = DEFAULT_API,
     token: TokenOption = None,
 ) -> None:
+    """Remove a grant on one device or a class."""
     if (device is None) == (class_id is None):
         raise CliError("give exactly one of --device and --class")
     params = {"device_id": device} if device else {"class_id": class_id}

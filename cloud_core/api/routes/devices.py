@@ -123,6 +123,12 @@ def enroll(body: EnrollRequest, session: SessionDep, ctx: ContextDep) -> EnrollR
         ctx.metrics.enrollments.labels(exc.code).inc()
         raise
     ctx.metrics.enrollments.labels("enrolled").inc()
+    # The device's own act (its token, its key): recorded just after the registry committed it.
+    audit.record(
+        session, actor=f"device:{response.device_id}", action="device.enroll", target_type="device",
+        target_id=response.device_id, after=_snap(session, response.device_id),
+    )  # fmt: skip
+    session.commit()
     return response
 
 
