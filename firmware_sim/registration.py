@@ -20,6 +20,7 @@ __all__ = ["enroll_via_api", "register_in_db"]
 def register_in_db(db_url: str, devices: Iterable[DevicePlan], keys: dict[str, Ed25519PrivateKey]) -> int:
     """Upsert one ``active`` Device row per simulated device with its public key. Returns the count."""
     from cloud_core.core.db import create_all, make_engine, session_scope
+    from cloud_core.core.migrate import SchemaError
     from cloud_core.models import Device
 
     try:
@@ -27,7 +28,10 @@ def register_in_db(db_url: str, devices: Iterable[DevicePlan], keys: dict[str, E
     except ValueError as exc:
         raise FleetError(str(exc)) from None
     try:
-        create_all(engine)
+        try:
+            create_all(engine)
+        except SchemaError as exc:  # migrated by a newer release: one line, not a traceback
+            raise FleetError(str(exc)) from None
         n = 0
         with session_scope(engine) as session:
             for d in devices:
