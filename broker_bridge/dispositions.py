@@ -16,8 +16,7 @@ wedge the bridge) and dead-lettered (a row in ``rejected_messages`` and a count 
 - a message that is neither verified nor a retry gets no receipt: the device resends it a bounded
   number of times and then quarantines it (docs/protocol.md).
 
-A new reason is one row here. ``quota_exceeded`` (per-device quotas) belongs with ``rate_limited``:
-``Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False)``. A batch whose readings were
+A new reason is one row here. A batch whose readings were
 all rejected is final with its first reading's reason (reading-level reasons are not in this table).
 """
 
@@ -75,6 +74,7 @@ DISPOSITIONS: dict[str, Disposition] = {
     "store_rejected": _FINAL,
     # throttling: not stored, resend later
     "rate_limited": Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False),
+    "quota_exceeded": Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False),  # per device/class
 }
 
 

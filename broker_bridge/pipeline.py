@@ -54,6 +54,9 @@ STORE_REJECTED = "store_rejected"
 # Reading-level: a reading whose (sensor type, ts) another reading of the device already has, with
 # other values (in the same batch, or stored): storage keys a point on them, so one would be lost.
 DUPLICATE_TIMESTAMP = "duplicate_timestamp"
+QUOTA_EXCEEDED = "quota_exceeded"
+#: Refused for volume, not content: the same disposition (broker_bridge.dispositions: a retry receipt).
+THROTTLED = frozenset({RATE_LIMITED, QUOTA_EXCEEDED})
 
 
 def key_id_of(public_key: bytes) -> str:

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from cloud_core.cache import open_cache
 from cloud_core.core.db import create_all, make_engine
+from cloud_core.core.migrate import SchemaError
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import ProtocolError, Topics, decode_status
 
@@ -24,6 +25,7 @@ from .keys import KeyDirectory, parse_registry_event
 from .ledger import Ledger, ensure_ledger_schema
 from .metrics import HttpServer, Metrics
 from .mqtt import SYS_DROPPED, Inbound, MqttConsumer
+from .quota import QuotaGate
 from .settings import BridgeSettings
 from .sinks import SinkHealth
 from .writer import Ingest
@@ -58,6 +60,13 @@ class Bridge:
             metrics=self.metrics,
             health=self.health,
         )
+        self.quota = (
+            QuotaGate(
+                self.engine, self.cache, refresh_s=s.quota_refresh_s, lease_s=s.quota_lease_s, burst_s=s.quota_burst_s
+            )
+            if s.quotas
+            else None
+        )
         self.ingest = Ingest(
             s,
             self.topics,
@@ -70,6 +79,7 @@ class Bridge:
             health=self.health,
             ack=self._ack,
             publish=self._publish,
+            quota=self.quota,
         )
         self.mqtt = MqttConsumer(
             s,
@@ -135,9 +145,13 @@ class Bridge:
         try:
             create_all(self.engine)
             ensure_ledger_schema(self.engine)  # create_all adds no column to an existing table
+        except SchemaError as exc:  # migrated by a newer release: refuse to run against it
+            raise ConfigError(str(exc)) from None
         except Exception as exc:  # DB down or racing replicas: ingest can run without it for a while
             log.warning("could not ensure metadata tables: %s", exc)
         self.directory.refresh()
+        if self.quota is not None:
+            self.quota.start()
         if s.metrics_port is not None:
             self.http = HttpServer(self.metrics, self.ready, s.metrics_host, s.metrics_port)
             self.http.start()
@@ -164,6 +178,8 @@ class Bridge:
         time.sleep(0.05)  # let the network thread send the last PUBACKs and receipts
         self.mqtt.stop()
         self.effects.stop()
+        if self.quota is not None:
+            self.quota.stop()
         if self.http is not None:
             self.http.stop()
         for closer in (self.store.close, self.cache.close, self.ledger.close, self.engine.dispose):

@@ -108,6 +108,22 @@ class BridgeSettings(BaseSettings):
         "resends it then. Buckets are per replica: with N replicas a device may get up to N times the limit.",
     )
     rate_limit_burst: int = Field(200, ge=1, description="Bucket size: messages a device may send at once.")
+    # --- class quotas (broker_bridge/quota.py) ----------------------------------------------------------
+    quotas: bool = Field(
+        True,
+        description="Enforce class quotas (readings/s per device and per class, stored bytes per class): a "
+        "message over one is rejected 'quota_exceeded' like 'rate_limited'. Devices in no class cost one dict lookup.",
+    )
+    quota_refresh_s: float = Field(
+        5.0, gt=0, description="How often quotas are re-read and stored bytes written to class_usage."
+    )
+    quota_lease_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds of a bucket's rate one replica takes from the shared bucket at a time (fewer "
+        "cache round trips; a replica may hold this much unused for a while).",
+    )
+    quota_burst_s: float = Field(2.0, gt=0, description="Bucket size in seconds of its rate.")
     # --- verification -------------------------------------------------------------------------------
     key_cache_ttl_s: float = Field(30.0, gt=0, description="Device directory refresh period.")
     max_clock_skew_s: float = Field(300.0, ge=0, description="How far in the future a reading's ts may be.")

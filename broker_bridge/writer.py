@@ -60,6 +60,7 @@ from .metrics import Metrics
 from .mqtt import Inbound
 from .pipeline import (
     DUPLICATE_TIMESTAMP,
+    QUOTA_EXCEEDED,
     RATE_LIMITED,
     REPLAYED_SEQ,
     STORE_REJECTED,
@@ -70,6 +71,7 @@ from .pipeline import (
     process,
     replay_decision,
 )
+from .quota import QuotaGate
 from .ratelimit import RateLimiter
 from .settings import BridgeSettings
 from .sinks import SinkHealth, write_isolating
@@ -129,6 +131,7 @@ class Ingest:
         health: SinkHealth,
         ack: Callable[[list[Inbound]], int],
         publish: Callable[[list[tuple[str, bytes]]], int],
+        quota: QuotaGate | None = None,
     ) -> None:
         self._s = settings
         self._health = health
@@ -152,6 +155,7 @@ class Ingest:
             if settings.rate_limit_msgs_per_s > 0
             else None
         )
+        self._quota = quota
         self._cond = threading.Condition(threading.Lock())
         self._current = Unit()
         self._closed: deque[Unit] = deque()
@@ -246,6 +250,8 @@ class Ingest:
         if type(o) is not Accepted:
             return o, None, 0
         self._m.readings_received.inc(o.readings)
+        if self._quota is not None:
+            self._quota.charge(o.device_id, o.readings)
         if not self._encodes or len(o.points) < _ENCODE_ON_ARRIVAL_MIN:
             return o, None, len(o.points)
         try:
@@ -260,20 +266,30 @@ class Ingest:
         costs nothing, and a flood from someone with broker access but not the key is throttled too.
         It is acknowledged with its unit, so it never holds the session, and receipted as a retry
         (by the seq read from the unverified payload, with when a token will be free): a retry never
-        deletes anything, so a forged one cannot harm the device."""
-        if self._limiter is None:
+        deletes anything, so a forged one cannot harm the device.
+
+        A device over its class quota (:mod:`broker_bridge.quota`) is refused here the same way, with
+        reason ``quota_exceeded``."""
+        if self._limiter is None and self._quota is None:
             return None
         try:
             device_id, _ = self._topics.parse(msg.topic)
         except ProtocolError:
             return None  # process() rejects it as bad_topic
-        if self._limiter.allow(device_id, msg.received):
+        if self._limiter is not None and not self._limiter.allow(device_id, msg.received):
+            s = self._s
+            wait = self._limiter.wait_s(device_id, msg.received)
+            reason = RATE_LIMITED
+            detail = f"over {s.rate_limit_msgs_per_s:g} msg/s (burst {s.rate_limit_burst}); retry in {wait:.3f}s"
+        elif self._quota is not None and (why := self._quota.check(device_id, len(msg.payload))) is not None:
+            wait = self._quota.retry_after_s(why)
+            reason, detail = QUOTA_EXCEEDED, f"{why}; retry in {wait:.3f}s"
+        else:
             return None
-        wait = self._limiter.wait_s(device_id, msg.received)
         return Rejected(
             device_id,
-            RATE_LIMITED,
-            f"over {self._s.rate_limit_msgs_per_s:g} msg/s (burst {self._s.rate_limit_burst}); retry in {wait:.3f}s",
+            reason,
+            detail,
             payload_hash(msg.payload),
             _peek_token_seq(msg.payload),
             after_ms=int(wait * 1000) + 1,

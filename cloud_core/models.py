@@ -1,5 +1,6 @@
 """Metadata tables (SQLModel), following the original schema: ``devices``, ``device_configs``,
-``users``, ``device_permissions``, plus what the registry needs: enrollment tokens, rejected
+``users`` and ``device_permissions`` (those two live in :mod:`cloud_core.auth.models`, re-exported
+here), plus what the registry needs: enrollment tokens, rejected
 messages (dead letters), the batch ledger, anomalies and rollouts.
 
 Each entity has a family: ``XBase`` (shared fields), ``XCreate`` / ``XUpdate`` (API input),
@@ -15,7 +16,6 @@ from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "ApiToken",
     "BatchLedger",
     "Device",
     "DeviceBase",
@@ -74,6 +74,9 @@ class Device(DeviceBase, table=True):
     reported_config_version: int = 0
     reported_config_status: str | None = Field(default=None, max_length=16)
     reported_config_error: str | None = None
+    owner_id: int | None = Field(default=None, foreign_key="users.id", index=True, description="Who registered it.")
+    class_id: int | None = Field(default=None, foreign_key="classes.id", index=True, description="Its class.")
+    shared_with_class: bool = Field(default=False, description="Its class's members may read it.")
 
 
 class DevicePublic(DeviceBase):
@@ -88,6 +91,9 @@ class DevicePublic(DeviceBase):
     desired_config_version: int
     reported_config_version: int
     reported_config_status: str | None
+    owner_id: int | None = None
+    class_id: int | None = None
+    shared_with_class: bool = False
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -118,47 +124,6 @@ class DeviceConfig(SQLModel, table=True):
     token: str
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str | None = Field(default=None, max_length=128)
-
-
-# ---- users and permissions -----------------------------------------------------------------------
-
-
-class User(SQLModel, table=True):
-    __tablename__ = "users"
-
-    id: int | None = Field(default=None, primary_key=True)
-    username: str = Field(unique=True, index=True, max_length=128)
-    password_hash: str
-    role: str = Field(default="viewer", max_length=16, description="admin | operator | viewer")
-    is_active: bool = True
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class UserPublic(SQLModel):
-    id: int
-    username: str
-    role: str
-    is_active: bool
-
-
-class ApiToken(SQLModel, table=True):
-    """A user's API bearer token. Only a SHA-256 of the token is stored."""
-
-    __tablename__ = "api_tokens"
-
-    token_hash: str = Field(primary_key=True, max_length=64)
-    user_id: int = Field(foreign_key="users.id", index=True)
-    name: str = Field(default="default", max_length=64)
-    created_at: datetime = Field(default_factory=utcnow)
-    last_used_at: datetime | None = None
-
-
-class DevicePermission(SQLModel, table=True):
-    __tablename__ = "device_permissions"
-
-    user_id: int = Field(foreign_key="users.id", primary_key=True)
-    device_id: str = Field(foreign_key="devices.id", primary_key=True)
-    permission: str = Field(default="read", max_length=16, description="read | write | admin")
 
 
 # ---- ingest bookkeeping --------------------------------------------------------------------------
@@ -200,3 +165,7 @@ class BatchLedger(SQLModel, table=True):
     # rejection reason (NULL: stored), and its rejected readings as JSON [[index, reason], ...].
     reason: str | None = Field(default=None, max_length=64)
     rejections: str | None = None
+
+
+# The people's tables (users, grants, classes, keys, audit) live in the auth package.
+from .auth.models import DevicePermission, User, UserPublic  # noqa: E402 - after Device: no import circle

@@ -42,6 +42,7 @@ def register_in_db(
     """
     devices = list(devices)
     from cloud_core.core.db import create_all, make_engine, session_scope
+    from cloud_core.core.migrate import SchemaError
     from cloud_core.models import Device
 
     try:
@@ -49,7 +50,10 @@ def register_in_db(
     except ValueError as exc:
         raise FleetError(str(exc)) from None
     try:
-        create_all(engine)
+        try:
+            create_all(engine)
+        except SchemaError as exc:  # migrated by a newer release: one line, not a traceback
+            raise FleetError(str(exc)) from None
         n = 0
         with session_scope(engine) as session:
             if not take_over:

@@ -1,5 +1,7 @@
 """How CLI commands talk to the cloud REST API: base URL and bearer token from options, environment
-(``IOTCTL_API``, ``IOTCTL_TOKEN``) or the local admin token; every failure becomes one CliError line."""
+(``IOTCTL_API``, ``IOTCTL_TOKEN``), the current ``iotctl login`` profile (its access token refreshed
+when it is about to expire), the platform ``iotctl up`` runs from the state dir, or the local admin
+token; every failure becomes one CliError line."""
 
 from __future__ import annotations
 
@@ -29,16 +31,35 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="IOTCTL_TOKEN",
-        help="API bearer token. Default: <state dir>/admin.token (written by the API at first start).",
+        help="API bearer token or key. Default: the 'iotctl login' profile, else <state dir>/admin.token.",
         show_default=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 
 
-def resolve_token(token: str | None) -> str:
+def _profile_token(api: str | None) -> str | None:
+    """The current profile's access token for ``api`` (refreshed first when it is about to expire)."""
+    from .profiles import current_profile, save_profile
+
+    profile = current_profile()
+    if profile is None or (api and api.rstrip("/") != profile.api.rstrip("/")):
+        return None
+    if profile.expired():
+        body = call("POST", "/v1/auth/refresh", api=profile.api, token=None, auth=False,
+                    json={"refresh_token": profile.refresh_token}, what="refresh the session")  # fmt: skip
+        profile.access_token, profile.expires_at = body["access_token"], int(body["expires_at"])
+        profile.refresh_token = body["refresh_token"]
+        save_profile(profile, make_current=False)
+    return profile.access_token
+
+
+def resolve_token(token: str | None, api: str | None = None) -> str:
     if token:
         return token
+    from_profile = _profile_token(api)
+    if from_profile:
+        return from_profile
     path = state_dir() / "admin.token"
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -51,10 +72,15 @@ def resolve_token(token: str | None) -> str:
 
 
 def resolve_api(api: str | None) -> str:
-    """``api`` as given (``--api`` or ``IOTCTL_API``); else the platform that ``iotctl up`` runs from the
-    state dir; else the conventional :data:`DEFAULT_API`."""
+    """``api`` as given (``--api`` or ``IOTCTL_API``); else the current ``iotctl login`` profile's; else
+    the platform that ``iotctl up`` runs from the state dir; else the conventional :data:`DEFAULT_API`."""
     if api:
         return api
+    from .profiles import current_profile
+
+    profile = current_profile()
+    if profile is not None:
+        return profile.api
     found = find_platform()
     return found.api_url if found is not None else DEFAULT_API
 
@@ -92,17 +118,22 @@ def call(
     json: Any = None,
     auth: bool = True,
     timeout_s: float = 30.0,
+    params: Any = None,
+    raw: bool = False,
+    what: str = "",
 ) -> Any:
-    """Send one request and return the decoded JSON body; raise CliError on any failure."""
+    """Send one request and return the decoded JSON body (``raw``: the text); raise CliError on any failure."""
     import httpx
 
-    guessed = not api and find_platform() is None
+    from .profiles import current_profile
+
+    guessed = not api and current_profile() is None and find_platform() is None
     no_platform = (
         f"no platform is running with state dir {state_dir()}, and nothing answers at {DEFAULT_API}: start "
         "'iotctl up' (with the same --state-dir), or pass --api URL"
     )
     try:
-        headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+        headers = {"Authorization": f"Bearer {resolve_token(token, api)}"} if auth else {}
     except CliError:
         if guessed:  # the missing token is the smaller problem
             raise CliError(no_platform) from None
@@ -110,7 +141,9 @@ def call(
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s, verify=_verify(api))
+        response = httpx.request(
+            method, url, json=json, params=params, headers=headers, timeout=timeout_s, verify=_verify(api)
+        )
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None
     except httpx.UnsupportedProtocol:
@@ -125,11 +158,15 @@ def call(
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code < 400 and raw:
+        return response.text
     if response.status_code >= 400:
         detail = body.get("detail") if isinstance(body, dict) else None
         if not isinstance(detail, str):
             detail = response.reason_phrase or "error"
         if response.status_code == 401:
-            detail += " (check --token / IOTCTL_TOKEN)"
+            detail += " (check --token / IOTCTL_TOKEN, or run 'iotctl login')"
+        if what:
+            detail = f"cannot {what}: {detail}"
         raise CliError(f"{detail} [HTTP {response.status_code}]", exit_code=1)
     return body

@@ -20,12 +20,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("devices", "Register, list, deactivate and rotate devices; loss ledger."),
     "config": ("config", "Set and show devices' desired configuration."),
     "query": ("query", "Read stored readings back as a table, CSV or JSON."),
-    "db": ("db", "Initialise databases: metadata tables, InfluxDB retention and downsampling."),
+    "db": ("db", "Initialise databases; migrate the metadata schema (upgrade, current, downgrade)."),
     "bridge": ("bridge", "Run the ingest bridge (broker -> verification -> time-series store)."),
     "api": ("api", "Run the cloud REST API."),
     "sim": ("sim", "Simulate fleets of devices with faults, attacks and ground truth."),
     "anomalies": ("anomalies", "List anomaly alerts; evaluate detectors on labelled data."),
     "pki": ("pki", "A small offline CA: TLS certificates for the broker, API and devices."),
+    "login": ("login", "Sign in to a cloud API; the session is kept in a profile for every command."),
+    "logout": ("logout", "End a profile's session."),
+    "whoami": ("whoami", "Show who is signed in, with role, permissions and classes."),
+    "users": ("users", "Add, list, disable users; reset passwords; grants (admins)."),
+    "keys": ("keys", "Create, list and revoke API keys for automation and CI."),
+    "classes": ("classes", "Classes: create, members (students), quotas and usage."),
+    "audit": ("audit", "Read the audit log (admins)."),
 }
 
 

@@ -128,3 +128,36 @@ def test_rotation_refuses_old_password(broker: tuple[AmqttBroker, AmqttAdmin]) -
     finally:
         old.close()
         new.close()
+
+
+def test_a_reader_account_receives_only_its_roles_devices_and_cannot_publish(
+    broker: tuple[AmqttBroker, AmqttAdmin],
+) -> None:
+    b, admin = broker
+    admin.set_reader_role("edu-edu-user-1", ["edu/devices/dev-a/#"])
+    admin.set_reader_account("user:ann", "ann-pw", ["edu-edu-user-1"])
+    cloud = Peer(b.port, "cloud", "cloud-pw")
+    ann = Peer(b.port, "user:ann", "ann-pw")
+    try:
+        assert cloud.connected.wait(5) and ann.connected.wait(5)
+        ann.client.subscribe("edu/devices/dev-a/#", qos=1)
+        ann.client.subscribe("edu/devices/dev-b/#", qos=1)
+        ann.client.subscribe("edu/devices/#", qos=1)
+        cloud.client.subscribe("edu/devices/+/telemetry", qos=1)
+        time.sleep(0.3)
+        ann.client.publish("edu/devices/dev-a/telemetry", b"from a reader", qos=1).wait_for_publish(5)
+        cloud.client.publish("edu/devices/dev-b/telemetry", b"b", qos=1).wait_for_publish(5)
+        cloud.client.publish("edu/devices/dev-a/telemetry", b"a", qos=1).wait_for_publish(5)
+        wait_for(lambda: ("edu/devices/dev-a/telemetry", b"a") in ann.messages, "dev-a's telemetry", 5)
+        time.sleep(0.3)
+        assert set(ann.messages) == {("edu/devices/dev-a/telemetry", b"a")}
+        assert (("edu/devices/dev-a/telemetry", b"from a reader")) not in cloud.messages
+        # The role changes: the account now reads dev-b; disabling it refuses it.
+        admin.set_reader_role("edu-edu-user-1", ["edu/devices/dev-b/#"])
+        assert b.accounts.allowed("user:ann", "edu/devices/dev-b/telemetry", publish=False)
+        assert not b.accounts.allowed("user:ann", "edu/devices/dev-a/telemetry", publish=False)
+        admin.disable_reader_account("user:ann")
+        wait_for(lambda: not ann.client.is_connected(), "the kick", 5)
+    finally:
+        cloud.close()
+        ann.close()

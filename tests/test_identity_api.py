@@ -22,11 +22,12 @@ import pytest
 import uvicorn
 from sqlmodel import Session
 
-from cloud_core import crud
 from cloud_core.api import create_app
+from cloud_core.auth.models import ApiKey
+from cloud_core.auth.users import create_user
 from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
-from cloud_core.core.security import generate_token, hash_password, hash_token
+from cloud_core.core.security import generate_token, hash_token
 from cloud_core.models import EnrollmentToken
 from iot_protocol import (
     ConfigReport,
@@ -329,16 +330,18 @@ def test_roles_limit_what_a_user_may_do(cloud: Cloud) -> None:
     engine = make_engine(cloud.settings.db_url)
     viewer_token = generate_token()
     with Session(engine) as session:
-        user = crud.create_user(session, username="vic", password_hash=hash_password("x"), role="viewer")
+        user = create_user(
+            session, actor="test", username="vic", password="long enough pw", role="readonly", fleet_access="read"
+        )
         assert user.id is not None
-        crud.create_api_token(session, user_id=user.id, token_hash=hash_token(viewer_token))
+        session.add(ApiKey(token_hash=hash_token(viewer_token), user_id=user.id, role="readonly"))
         session.commit()
     engine.dispose()
     assert cloud.request("GET", "/v1/devices", token=viewer_token).status_code == 200
     denied = cloud.request("POST", "/v1/devices/register", token=viewer_token, json={"id": "x"})
-    assert denied.status_code == 403 and "needs operator" in denied.json()["detail"]
+    assert denied.status_code == 403 and "write_devices" in denied.json()["detail"]
     assert httpx.get(cloud.url + "/v1/devices").status_code == 401
-    assert cloud.request("GET", "/v1/devices", token="bogus").json() == {"detail": "invalid API token"}
+    assert cloud.request("GET", "/v1/devices", token="bogus").json()["detail"] == "invalid API key"
 
 
 # ---- signed desired config -----------------------------------------------------------------------

@@ -8,14 +8,16 @@ optional (default 60 s).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlmodel import Session, col, select
 
 from iot_protocol.errors import TopicError
 from iot_protocol.topics import validate_device_id
 
+from ..api.deps import P, require
+from ..auth.access import Principal, authorize_device, visible_device_ids
 from .models import Anomaly
 from .summary import summary
 
@@ -27,6 +29,7 @@ router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 @router.get("/summary")
 def get_summary(
     request: Request,
+    _p: Annotated[Principal, Depends(require(P.READ_DATA, device="device_id"))],
     device_id: str = Query(..., description="Device id"),
     hours: float = Query(24.0, gt=0, le=24 * 366, description="Look back this many hours"),
 ) -> dict[str, Any]:
@@ -42,11 +45,18 @@ def get_summary(
 @router.get("/anomalies")
 def list_anomalies(
     request: Request,
-    device_id: str | None = Query(None),
+    p: Annotated[Principal, Depends(require(P.READ_DATA))],
+    device_id: str | None = Query(None, max_length=64),
     limit: int = Query(100, gt=0, le=1000),
 ) -> list[dict[str, Any]]:
+    """Anomaly episodes, newest first, of the devices you may read (or of ``device_id``)."""
     with Session(request.app.state.ctx.engine) as session:
         stmt = select(Anomaly).order_by(col(Anomaly.start_ms).desc()).limit(limit)
         if device_id:
+            authorize_device(session, p, device_id, P.READ_DATA)
             stmt = stmt.where(Anomaly.device_id == device_id)
+        else:
+            visible = visible_device_ids(session, p)
+            if visible is not None:
+                stmt = stmt.where(col(Anomaly.device_id).in_(visible))
         return [a.to_public() for a in session.exec(stmt)]

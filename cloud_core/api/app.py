@@ -9,179 +9,50 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..analytics.settings import AnalyticsSettings
-from ..broker.admin import BrokerAdmin, BrokerAdminError, open_broker_admin
-from ..broker.client import MqttPublisher, connect
-from ..cache import Cache, open_cache
+from ..auth.errors import AuthError, NotAuthenticated, TooManyAttempts
+from ..broker.admin import BrokerAdmin, BrokerAdminError
+from ..cache import Cache
 from ..core.config import CloudSettings
-from ..core.db import create_all, make_engine, session_scope
-from ..core.security import (
-    generate_token,
-    hash_password,
-    hash_token,
-    load_or_create_signing_key,
-    signing_public_key_b64,
-    write_secret_file,
-)
-from ..services.config import ConfigService
-from ..services.device_events import DeviceEventsConsumer
 from ..services.errors import ServiceError
-from ..services.registry import Registry
 from ..tsdb import open_tsdb
+from .context import AppContext, Metrics
+from .deps import public, undeclared_routes
 
-__all__ = ["AppContext", "Metrics", "create_app"]
+__all__ = ["ERROR_RESPONSES", "AppContext", "ErrorBody", "Metrics", "create_app"]
 
 log = logging.getLogger(__name__)
 
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what was wrong, and a stable code."""
 
-@dataclass
-class Metrics:
-    """The API's Prometheus metrics, in a registry of their own (one per app)."""
-
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        self.requests = Counter(
-            "edu_api_requests",
-            "HTTP requests by route and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "edu_api_request_seconds", "HTTP request latency.", ["route"], registry=self.registry
-        )
-        self.enrollments = Counter(
-            "edu_enrollments", "Enrollment attempts by outcome.", ["outcome"], registry=self.registry
-        )
-        self.registry_actions = Counter(
-            "edu_registry_actions",
-            "Registry operations (register, deactivate, rotate).",
-            ["action"],
-            registry=self.registry,
-        )
-        self.config_versions = Counter(
-            "edu_config_versions_published", "Desired config versions published.", registry=self.registry
-        )
+    detail: str
+    code: str | None = None
 
 
-@dataclass
-class AppContext:
-    """Everything a request handler may use, built once per app in the lifespan."""
-
-    settings: CloudSettings
-    engine: Engine
-    signing_key: Ed25519PrivateKey
-    broker: BrokerAdmin
-    publisher: MqttPublisher
-    registry: Registry
-    configs: ConfigService
-    metrics: Metrics
-    events: DeviceEventsConsumer | None = None
-
-    @classmethod
-    def open(
-        cls,
-        settings: CloudSettings,
-        metrics: Metrics,
-        *,
-        consume_events: bool = True,
-        broker_admin: BrokerAdmin | None = None,
-    ) -> AppContext:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.db_url)
-        create_all(engine)
-        signing_key = load_or_create_signing_key(settings.signing_key_path)
-        service_password = settings.service_password()
-        broker = broker_admin if broker_admin is not None else open_broker_admin(settings)
-        try:
-            broker.ensure_service_account(
-                settings.mqtt_username, service_password, prefix=settings.topic_prefix
-            )
-            host, port = settings.mqtt_host_port
-            client = connect(
-                host,
-                port,
-                username=settings.mqtt_username,
-                password=service_password,
-                timeout_s=settings.mqtt_timeout_s,
-                protocol=settings.mqtt_protocol,
-                tls=settings.mqtt_tls_context(),
-            )
-        except BaseException:
-            broker.close()
-            engine.dispose()
-            raise
-        publisher = MqttPublisher(client, timeout_s=settings.mqtt_timeout_s)
-        ctx = cls(
-            settings=settings,
-            engine=engine,
-            signing_key=signing_key,
-            broker=broker,
-            publisher=publisher,
-            registry=Registry(settings, broker, publisher, signing_public_key_b64(signing_key)),
-            configs=ConfigService(settings.topic_prefix, signing_key, publisher),
-            metrics=metrics,
-        )
-        ctx.bootstrap_admin()
-        from .fleet_metrics import FleetCollector
-
-        metrics.registry.register(FleetCollector(engine, settings))
-        if consume_events:
-            ctx.events = DeviceEventsConsumer(engine, settings)
-            ctx.events.start()
-        return ctx
-
-    def bootstrap_admin(self) -> None:
-        """At first start (no users): create the admin and write its API token to admin.token (0600)."""
-        from .. import crud
-
-        with session_scope(self.engine) as session:
-            if crud.count_users(session):
-                return
-            user = crud.create_user(
-                session,
-                username=self.settings.bootstrap_admin_username,
-                password_hash=hash_password(generate_token()),
-                role="admin",
-            )
-            token = generate_token()
-            assert user.id is not None
-            crud.create_api_token(session, user_id=user.id, token_hash=hash_token(token), name="bootstrap")
-            write_secret_file(self.settings.admin_token_path, token + "\n")
-        log.info("bootstrap admin created", extra={"path": str(self.settings.admin_token_path)})
-
-    def close(self) -> None:
-        if self.events is not None:
-            self.events.stop()
-        self.publisher.close()
-        self.broker.close()
-        self.engine.dispose()
-
-    def check_ready(self) -> dict[str, str]:
-        """What is not ready, by dependency (empty when everything is). Only the database counts: without
-        the broker the API still serves reads, registrations and the console, and a broker restart
-        must not take every API replica out of its Service at once (paho reconnects by itself)."""
-        problems: dict[str, str] = {}
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            problems["database"] = str(exc).splitlines()[0]
-        return problems
-
-    def broker_connected(self) -> bool:
-        return bool(self.publisher.client.is_connected())
+#: Error answers every route may give (documented in the OpenAPI schema for clients and tests).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (401, "Not signed in, or the credentials are not valid."),
+        (403, "Signed in, but the role or the grant does not allow this."),
+        (404, "No such resource, or not one you may see."),
+        (409, "Conflicts with the current state (exists already, deactivated, over a quota)."),
+        (410, "Expired (an enrollment token)."),
+        (422, "A bad parameter or body; detail names it."),
+        (429, "Too many attempts; see Retry-After."),
+        (503, "A dependency (the broker, the store) did not answer; retrying can help."),
+    )
+}
 
 
 def create_app(
@@ -209,7 +80,7 @@ def create_app(
         ctx = AppContext.open(settings, metrics, consume_events=consume_events, broker_admin=broker_admin)
         app.state.ctx = ctx
         app.state.tsdb = open_tsdb(settings.tsdb_url)
-        app.state.cache = open_cache(settings.cache_url)
+        app.state.cache = ctx.cache
         worker_stop = threading.Event()
         worker: threading.Thread | None = None
         if analytics is not None:
@@ -241,6 +112,15 @@ def create_app(
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code)
 
+    @app.exception_handler(AuthError)
+    async def _auth_error(_request: Request, exc: AuthError) -> JSONResponse:
+        headers: dict[str, str] = {}
+        if isinstance(exc, NotAuthenticated):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, TooManyAttempts):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status_code, headers=headers)
+
     @app.exception_handler(BrokerAdminError)
     async def _broker_error(_request: Request, exc: BrokerAdminError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "code": "unavailable"}, status_code=503)
@@ -256,12 +136,14 @@ def create_app(
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.get("/health", tags=["ops"])
+    ops = [Depends(public("operations: no secrets"))]
+
+    @app.get("/health", tags=["ops"], dependencies=ops)
     def health() -> dict[str, str]:
         """Liveness of the process itself."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"])
+    @app.get("/ready", tags=["ops"], dependencies=ops)
     def ready(request: Request) -> JSONResponse:
         """Ready when the metadata database answers. The broker connection is reported, not required."""
         ctx = request.app.state.ctx
@@ -271,20 +153,25 @@ def create_app(
             return JSONResponse({"status": "not ready", "detail": problems, "broker": broker}, status_code=503)
         return JSONResponse({"status": "ready", "broker": broker})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        dependencies=ops,
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
     def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     from ..analytics import routes as analytics_routes
-    from .deps import require_role
-    from .routes import config as config_routes
-    from .routes import devices as device_routes
-    from .routes import ingest as ingest_routes
+    from .routes import audit, auth, classes, config, devices, ingest, keys, readings, users
 
-    app.include_router(device_routes.router)
-    app.include_router(ingest_routes.router)
-    app.include_router(config_routes.router)
-    app.include_router(analytics_routes.router, dependencies=[Depends(require_role("viewer"))])
+    for module in (auth, users, keys, classes, audit, devices, ingest, config, readings):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(analytics_routes.router, responses=ERROR_RESPONSES)
+    missing = undeclared_routes(app)
+    if missing:  # tests/test_authz_matrix.py fails on these; say so at start too
+        log.error("routes without a declared access rule (use deps.require or deps.public): %s", ", ".join(missing))
     return app
 
 

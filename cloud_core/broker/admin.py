@@ -2,7 +2,12 @@
 
 Implementations: :class:`cloud_core.broker.dynsec.DynsecAdmin` (Mosquitto 2 dynamic security) and
 :class:`UnmanagedBroker` (a development broker with anonymous access: it enforces nothing, and
-says so in the log on every provisioning call). :func:`open_broker_admin` picks one from settings.
+says so in the log on every provisioning call). :func:`cloud_core.broker.factory.open_broker_admin`
+picks one from settings.
+
+Besides devices, the seam keeps people's read-only accounts (dashboards, notebooks): a *reader
+role* names the devices whose topics its holders may subscribe to and receive (nothing may be
+published), and a *reader account* holds some roles (:func:`reader_topics`).
 
 Errors::
 
@@ -15,12 +20,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from iot_protocol import Kind, Topics
-
-if TYPE_CHECKING:
-    from ..core.config import CloudSettings
+from iot_protocol import Kind, Topics, validate_device_id
 
 __all__ = [
     "DEVICE_PUBLISH",
@@ -31,7 +33,7 @@ __all__ = [
     "BrokerUnavailable",
     "UnmanagedBroker",
     "device_topics",
-    "open_broker_admin",
+    "reader_topics",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,13 @@ def device_topics(device_id: str, prefix: str) -> tuple[list[str], list[str]]:
         [topics.for_device(device_id, k) for k in DEVICE_PUBLISH],
         [topics.for_device(device_id, k) for k in DEVICE_SUBSCRIBE],
     )
+
+
+def reader_topics(device_ids: Sequence[str] | None, prefix: str) -> list[str]:
+    """The topic filters a reader of ``device_ids`` may subscribe to (None: every device)."""
+    if device_ids is None:
+        return [f"{prefix}/devices/#"]
+    return [f"{prefix}/devices/{validate_device_id(d)}/#" for d in sorted(set(device_ids))]
 
 
 class BrokerAdminError(Exception):
@@ -87,6 +96,19 @@ class BrokerAdmin(abc.ABC):
     def rotate_device_password(self, device_id: str, password: str) -> None:
         """Replace the device's password (the old one is refused) and drop its live connection."""
 
+    @abc.abstractmethod
+    def set_reader_role(self, role: str, topics: Sequence[str]) -> None:
+        """Make ``role`` allow subscribing to and receiving exactly ``topics`` (filters); never publishing."""
+
+    @abc.abstractmethod
+    def set_reader_account(self, username: str, password: str | None, roles: Sequence[str]) -> None:
+        """Create or update a reader account holding exactly ``roles``; ``password`` None keeps the
+        current one. Enables it."""
+
+    @abc.abstractmethod
+    def disable_reader_account(self, username: str) -> None:
+        """Refuse the account from now on and drop its live connection."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the admin connection."""
 
@@ -112,20 +134,11 @@ class UnmanagedBroker(BrokerAdmin):
     def rotate_device_password(self, device_id: str, password: str) -> None:
         log.warning("broker is unmanaged: old credentials still work", extra={"device_id": device_id})
 
+    def set_reader_role(self, role: str, topics: Sequence[str]) -> None:
+        log.warning("broker is unmanaged: reader roles are not enforced", extra={"role": role})
 
-def open_broker_admin(settings: CloudSettings) -> BrokerAdmin:
-    """`DynsecAdmin` when a dynamic-security admin user is configured, else `UnmanagedBroker`."""
-    if settings.mqtt_admin_username is None:
-        return UnmanagedBroker()
-    from .dynsec import DynsecAdmin
+    def set_reader_account(self, username: str, password: str | None, roles: Sequence[str]) -> None:
+        log.warning("broker is unmanaged: reader accounts are not enforced", extra={"mqtt_username": username})
 
-    host, port = settings.mqtt_host_port
-    password = settings.mqtt_admin_password.get_secret_value() if settings.mqtt_admin_password else ""
-    return DynsecAdmin(
-        host,
-        port,
-        username=settings.mqtt_admin_username,
-        password=password,
-        timeout_s=settings.mqtt_timeout_s,
-        tls=settings.mqtt_tls_context(),
-    )
+    def disable_reader_account(self, username: str) -> None:
+        log.warning("broker is unmanaged: a disabled reader can still connect", extra={"mqtt_username": username})

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from .admin import BrokerAdmin, BrokerUnavailable, device_topics
+from .admin import BrokerAdmin, BrokerCommandFailed, BrokerUnavailable, device_topics
 
 __all__ = ["Accounts", "AmqttAdmin", "AmqttBroker"]
 
@@ -65,6 +66,7 @@ class Account:
     publish: list[str] = field(default_factory=list)
     subscribe: list[str] = field(default_factory=list)
     disabled: bool = False
+    roles: list[str] = field(default_factory=list)  # reader roles: more topics to subscribe to and receive
 
 
 class Accounts:
@@ -74,9 +76,13 @@ class Accounts:
         self.path = path
         self._lock = threading.Lock()
         self._accounts: dict[str, Account] = {}
+        self._roles: dict[str, list[str]] = {}  # reader role -> topic filters
+        self._roles_path = path.with_name(path.stem + "_roles.json")
         if path.exists():
             for raw in json.loads(path.read_text()):
                 self._accounts[raw["username"]] = Account(**raw)
+        if self._roles_path.exists():
+            self._roles = json.loads(self._roles_path.read_text())
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -84,6 +90,32 @@ class Accounts:
         with os.fdopen(fd, "w") as fh:
             json.dump([asdict(a) for a in self._accounts.values()], fh)
         os.replace(tmp, self.path)
+        tmp = self._roles_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._roles, fh)
+        os.replace(tmp, self._roles_path)
+
+    def set_role(self, role: str, topics: list[str]) -> None:
+        with self._lock:
+            self._roles[role] = list(topics)
+            self._save()
+
+    def put_reader(self, username: str, password: str | None, roles: list[str]) -> None:
+        with self._lock:
+            account = self._accounts.get(username)
+            if account is None:
+                if password is None:
+                    raise KeyError(username)
+                salt = secrets.token_bytes(16)
+                account = Account(username, salt.hex(), _hash(password, salt))
+                self._accounts[username] = account
+            elif password is not None:
+                salt = secrets.token_bytes(16)
+                account.salt, account.password_hash = salt.hex(), _hash(password, salt)
+            account.roles = list(roles)
+            account.disabled = False
+            self._save()
 
     def put(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None:
         salt = secrets.token_bytes(16)
@@ -115,7 +147,9 @@ class Accounts:
         account = self._accounts.get(username or "")
         if account is None or account.disabled:
             return False
-        patterns = account.publish if publish else account.subscribe
+        if publish:
+            return any(_filter_matches(topic, p) for p in account.publish)
+        patterns = [*account.subscribe, *(t for r in account.roles for t in self._roles.get(r, ()))]
         return any(_filter_matches(topic, p) for p in patterns)
 
 
@@ -241,3 +275,16 @@ class AmqttAdmin(BrokerAdmin):
         except KeyError:
             raise BrokerUnavailable(f"device {device_id!r} has no broker account") from None
         self.broker.disconnect(device_id)
+
+    def set_reader_role(self, role: str, topics: Sequence[str]) -> None:
+        self.broker.accounts.set_role(role, list(topics))
+
+    def set_reader_account(self, username: str, password: str | None, roles: Sequence[str]) -> None:
+        try:
+            self.broker.accounts.put_reader(username, password, list(roles))
+        except KeyError:
+            raise BrokerCommandFailed("createClient", f"reader {username!r} has no password yet") from None
+
+    def disable_reader_account(self, username: str) -> None:
+        self.broker.accounts.set_disabled(username, True)
+        self.broker.disconnect(username)

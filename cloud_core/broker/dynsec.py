@@ -14,6 +14,7 @@ import itertools
 import logging
 import ssl
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -251,3 +252,66 @@ class DynsecAdmin(BrokerAdmin):
                 tolerate=("not found",),
             )
         log.info("broker password rotated", extra={"device_id": device_id})
+
+    # -- reader roles and accounts (people's read-only access) -------------------------------------
+
+    def set_reader_role(self, role: str, topics: Sequence[str]) -> None:
+        wanted = {(t, topic) for topic in topics for t in ("subscribePattern", "publishClientReceive")}
+        with self._lock:
+            existing = self.get_role(role)
+            if existing is None:
+                self.execute(
+                    {
+                        "command": "createRole",
+                        "rolename": role,
+                        "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in sorted(wanted)],
+                    }
+                )
+                return
+            have = {(a["acltype"], a["topic"]) for a in existing.get("acls", [])}
+            commands: list[dict[str, Any]] = [
+                {"command": "removeRoleACL", "rolename": role, "acltype": t, "topic": topic}
+                for t, topic in sorted(have - wanted)
+            ]
+            commands += [
+                {"command": "addRoleACL", "rolename": role, "acltype": t, "topic": topic, "allow": True}
+                for t, topic in sorted(wanted - have)
+            ]
+            if commands:
+                self.execute(*commands, tolerate=_ALREADY)
+        log.info("broker reader role set", extra={"role": role, "topics": len(topics)})
+
+    def set_reader_account(self, username: str, password: str | None, roles: Sequence[str]) -> None:
+        with self._lock:
+            existing = self.get_client(username)
+            if existing is None:
+                if password is None:
+                    raise BrokerCommandFailed("createClient", f"reader {username!r} does not exist and has no password")
+                self.execute(
+                    {
+                        "command": "createClient",
+                        "username": username,
+                        "password": password,
+                        "roles": [{"rolename": r} for r in sorted(set(roles))],
+                    }
+                )
+                return
+            have = {r.get("rolename") for r in existing.get("roles", [])}
+            commands: list[dict[str, Any]] = []
+            if password is not None:
+                commands.append({"command": "setClientPassword", "username": username, "password": password})
+            commands += [
+                {"command": "removeClientRole", "username": username, "rolename": r} for r in sorted(have - set(roles))
+            ]
+            commands += [
+                {"command": "addClientRole", "username": username, "rolename": r} for r in sorted(set(roles) - have)
+            ]
+            if existing.get("disabled"):
+                commands.append({"command": "enableClient", "username": username})
+            if commands:
+                self.execute(*commands)
+        log.info("broker reader account set", extra={"mqtt_username": username, "roles": len(roles)})
+
+    def disable_reader_account(self, username: str) -> None:
+        with self._lock:
+            self.execute({"command": "disableClient", "username": username}, tolerate=("not found",))

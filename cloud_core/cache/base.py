@@ -87,6 +87,12 @@ class Cache(abc.ABC):
         """Add ``amount`` to an integer counter (absent = 0) and return the new value. ``ttl_s`` is
         set when this call creates the key (a fixed-window rate limit), never extended."""
 
+    @abc.abstractmethod
+    def take_tokens(self, key: str, *, rate: float, burst: float, want: int) -> int:
+        """Token bucket shared by every client of the cache: refill ``key``'s bucket at ``rate`` tokens
+        per second up to ``burst`` (a new bucket starts full), then take up to ``want`` whole tokens.
+        Returns how many were taken (0..want). Atomic; time is the cache server's clock."""
+
     # ---- hashes --------------------------------------------------------------------------------
     @abc.abstractmethod
     def hset(self, key: str, mapping: Mapping[str, str], ttl_s: float | None = None) -> None:

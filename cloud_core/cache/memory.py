@@ -51,6 +51,7 @@ class MemoryCache(Cache):
         self.url = url
         self._cond = threading.Condition()
         self._values: dict[str, str] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # token buckets: key -> (tokens, at)
         self._hashes: dict[str, dict[str, str]] = {}
         self._streams: dict[str, _Stream] = {}
         self._expires: dict[str, float] = {}  # key -> time.monotonic() deadline
@@ -121,6 +122,15 @@ class MemoryCache(Cache):
                 self._expire(key, ttl_s)
             self._values[key] = str(value)
             return value
+
+    def take_tokens(self, key: str, *, rate: float, burst: float, want: int) -> int:
+        now = time.monotonic()
+        with self._cond:
+            tokens, at = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + max(0.0, now - at) * rate)
+            grant = max(0, min(want, int(tokens)))
+            self._buckets[key] = (tokens - grant, max(now, at))
+            return grant
 
     # ---- hashes --------------------------------------------------------------------------------
     def hset(self, key: str, mapping: Mapping[str, str], ttl_s: float | None = None) -> None:

@@ -21,6 +21,23 @@ T = TypeVar("T")
 MAX_BLOCK_MS = 60_000
 
 
+# A token bucket in a hash {t: tokens, at: ms}: refill by the server's clock, take up to ARGV[3] whole
+# tokens, expire the key once it would be full again anyway.
+_TAKE_TOKENS = """
+local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens, at = tonumber(s[1]), tonumber(s[2])
+if tokens == nil then tokens = burst; at = now end
+if now > at then tokens = math.min(burst, tokens + (now - at) * rate / 1000); at = now end
+local grant = math.max(0, math.min(want, math.floor(tokens)))
+redis.call('HSET', KEYS[1], 't', tostring(tokens - grant), 'at', tostring(at))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return grant
+"""
+
+
 class RedisCache(Cache):
     """``redis://``. ``?socket_timeout=S`` (default 5 s) bounds every non-blocking command."""
 
@@ -37,6 +54,7 @@ class RedisCache(Cache):
             )
         except ValueError as exc:
             raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
+        self._bucket = self._r.register_script(_TAKE_TOKENS)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -90,6 +108,9 @@ class RedisCache(Cache):
             return pipe.execute()
 
         return int(self._call(run)[0])
+
+    def take_tokens(self, key: str, *, rate: float, burst: float, want: int) -> int:
+        return int(self._call(lambda: self._bucket(keys=[key], args=[repr(rate), repr(burst), int(want)])))
 
     # ---- hashes --------------------------------------------------------------------------------
     def hset(self, key: str, mapping: Mapping[str, str], ttl_s: float | None = None) -> None:

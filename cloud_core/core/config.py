@@ -130,6 +130,43 @@ class CloudSettings(BaseSettings):
         "(the device resends the same bytes later).",
     )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs on stderr.")
+    db_auto_migrate: bool = Field(
+        default=True,
+        description="Migrate an older metadata schema at start. Off: refuse it until 'iotctl db upgrade' runs "
+        "(the Helm chart migrates in a hook first). A schema newer than this release is always refused.",
+    )
+    # --- people: sign-in, tokens, brute-force limits ----------------------------------------------
+    access_token_ttl_s: float = Field(
+        default=900.0, gt=0, description="Lifetime of an access token (JWT). Short: a refresh token renews it."
+    )
+    refresh_token_ttl_s: float = Field(
+        default=14 * 86400.0, gt=0, description="Lifetime of a refresh token (each use replaces it)."
+    )
+    login_window_s: int = Field(
+        default=900, gt=0, description="Failed logins are counted in windows of this many seconds."
+    )
+    login_max_per_user_address: int = Field(
+        default=5, ge=1, description="Failed logins per window for one username from one address."
+    )
+    login_max_per_user: int = Field(
+        default=20, ge=1, description="Failed logins per window for one username from anywhere."
+    )
+    login_max_per_address: int = Field(
+        default=50, ge=1, description="Failed logins per window from one address, whatever the username."
+    )
+    password_time_cost: int = Field(
+        default=3, ge=1, le=20, description="Argon2id passes per password hash (cost of every login)."
+    )
+    password_memory_kib: int = Field(
+        default=65536,
+        ge=1024,
+        description="Argon2id memory per password hash in KiB (64 MiB: RFC 9106's low-memory profile, ~50-150 ms "
+        "a login here). Lower only for tests.",
+    )
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the sign-in cookies Secure (HTTPS only). None: when the request came over HTTPS.",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> CloudSettings:

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-__all__ = ["create_all", "make_engine", "session_scope"]
+__all__ = ["create_all", "make_engine", "register_models", "session_scope"]
 
 
 def make_engine(url: str) -> Engine:
@@ -35,12 +35,19 @@ def make_engine(url: str) -> Engine:
     raise ValueError(f"unsupported metadata database URL {url!r}: use sqlite:///PATH or postgresql://...")
 
 
-def create_all(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
+def register_models() -> None:
+    """Import every table module, so ``SQLModel.metadata`` holds the whole schema."""
     from .. import models  # noqa: F401 - registers the tables on SQLModel.metadata
     from ..analytics import models as analytics_models  # noqa: F401 - the anomalies table
 
-    SQLModel.metadata.create_all(engine)
+
+def create_all(engine: Engine) -> None:
+    """Bring the schema to the newest revision this code knows (idempotent; see
+    :func:`cloud_core.core.migrate.ensure_schema`). Raises SchemaTooNew when the database was
+    migrated by newer code."""
+    from .migrate import ensure_schema
+
+    ensure_schema(engine)
 
 
 @contextmanager

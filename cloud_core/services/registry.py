@@ -129,8 +129,11 @@ class Registry:
 
     # -- operations ------------------------------------------------------------------------------
 
-    def register(self, session: Session, *, device_in: DeviceCreate) -> Registration:
-        """Create a ``pending`` device and its one-time enrollment token.
+    def register(
+        self, session: Session, *, device_in: DeviceCreate, owner_id: int | None = None, class_id: int | None = None
+    ) -> Registration:
+        """Create a ``pending`` device (owned by ``owner_id``, in class ``class_id``) and its one-time
+        enrollment token.
 
         Raises:
             InvalidInput: the id is not a valid device id, or is reserved for a service account.
@@ -146,6 +149,7 @@ class Registry:
         if crud.get_device(session, device_id=device_in.id) is not None:
             raise Conflict(f"device {device_in.id!r} already exists", device_id=device_in.id)
         device = crud.create_device(session, device_in=device_in)
+        device.owner_id, device.class_id = owner_id, class_id
         token, expires_at = self._new_token(session, device)
         session.commit()
         log.info("device registered", extra={"device_id": device.id})

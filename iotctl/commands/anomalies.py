@@ -232,6 +232,7 @@ def worker(
     from cloud_core.core.config import parse_mqtt_url
     from cloud_core.core.db import create_all, make_engine
     from cloud_core.core.logging import setup_logging
+    from cloud_core.core.migrate import SchemaError
     from cloud_core.paths import default_db_url
     from iot_protocol import Topics
 
@@ -246,7 +247,7 @@ def worker(
         if mqtt_url:
             host, port = parse_mqtt_url(mqtt_url)
             publisher = MqttPublisher(connect(host, port, username=mqtt_username, password=mqtt_password))
-    except (ValueError, BrokerAdminError) as exc:
+    except (ValueError, BrokerAdminError, SchemaError) as exc:
         raise CliError(str(exc)) from None
     if metrics_port:
         start_http_server(metrics_port, addr="0.0.0.0")

@@ -27,6 +27,7 @@ def api(
     from cloud_core.broker.admin import BrokerAdminError
     from cloud_core.core.config import CloudSettings
     from cloud_core.core.logging import setup_logging
+    from cloud_core.core.migrate import SchemaError
 
     try:
         settings = CloudSettings()
@@ -38,11 +39,30 @@ def api(
     if port is not None:
         settings.api_port = port
     setup_logging(settings.log_level)
+    _check_schema(settings.db_url)
     app_ = create_app(settings, consume_events=events)
     try:
         tls = {}
         if settings.api_tls_cert_file is not None:  # HTTPS: devices enroll over it
             tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)}
         uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None, **tls)  # type: ignore[arg-type]
-    except BrokerAdminError as exc:
+    except (BrokerAdminError, SchemaError) as exc:
         raise CliError(f"cannot start the API: {exc}") from None
+
+
+def _check_schema(db_url: str) -> None:
+    """Refuse, in one line, a metadata schema newer than this release (or an older one the API may
+    not migrate) before uvicorn starts: an error in the app's lifespan would be a traceback."""
+    from cloud_core.core.db import create_all, make_engine
+    from cloud_core.core.migrate import SchemaError
+
+    try:
+        engine = make_engine(db_url)
+    except ValueError as exc:
+        raise CliError(f"bad setting EDU_DB_URL: {exc}") from None
+    try:
+        create_all(engine)
+    except SchemaError as exc:
+        raise CliError(f"cannot start the API: {exc}") from None
+    finally:
+        engine.dispose()

@@ -71,12 +71,15 @@ def register(
     location: Annotated[
         str, typer.Option("--location", help="Where it is (the 'location' tag).")
     ] = "unknown",
+    class_id: Annotated[
+        int | None, typer.Option("--class", help="Its class (default: yours, if you are a student of one).")
+    ] = None,
     api: ApiOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
     state_dir: StateDirOption = None,
 ) -> None:
-    """Create a device and print its one-time enrollment token."""
+    """Create a device (yours) and print its one-time enrollment token."""
     if not _TYPE_RE.match(device_type):
         raise CliError(f"bad --type {device_type!r}: use 1-64 of letters, digits, _ . - (e.g. environment)")
     try:
@@ -90,7 +93,7 @@ def register(
         "/v1/devices/register",
         api=api,
         token=token,
-        json={"id": device_id, "device_type": device_type, "location": location},
+        json={"id": device_id, "device_type": device_type, "location": location, "class_id": class_id},
     )
     _json(body) if as_json else _registration(body, "registered", api)
     if device_type not in in_use | KNOWN_TYPES:
@@ -188,6 +191,19 @@ def rotate(
     """Revoke the device's broker credentials now and print a new enrollment token to re-enroll with."""
     body = call("POST", f"/v1/devices/{device_id}/rotate", api=api, token=token)
     _json(body) if as_json else _registration(body, "rotated", api)
+
+
+@app.command()
+def share(
+    device_id: DeviceArg,
+    off: Annotated[bool, typer.Option("--off", help="Stop sharing.")] = False,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Let every member of the device's class read it (read only), or stop with --off."""
+    call("PUT", f"/v1/devices/{device_id}/share", api=api, token=token, json={"shared": not off})
+    typer.echo(f"{device_id} {'no longer shared' if off else 'shared read-only'} with its class")
 
 
 def _seq_ranges(missing: list[list[int]] | tuple[tuple[int, int], ...]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,6 @@ from ..statedir import StateDirOption
 app = typer.Typer()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 
 
 class Format(str, Enum):  # noqa: UP042 - typer needs a str Enum for choices
@@ -31,29 +28,29 @@ class Format(str, Enum):  # noqa: UP042 - typer needs a str Enum for choices
 
 def parse_duration_ms(text: str, what: str) -> int:
     """``90s``, ``5m``, ``1h``, ``7d``, ``2w``, ``250ms`` -> milliseconds. Raises CliError."""
-    m = _DURATION.match(text)
-    if not m or int(m.group(1)) == 0:
-        raise CliError(f"bad {what} {text!r}: use a positive number and a unit, e.g. 90s, 5m, 1h, 7d, 2w")
-    return int(m.group(1)) * _UNITS_MS[m.group(2)]
+    from cloud_core.tsdb.timespec import parse_duration_ms as parse
+
+    try:
+        return parse(text, what)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def parse_time_ms(text: str, what: str) -> int:
     """ISO 8601 (``2024-05-01T12:00:00Z``; no zone means UTC) or integer epoch ms. Raises CliError."""
-    if text.strip().isdigit():
-        return int(text)
+    from cloud_core.tsdb.timespec import parse_time_ms as parse
+
     try:
-        dt = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(f"bad {what} time {text!r}: use ISO 8601, e.g. 2024-05-01T12:00:00Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // timedelta(milliseconds=1)
+        return parse(text, what)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def iso_ms(ts_ms: int) -> str:
     """ISO 8601 UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
-    dt = _EPOCH + timedelta(milliseconds=ts_ms)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    from cloud_core.tsdb.timespec import iso_ms as iso
+
+    return iso(ts_ms)
 
 
 def _fmt(value: float | None) -> str:
@@ -106,6 +103,15 @@ def query(
         envvar="IOTCTL_TSDB",
         help="Store URL: sqlite:///PATH or influxdb://HOST:PORT/DB (default: embedded, in the state dir).",
     ),
+    api: str | None = typer.Option(
+        None,
+        "--api",
+        help="Read through the cloud API at this URL (or 'profile': your 'iotctl login' profile's API), "
+        "with your token: only the devices you may read. Default: the store directly (operators).",
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="IOTCTL_TOKEN", help="With --api: bearer token or key (default: your profile)."
+    ),
     state_dir: StateDirOption = None,
 ) -> None:
     """Read stored readings back as a table, CSV or JSON; times are ISO 8601 UTC."""
@@ -134,6 +140,11 @@ def query(
             raise CliError(f"bad --window {window!r}: use whole seconds")
         window_s = window_ms // 1000
     fields = list(field) if field else None
+    if api is not None:
+        if tsdb is not None:
+            raise CliError("give either --api or --tsdb, not both")
+        _via_api(api, token, device, fields, start_ms, end_ms, window, agg, resolution, limit, fmt)
+        return
 
     # ---- the store -----------------------------------------------------------------------------
     url = tsdb or default_tsdb_url()
@@ -175,19 +186,15 @@ def query(
         )
 
     # ---- output --------------------------------------------------------------------------------
-    names = fields or sorted({k for r in rows for k in r.values})
-    raw = any(r.sensor_type is not None for r in rows)
-    tags = ["device_id", "sensor_type", "location"] if raw else ["device_id"]
-    header = ["time", *tags, *names]
-    table = [
-        [
-            iso_ms(r.ts_ms),
-            r.device_id,
-            *((r.sensor_type or "", r.location or "") if raw else ()),
-            *(r.values.get(n) for n in names),
-        ]
-        for r in rows
-    ]
+    from cloud_core.tsdb.table import tabulate
+
+    header, table, n_values = tabulate(rows, fields)
+    _output(header, table, n_values, fmt, empty=f"no readings from {iso_ms(start_ms)} to {iso_ms(end_ms)}{hint}")
+
+
+def _output(header: list[str], table: list[list[object]], n_values: int, fmt: Format, *, empty: str) -> None:
+    """Print the rows as ``fmt``; ``empty``: what to say (on stderr, after a table) when there are none."""
+    names = header[len(header) - n_values :]
     if fmt is Format.json:
         objs = [dict(zip(header, row, strict=True)) for row in table]
         sys.stdout.write(orjson.dumps(objs, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -200,8 +207,8 @@ def query(
             )
     else:
         _print_table(header, table, len(names))
-        if not rows:
-            print(f"no readings from {iso_ms(start_ms)} to {iso_ms(end_ms)}{hint}", file=sys.stderr)
+        if not table and empty:
+            print(empty, file=sys.stderr)
 
 
 def _unknown_fields(
@@ -227,6 +234,48 @@ def _range_hint(store: object, *, device: str | None, start_ms: int) -> str:
         return ""
     first = before[0].ts_ms
     return f"; the store has older readings, from {iso_ms(first)} on (try --start {iso_ms(first)[:19]}Z)"
+
+
+def _via_api(
+    api: str,
+    token: str | None,
+    device: str | None,
+    fields: list[str] | None,
+    start_ms: int,
+    end_ms: int,
+    window: str | None,
+    agg: str,
+    resolution: str,
+    limit: int | None,
+    fmt: Format,
+) -> None:
+    """The same query through ``GET /v1/readings`` (or one device's readings), printed the same way."""
+    from ..apiclient import call
+
+    url = None if api == "profile" else api  # None: the login profile's API (or the running platform's)
+    params: list[tuple[str, str | int]] = [("start", start_ms), ("end", end_ms), ("agg", agg)]
+    params.append(("resolution", resolution))
+    params += [("field", f) for f in fields or []]
+    if window is not None:
+        params.append(("window", window))
+    if limit is not None:
+        params.append(("limit", limit))
+    path = f"/v1/devices/{device}/readings" if device else "/v1/readings"
+    if fmt is Format.csv:
+        params.append(("format", "csv"))
+        sys.stdout.write(call("GET", path, api=url, token=token, params=params, raw=True))
+        return
+    objs = call("GET", path, api=url, token=token, params=params)
+    if not objs and device is not None:
+        raise CliError(f"no readings for device {device} in that range", exit_code=1)
+    tags = {"time", "device_id", "sensor_type", "location"}
+    header: list[str] = []
+    for o in objs:
+        header += [k for k in o if k not in header]
+    head = [k for k in header if k in tags]
+    names = fields or sorted(k for k in header if k not in tags)
+    header = head + list(names)
+    _output(header, [[o.get(k) for k in header] for o in objs], len(names), fmt, empty="no readings in that range")
 
 
 def _print_table(header: Sequence[str], table: Sequence[Sequence[object]], n_values: int) -> None:

@@ -1,20 +1,31 @@
-"""Device routes: register, enroll (token only, no user), list with liveness, show, deactivate, rotate."""
+"""Device routes: register, enroll (token only, no user), list with liveness, show, deactivate, rotate,
+share with the class. Each declares its permission; lists show only the devices the caller may see."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from ... import crud
+from ...auth import audit
+from ...auth.access import Principal, authorize_class, visible_device_ids
+from ...auth.errors import AuthInvalid
+from ...auth.quotas import check_device_quota
 from ...liveness import liveness
 from ...models import Device, DeviceCreate, DevicePublic
-from ...services.errors import EnrollmentRefused, NotFound, ServiceError
+from ...services.errors import EnrollmentRefused, ServiceError
 from ...services.registry import EnrollRequest, EnrollResponse, Registration
-from ..deps import ContextDep, Operator, SessionDep, Viewer
+from ..deps import MAX_ID, ContextDep, P, SessionDep, public, require
 
 router = APIRouter(prefix="/v1", tags=["devices"])
+
+DeviceReader = Annotated[Principal, Depends(require(P.READ_DEVICES, device="device_id"))]
+DeviceWriter = Annotated[Principal, Depends(require(P.WRITE_DEVICES, device="device_id"))]
+_AUDITED = ["id", "device_type", "location", "status", "key_version", "owner_id", "class_id", "shared_with_class"]
 
 
 class DeviceStatus(DevicePublic):
@@ -26,6 +37,19 @@ class DeviceStatus(DevicePublic):
     last_health_at: datetime | None
     presence_at: datetime | None
     reported_config_error: str | None
+
+
+class RegisterRequest(DeviceCreate):
+    class_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="The class it belongs to (default: your class, when you are a student of one).",
+    )
+
+
+class ShareRequest(BaseModel):
+    shared: bool = Field(description="True: every member of the device's class may read it.")
 
 
 def _status(ctx: ContextDep, device: Device, now: datetime) -> DeviceStatus:
@@ -42,24 +66,52 @@ def _status(ctx: ContextDep, device: Device, now: datetime) -> DeviceStatus:
     )
 
 
-def _get(session: Session, device_id: str) -> Device:
-    device = crud.get_device(session, device_id=device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}", device_id=device_id)
+def _device(request: Request) -> Device:
+    device: Device = request.state.device
     return device
+
+
+def _snap(session: Session, device_id: str) -> dict[str, object] | None:
+    return audit.snapshot(session.get(Device, device_id), fields=_AUDITED)
 
 
 @router.post("/devices/register", response_model=Registration, status_code=201)
 def register_device(
-    device_in: DeviceCreate, session: SessionDep, ctx: ContextDep, _user: Operator
+    device_in: RegisterRequest,
+    session: SessionDep,
+    ctx: ContextDep,
+    p: Annotated[Principal, Depends(require(P.WRITE_DEVICES))],
 ) -> Registration:
-    """Create a device and its one-time enrollment token (shown once)."""
-    registration = ctx.registry.register(session, device_in=device_in)
+    """Create a device (owned by you, in your class) and its one-time enrollment token (shown once).
+    Refused with ``quota_exceeded`` when the class or the student has all the devices allowed."""
+    class_id = device_in.class_id
+    if class_id is None and len(p.student_of) == 1 and not p.teacher_of:
+        class_id = next(iter(p.student_of))
+    if class_id is not None:
+        classroom = authorize_class(session, p, class_id, teacher=False)
+        check_device_quota(session, classroom=classroom, owner_id=p.user_id, is_student=class_id in p.student_of)
+    elif p.key_devices is not None:
+        raise AuthInvalid("an API key limited to some devices cannot register new ones")
+    audit.stage(
+        session,
+        actor=p,
+        action="device.register",
+        target_type="device",
+        target_id=device_in.id,
+        after=lambda: _snap(session, device_in.id),
+    )
+    registration = ctx.registry.register(
+        session, device_in=DeviceCreate.model_validate(device_in.model_dump(exclude={"class_id"})),
+        owner_id=p.user_id, class_id=class_id,
+    )  # fmt: skip
     ctx.metrics.registry_actions.labels("register").inc()
+    device = session.get(Device, registration.device.id)
+    if device is not None:
+        ctx.broker_sync.sync_device(session, device)
     return registration
 
 
-@router.post("/enroll", response_model=EnrollResponse)
+@router.post("/enroll", response_model=EnrollResponse, dependencies=[Depends(public("the one-time enrollment token"))])
 def enroll(body: EnrollRequest, session: SessionDep, ctx: ContextDep) -> EnrollResponse:
     """Exchange a one-time enrollment token and the device's public key for its broker credentials."""
     try:
@@ -71,34 +123,71 @@ def enroll(body: EnrollRequest, session: SessionDep, ctx: ContextDep) -> EnrollR
         ctx.metrics.enrollments.labels(exc.code).inc()
         raise
     ctx.metrics.enrollments.labels("enrolled").inc()
+    # The device's own act (its token, its key): recorded just after the registry committed it.
+    audit.record(
+        session, actor=f"device:{response.device_id}", action="device.enroll", target_type="device",
+        target_id=response.device_id, after=_snap(session, response.device_id),
+    )  # fmt: skip
+    session.commit()
     return response
 
 
 @router.get("/devices", response_model=list[DeviceStatus])
 def list_devices(
-    session: SessionDep, ctx: ContextDep, _user: Viewer, status: str | None = None
+    session: SessionDep,
+    ctx: ContextDep,
+    p: Annotated[Principal, Depends(require(P.READ_DEVICES))],
+    status: str | None = None,
 ) -> list[DeviceStatus]:
-    """Every device with its liveness state and last-seen age."""
+    """The devices you may see, with their liveness state and last-seen age."""
     now = datetime.now(UTC)
-    return [_status(ctx, d, now) for d in crud.list_devices(session, status=status)]
+    visible = visible_device_ids(session, p)
+    return [
+        _status(ctx, d, now)
+        for d in crud.list_devices(session, status=status)
+        if visible is None or d.id in visible
+    ]
 
 
 @router.get("/devices/{device_id}", response_model=DeviceStatus)
-def get_device(device_id: str, session: SessionDep, ctx: ContextDep, _user: Viewer) -> DeviceStatus:
-    return _status(ctx, _get(session, device_id), datetime.now(UTC))
+def get_device(device_id: str, request: Request, ctx: ContextDep, _p: DeviceReader) -> DeviceStatus:
+    return _status(ctx, _device(request), datetime.now(UTC))
 
 
 @router.post("/devices/{device_id}/deactivate", response_model=DeviceStatus)
-def deactivate_device(device_id: str, session: SessionDep, ctx: ContextDep, _user: Operator) -> DeviceStatus:
+def deactivate_device(device_id: str, session: SessionDep, ctx: ContextDep, p: DeviceWriter) -> DeviceStatus:
     """Refuse the device at the broker (live connection dropped) and in the bridge, at once."""
+    before = _snap(session, device_id)
+    audit.stage(
+        session, actor=p, action="device.deactivate", target_type="device", target_id=device_id, before=before,
+        after=lambda: _snap(session, device_id),
+    )  # fmt: skip
     device = ctx.registry.deactivate(session, device_id=device_id)
     ctx.metrics.registry_actions.labels("deactivate").inc()
     return _status(ctx, device, datetime.now(UTC))
 
 
 @router.post("/devices/{device_id}/rotate", response_model=Registration)
-def rotate_device(device_id: str, session: SessionDep, ctx: ContextDep, _user: Operator) -> Registration:
+def rotate_device(device_id: str, session: SessionDep, ctx: ContextDep, p: DeviceWriter) -> Registration:
     """New enrollment token; the device's current broker credentials are refused from now on."""
+    before = _snap(session, device_id)
+    audit.stage(
+        session, actor=p, action="device.rotate", target_type="device", target_id=device_id, before=before,
+        after=lambda: _snap(session, device_id),
+    )  # fmt: skip
     registration = ctx.registry.rotate(session, device_id=device_id)
     ctx.metrics.registry_actions.labels("rotate").inc()
     return registration
+
+
+@router.put("/devices/{device_id}/share", response_model=DeviceStatus)
+def share_device(
+    device_id: str, body: ShareRequest, request: Request, session: SessionDep, ctx: ContextDep, p: DeviceWriter
+) -> DeviceStatus:
+    """Share the device read-only with its class (or stop sharing it)."""
+    from ...auth.classes import share_device as share
+
+    device = share(session, actor=p, device=_device(request), shared=body.shared)
+    session.commit()
+    ctx.broker_sync.sync_device(session, device)
+    return _status(ctx, device, datetime.now(UTC))

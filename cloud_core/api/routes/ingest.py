@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
@@ -15,7 +15,7 @@ from iot_protocol import MAX_TOKEN_BYTES, Topics
 
 from ...broker.receipts import ReceiptWaiter
 from ...services.ingest import IngestResult, IngestService
-from ..deps import ContextDep
+from ..deps import ContextDep, public
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -66,6 +66,7 @@ def _outcomes(request: Request) -> Counter:
 
 @router.post(
     "/data/ingest",
+    dependencies=[Depends(public("the device's Ed25519 signature over the batch"))],
     responses={
         200: {"description": "Stored: the receipt (it may name rejected readings)."},
         413: {"description": "Larger than the contract's 256 KiB."},

@@ -1,0 +1,371 @@
+"""The authorisation matrix, generated from the app's route table: every route x every kind of principal
+x own device / a classmate's device / another class's device (or own class / another class), each
+asserting the exact status, through the real API (uvicorn, real Mosquitto with dynamic security).
+
+The expected answers come from hand-written tables below (who reaches which device at which level,
+which role holds which permission, who is in which class), combined with each route's *declared*
+rule read from the app. A route that declares no rule, or has no sample request here, fails the test:
+a new route cannot skip it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_core.api.deps import Requirement, api_routes, declared_requirement
+from cloud_core.core.config import CloudSettings
+from cloud_core.testing import RunningApi, running_api
+from iot_protocol import generate_private_key, public_key_b64
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "matrix password 1"
+WRITE = {"write_devices", "write_data"}
+ROLE_PERMS = {
+    "admin": {"read_devices", "write_devices", "read_data", "write_data", "admin_panel"},
+    "user": {"read_devices", "write_devices", "read_data", "write_data"},
+    "device": {"read_devices", "write_data"},
+    "readonly": {"read_devices", "read_data"},
+}
+# principal -> role. "devkey" is an API key of student1 with role device, limited to dev1.
+ROLES = {
+    "anonymous": None,
+    "admin": "admin",
+    "teacher": "user",
+    "student1": "user",
+    "student2": "user",
+    "student3": "user",
+    "readonly": "readonly",
+    "devkey": "device",
+}
+# Who reaches which device at which level: dev1 is student1's, dev2 student2's (shared with class A),
+# dev3 student3's (class B). The teacher teaches class A; readonly reads every device (an old viewer).
+REACH = {
+    "admin": {"dev1": "W", "dev2": "W", "dev3": "W"},
+    "teacher": {"dev1": "W", "dev2": "W"},
+    "student1": {"dev1": "W", "dev2": "R"},
+    "student2": {"dev2": "W"},
+    "student3": {"dev3": "W"},
+    "readonly": {"dev1": "R", "dev2": "R", "dev3": "R"},
+    "devkey": {"dev1": "W"},
+}
+# Class membership: A = the teacher's class (students 1 and 2), B = student3's.
+MEMBER = {
+    "admin": {"A": "admin", "B": "admin"},
+    "teacher": {"A": "teacher"},
+    "student1": {"A": "student"},
+    "student2": {"A": "student"},
+    "student3": {"B": "student"},
+    "devkey": {"A": "student"},
+}
+TEACHERS = {"admin", "teacher"}  # may create classes
+
+
+@dataclass
+class World:
+    api: RunningApi
+    tokens: dict[str, str | None]
+    devices: dict[str, str]  # dev1.. -> real id
+    classes: dict[str, int]  # A, B -> id
+    users: dict[str, int]
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def unique(self, stem: str) -> str:
+        return f"{stem}-{next(self.counter)}"
+
+    def call(self, who: str, method: str, path: str, **kw: Any) -> Any:
+        return self.api.request(method, path, token=self.tokens[who], **kw)
+
+
+@pytest.fixture
+def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[World]:
+    settings = CloudSettings(
+        state_dir=tmp_path / "state",
+        mqtt_url=mosquitto_dynsec.url,
+        mqtt_username=f"svc-{topic_prefix}",
+        mqtt_admin_username=mosquitto_dynsec.admin_username,
+        mqtt_admin_password=mosquitto_dynsec.admin_password,
+        topic_prefix=topic_prefix,
+        cache_url=f"memory://{topic_prefix}",
+        login_max_per_user_address=10_000,
+        login_max_per_user=10_000,
+        login_max_per_address=10_000,
+        password_time_cost=1,
+        password_memory_kib=8192,
+    )
+    with running_api(settings) as api:
+        p = topic_prefix
+        users = {"teacher": api.add_user(f"teacher-{p}", PASSWORD, is_teacher=True)}
+        users["readonly"] = api.add_user(f"readonly-{p}", PASSWORD, role="readonly", fleet_access="read")
+        teacher = api.login(f"teacher-{p}", PASSWORD)
+        class_a = api.request("POST", "/v1/classes", token=teacher, json={"name": "A"}).json()["id"]
+        class_b = api.admin("POST", "/v1/classes", json={"name": "B"}).json()["id"]
+        tokens: dict[str, str | None] = {"anonymous": None, "admin": api.admin_token, "teacher": teacher}
+        for name, cls in (("student1", class_a), ("student2", class_a), ("student3", class_b)):
+            r = api.admin("POST", f"/v1/classes/{cls}/members", json={"username": f"{name}-{p}", "password": PASSWORD})
+            assert r.status_code == 201, r.text
+            users[name] = r.json()["user_id"]
+            tokens[name] = api.login(f"{name}-{p}", PASSWORD)
+        tokens["readonly"] = api.login(f"readonly-{p}", PASSWORD)
+        devices = {}
+        for dev, owner in (("dev1", "student1"), ("dev2", "student2"), ("dev3", "student3")):
+            devices[dev] = f"{dev}-{p}"
+            r = api.request("POST", "/v1/devices/register", token=tokens[owner], json={"id": devices[dev]})
+            assert r.status_code == 201, r.text
+        shared = api.request(
+            "PUT", f"/v1/devices/{devices['dev2']}/share", token=tokens["student2"], json={"shared": True}
+        )
+        assert shared.status_code == 200
+        key = api.request(
+            "POST", "/v1/keys", token=tokens["student1"], json={"role": "device", "device_ids": [devices["dev1"]]}
+        )
+        assert key.status_code == 201, key.text
+        tokens["devkey"] = key.json()["key"]
+        yield World(api, tokens, devices, {"A": class_a, "B": class_b}, users)
+
+
+# ---- sample requests: (method, path) -> build(world, principal, target) -> (path, kwargs, success status) ----
+
+Sample = Callable[[World, str, str], tuple[str, dict[str, Any], int]]
+
+
+def _own_role(w: World, who: str) -> str:
+    return ROLES[who] or "readonly"
+
+
+def _throwaway_user(w: World) -> int:
+    r = w.api.admin("POST", "/v1/users", json={"username": w.unique("tmp"), "password": PASSWORD})
+    return int(r.json()["id"])
+
+
+def _login_body(w: World) -> dict[str, str]:
+    return {"username": f"student1-{w.api.settings.topic_prefix}", "password": PASSWORD}
+
+
+def _refresh(w: World) -> str:
+    return str(w.api.request("POST", "/v1/auth/login", json=_login_body(w)).json()["refresh_token"])
+
+
+def _own_key(w: World, who: str) -> int:
+    r = w.call(who, "POST", "/v1/keys", json={"role": _own_role(w, who)})
+    return int(r.json()["info"]["id"]) if r.status_code == 201 else 999_999
+
+
+def _member_to_remove(w: World, target: str) -> int:
+    r = w.api.admin(
+        "POST", f"/v1/classes/{w.classes[target]}/members", json={"username": w.unique("gone"), "password": PASSWORD}
+    )
+    return int(r.json()["user_id"])
+
+
+def _granted_user(w: World) -> int:
+    uid = _throwaway_user(w)
+    w.api.admin("PUT", f"/v1/users/{uid}/grants", json={"permission": "read", "device_id": w.devices["dev3"]})
+    return uid
+
+
+D = "device"
+C = "class"
+SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
+    ("GET", "/health"): (None, lambda w, who, t: ("/health", {}, 200)),
+    ("GET", "/ready"): (None, lambda w, who, t: ("/ready", {}, 200)),
+    ("GET", "/metrics"): (None, lambda w, who, t: ("/metrics", {}, 200)),
+    ("POST", "/v1/auth/login"): (None, lambda w, who, t: ("/v1/auth/login", {"json": _login_body(w)}, 200)),
+    ("POST", "/v1/auth/refresh"): (
+        None,
+        lambda w, who, t: ("/v1/auth/refresh", {"json": {"refresh_token": _refresh(w)}}, 200),
+    ),
+    ("POST", "/v1/auth/logout"): (None, lambda w, who, t: ("/v1/auth/logout", {"json": {}}, 204)),
+    ("GET", "/v1/auth/jwks"): (None, lambda w, who, t: ("/v1/auth/jwks", {}, 200)),
+    ("POST", "/v1/enroll"): (
+        None,
+        lambda w, who, t: (
+            "/v1/enroll",
+            {"json": {"token": "not-a-token", "public_key": public_key_b64(generate_private_key())}},
+            401,  # its own check: the token
+        ),
+    ),
+    ("POST", "/v1/data/ingest"): (
+        None,
+        # no person signs in for it: the device's signature decides, so junk is refused the same for all
+        lambda w, who, t: ("/v1/data/ingest", {"content": b"not-a-jws"}, 400),
+    ),
+    ("GET", "/v1/auth/me"): (None, lambda w, who, t: ("/v1/auth/me", {}, 200)),
+    ("POST", "/v1/auth/password"): (
+        None,
+        lambda w, who, t: (
+            "/v1/auth/password",
+            {"json": {"current_password": PASSWORD, "new_password": PASSWORD}},
+            204 if who not in ("admin",) else 401,  # the bootstrap admin's password is random: not PASSWORD
+        ),
+    ),
+    ("POST", "/v1/auth/mqtt-credentials"): (None, lambda w, who, t: ("/v1/auth/mqtt-credentials", {}, 200)),
+    ("POST", "/v1/auth/signing-keys/rotate"): (None, lambda w, who, t: ("/v1/auth/signing-keys/rotate", {}, 200)),
+    ("GET", "/v1/admin/users"): (None, lambda w, who, t: ("/v1/admin/users", {}, 200)),
+    ("POST", "/v1/users"): (
+        None,
+        lambda w, who, t: ("/v1/users", {"json": {"username": w.unique("new"), "password": PASSWORD}}, 201),
+    ),
+    ("GET", "/v1/users/{user_id}"): (None, lambda w, who, t: (f"/v1/users/{w.users['student1']}", {}, 200)),
+    ("PATCH", "/v1/users/{user_id}"): (
+        None,
+        lambda w, who, t: (f"/v1/users/{_throwaway_user(w)}", {"json": {"is_teacher": False}}, 200),
+    ),
+    ("POST", "/v1/users/{user_id}/password"): (
+        None,
+        lambda w, who, t: (f"/v1/users/{_throwaway_user(w)}/password", {"json": {"password": PASSWORD}}, 204),
+    ),
+    ("GET", "/v1/users/{user_id}/grants"): (
+        None,
+        lambda w, who, t: (f"/v1/users/{w.users['readonly']}/grants", {}, 200),
+    ),
+    ("PUT", "/v1/users/{user_id}/grants"): (
+        None,
+        lambda w, who, t: (
+            f"/v1/users/{_throwaway_user(w)}/grants",
+            {"json": {"permission": "read", "device_id": w.devices["dev3"]}},
+            200,
+        ),
+    ),
+    ("DELETE", "/v1/users/{user_id}/grants"): (
+        None,
+        lambda w, who, t: (f"/v1/users/{_granted_user(w)}/grants", {"params": {"device_id": w.devices["dev3"]}}, 204),
+    ),
+    ("POST", "/v1/keys"): (None, lambda w, who, t: ("/v1/keys", {"json": {"role": _own_role(w, who)}}, 201)),
+    ("GET", "/v1/keys"): (None, lambda w, who, t: ("/v1/keys", {}, 200)),
+    ("DELETE", "/v1/keys/{key_id}"): (None, lambda w, who, t: (f"/v1/keys/{_own_key(w, who)}", {}, 200)),
+    ("POST", "/v1/admin/orgs"): (None, lambda w, who, t: ("/v1/admin/orgs", {"json": {"name": w.unique("org")}}, 201)),
+    ("GET", "/v1/admin/orgs"): (None, lambda w, who, t: ("/v1/admin/orgs", {}, 200)),
+    ("POST", "/v1/classes"): (
+        None,
+        lambda w, who, t: ("/v1/classes", {"json": {"name": w.unique("class")}}, 201 if who in TEACHERS else 403),
+    ),
+    ("GET", "/v1/classes"): (None, lambda w, who, t: ("/v1/classes", {}, 200)),
+    ("GET", "/v1/classes/{class_id}"): (C, lambda w, who, t: (f"/v1/classes/{w.classes[t]}", {}, 200)),
+    ("POST", "/v1/classes/{class_id}/members"): (
+        C,
+        lambda w, who, t: (
+            f"/v1/classes/{w.classes[t]}/members",
+            {"json": {"username": w.unique("kid"), "password": PASSWORD}},
+            201,
+        ),
+    ),
+    ("DELETE", "/v1/classes/{class_id}/members/{user_id}"): (
+        C,
+        lambda w, who, t: (f"/v1/classes/{w.classes[t]}/members/{_member_to_remove(w, t)}", {}, 204),
+    ),
+    ("GET", "/v1/classes/{class_id}/quota"): (C, lambda w, who, t: (f"/v1/classes/{w.classes[t]}/quota", {}, 200)),
+    ("PUT", "/v1/classes/{class_id}/quota"): (
+        C,
+        lambda w, who, t: (f"/v1/classes/{w.classes[t]}/quota", {"json": {}}, 200),
+    ),
+    ("GET", "/v1/audit"): (None, lambda w, who, t: ("/v1/audit", {}, 200)),
+    ("POST", "/v1/devices/register"): (
+        None,
+        lambda w, who, t: (
+            "/v1/devices/register",
+            {"json": {"id": w.unique(f"new-{w.api.settings.topic_prefix}")}},
+            201,
+        ),
+    ),
+    ("GET", "/v1/devices"): (None, lambda w, who, t: ("/v1/devices", {}, 200)),
+    ("GET", "/v1/devices/{device_id}"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}", {}, 200)),
+    ("PUT", "/v1/devices/{device_id}/share"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/share", {"json": {"shared": t == "dev2"}}, 200),
+    ),
+    ("PUT", "/v1/devices/{device_id}/config"): (
+        D,
+        lambda w, who, t: (
+            f"/v1/devices/{w.devices[t]}/config",
+            {"json": {"settings": {"sampling_interval_s": 5}}},
+            200,
+        ),
+    ),
+    ("GET", "/v1/devices/{device_id}/config"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/config", {}, 200)),
+    ("GET", "/v1/devices/{device_id}/readings"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/readings", {}, 200),
+    ),
+    ("GET", "/v1/readings"): (None, lambda w, who, t: ("/v1/readings", {}, 200)),
+    ("GET", "/v1/analytics/summary"): (
+        D,
+        lambda w, who, t: ("/v1/analytics/summary", {"params": {"device_id": w.devices[t]}}, 200),
+    ),
+    ("GET", "/v1/analytics/anomalies"): (None, lambda w, who, t: ("/v1/analytics/anomalies", {}, 200)),
+    ("POST", "/v1/devices/{device_id}/rotate"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/rotate", {}, 200)),
+    # Last: a deactivated device refuses new configs.
+    ("POST", "/v1/devices/{device_id}/deactivate"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/deactivate", {}, 200),
+    ),
+}
+
+
+def expected(req: Requirement, who: str, scope: str | None, target: str, success: int) -> int:
+    """The status the matrix expects, from the tables above and the route's declared rule."""
+    if req.permission is None:
+        return success
+    role = ROLES[who]
+    if role is None:
+        return 401
+    need = req.permission.value
+    if need not in ROLE_PERMS[role]:
+        return 403
+    if scope == D:
+        level = REACH.get(who, {}).get(target)
+        if level is None:
+            return 404
+        if need in WRITE and level == "R":
+            return 403
+    if scope == C:
+        if req.permission.value == "admin_panel":
+            return success
+        place = MEMBER.get(who, {}).get(target)
+        if place is None:
+            return 404
+        if req.teacher and place == "student":
+            return 403
+    return success
+
+
+def test_every_route_declares_its_rule_and_has_a_sample(world: World) -> None:
+    routes = {(m, path) for path, methods, _ in api_routes(world.api.app) for m in methods}
+    schema = world.api.app.openapi()["paths"]
+    in_schema = {(m.upper(), path) for path, ops in schema.items() for m in ops}
+    assert routes == in_schema, "every API route is in the OpenAPI schema and the other way round"
+    undeclared = sorted(
+        f"{m} {p}" for p, ms, r in api_routes(world.api.app) for m in ms if declared_requirement(r) is None
+    )
+    assert undeclared == [], "declare these routes' access rule with deps.require(...) or deps.public(...)"
+    missing = sorted(f"{m} {p}" for m, p in routes - set(SAMPLES))
+    assert missing == [], "add these routes to SAMPLES in tests/test_authz_matrix.py"
+
+
+def test_the_authorisation_matrix(world: World) -> None:
+    rules = {(m, path): declared_requirement(r) for path, ms, r in api_routes(world.api.app) for m in ms}
+    failures = []
+    checked = 0
+    for (method, path), (scope, build) in SAMPLES.items():
+        req = rules[(method, path)]
+        assert req is not None
+        if scope == C and req.klass is None:  # an admin route under /classes/{id}: class kind still applies
+            pass
+        targets = ["dev1", "dev2", "dev3"] if scope == D else ["A", "B"] if scope == C else ["-"]
+        for who, target in itertools.product(ROLES, targets):
+            url, kw, success = build(world, who, target)
+            want = expected(req, who, scope if req.device or req.klass else None, target, success)
+            if req.permission is not None and ROLES[who] is None:
+                want = 401
+            r = world.call(who, method, url, **kw)
+            checked += 1
+            if r.status_code != want:
+                failures.append(f"{method} {path} as {who} on {target}: {r.status_code} (want {want}) {r.text[:120]}")
+    assert not failures, "\n".join(failures)
+    assert checked > 250
