@@ -5,6 +5,7 @@ and flush, the caller commits."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ __all__ = [
     "share_device",
 ]
 
+_QUOTA_MAX = {"max_devices": 2**31 - 1, "max_devices_per_student": 2**31 - 1, "stored_bytes": 2**63 - 1}
 QUOTA_FIELDS = ("max_devices", "max_devices_per_student", "readings_per_s_per_device", "readings_per_s", "stored_bytes")
 
 
@@ -86,6 +88,10 @@ def _checked_quotas(quotas: dict[str, float | int | None]) -> dict[str, float | 
             raise AuthInvalid(f"unknown quota {key!r}: use {', '.join(QUOTA_FIELDS)}")
         if value is not None and (isinstance(value, bool) or value < 0):
             raise AuthInvalid(f"quota {key} must be a number >= 0 or null (unlimited)")
+        # The columns' ranges: device counts are 32-bit, stored bytes 64-bit, rates finite floats.
+        top = _QUOTA_MAX.get(key)
+        if value is not None and (not math.isfinite(value) or (top is not None and value > top)):
+            raise AuthInvalid(f"quota {key} must be at most {top if top is not None else 'a finite number'}")
         out[key] = value
     return out
 

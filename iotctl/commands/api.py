@@ -39,7 +39,8 @@ def api(
     if port is not None:
         settings.api_port = port
     setup_logging(settings.log_level)
-    _check_schema(settings.db_url)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # the embedded SQLite database lives there
+    _check_schema(settings.db_url, migrate=settings.db_auto_migrate)
     app_ = create_app(settings, consume_events=events)
     try:
         tls = {}
@@ -50,19 +51,24 @@ def api(
         raise CliError(f"cannot start the API: {exc}") from None
 
 
-def _check_schema(db_url: str) -> None:
+def _check_schema(db_url: str, *, migrate: bool) -> None:
     """Refuse, in one line, a metadata schema newer than this release (or an older one the API may
     not migrate) before uvicorn starts: an error in the app's lifespan would be a traceback."""
-    from cloud_core.core.db import create_all, make_engine
-    from cloud_core.core.migrate import SchemaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud_core.core.db import make_engine
+    from cloud_core.core.migrate import SchemaError, ensure_schema
 
     try:
         engine = make_engine(db_url)
     except ValueError as exc:
         raise CliError(f"bad setting EDU_DB_URL: {exc}") from None
     try:
-        create_all(engine)
+        ensure_schema(engine, migrate=migrate)
     except SchemaError as exc:
         raise CliError(f"cannot start the API: {exc}") from None
+    except SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0]
+        raise CliError(f"cannot start the API: the metadata database {db_url.split('@')[-1]} failed: {first}") from None
     finally:
         engine.dispose()

@@ -69,6 +69,10 @@ def _outcomes(request: Request) -> Counter:
     dependencies=[Depends(public("the device's Ed25519 signature over the batch"))],
     responses={
         200: {"description": "Stored: the receipt (it may name rejected readings)."},
+        400: {"description": "Not a compact JWS of the contract (bad_envelope): the request is dead-lettered."},
+        401: {"description": "The signature does not verify with the device's registered key."},
+        403: {"description": "The device is deactivated."},
+        404: {"description": "No such device."},
         413: {"description": "Larger than the contract's 256 KiB."},
         422: {"description": "Finally rejected: the receipt says why; delete the batch."},
         429: {"description": "Over the device's rate: resend the same bytes after Retry-After."},
