@@ -74,6 +74,10 @@ class DetectorConfig:
         jump_trend: a step that differs from the previous step by less than this fraction of
             itself continues a movement already under way (a battery charging ever faster), so it
             is not a jump. 0 turns this off.
+        record_window: the record gate (:mod:`.rarity`): an alert needs a level deviation |z| of at
+            least ``record_factor`` x the largest |z| of the series' previous ``record_window``
+            readings. 0 turns the gate off. Chosen by cross-validation across NAB's categories.
+        record_factor: see ``record_window``.
     """
 
     window: int = 288
@@ -93,18 +97,22 @@ class DetectorConfig:
     scale_margin: float = 1.0
     gap_factor: float = 2.0
     jump_trend: float = 0.5
+    record_window: int = 8064
+    record_factor: float = 0.8
 
 
 @dataclass(frozen=True, slots=True)
 class PointScore:
-    """How one reading scored. ``score`` is in units of the threshold: >= 1 is anomalous."""
+    """How one reading scored. ``score`` is in units of the threshold: >= 1 is anomalous. ``z`` is
+    the level's robust z-score, ``step_z`` the step's (from the previous reading; 0 without one)."""
 
     score: float
     z: float
     novel: bool
     stuck_run: int
     anomalous: bool
-    detector: str  # "robust_z", "stuck" or "" when not anomalous
+    detector: str  # "robust_z", "jump", "stuck", "forest" or "" when not anomalous
+    step_z: float = 0.0
 
 
 NORMAL = PointScore(0.0, 0.0, False, 0, False, "")
@@ -302,22 +310,22 @@ class Jump:
         self._last: float | None = None
         self._last_d: float | None = None
 
-    def update(self, value: float, gap: bool = False) -> float:
-        """Returns the step's z-score when the step is novel, else 0. After a ``gap`` in time the
-        step is neither judged nor learnt."""
+    def update(self, value: float, gap: bool = False) -> tuple[float, float]:
+        """Returns (the step's z-score, the same when the step is a jump else 0). After a ``gap`` in
+        time the step is neither judged nor learnt."""
         last, self._last = self._last, value
         if last is None or gap:
             self._last_d = None
-            return 0.0
+            return 0.0, 0.0
         d = value - last
         last_d, self._last_d = self._last_d, d
-        z = 0.0
+        raw = z = 0.0
         if len(self._hist) >= self._cfg.min_points:
             s = self._win.sorted
             median = s[len(s) // 2]
             scale = self._win.robust_scale()
             floor = 1e-9 * (1.0 + abs(median))
-            z = (d - median) / (scale if scale > floor else floor)
+            raw = z = (d - median) / (scale if scale > floor else floor)
             if abs(z) >= self._cfg.jump_k:
                 cfg = self._cfg
                 seen = abs(d) <= envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.jump_margin)[1]
@@ -328,7 +336,7 @@ class Jump:
                 z = 0.0
         self._win.push(d)
         self._hist.push(abs(d))
-        return z
+        return raw, z
 
 
 class StreamingDetector:
@@ -369,15 +377,15 @@ class StreamingDetector:
         gap = self._gap(ts_ms)
         z, novel = self._robust.update(value)
         run, stuck = self._stuck.update(value, PLATEAU_TOLERANCE * self._robust.scale)
-        jz = self._jump.update(value, gap) if self._jump is not None else 0.0
+        sz, jz = self._jump.update(value, gap) if self._jump is not None else (0.0, 0.0)
         score = abs(z) / self._cfg.k
         level = score >= 1.0 and novel
         if stuck:
-            return PointScore(max(score, 1.0), z, novel, run, True, "stuck")
+            return PointScore(max(score, 1.0), z, novel, run, True, "stuck", sz)
         if level:
-            return PointScore(score, z, novel, run, True, "robust_z")
+            return PointScore(score, z, novel, run, True, "robust_z", sz)
         prev_z, self._prev_z = self._prev_z, z
         recovery = self._cfg.jump_away and abs(prev_z) >= self._cfg.k and abs(z) < abs(prev_z)
         if abs(jz) >= self._cfg.jump_k and not recovery:
-            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump")
-        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "")
+            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump", sz)
+        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "", sz)

@@ -65,6 +65,12 @@ def evaluate(
     sim_labels: Path | None = typer.Option(
         None, "--sim-labels", help="firmware_sim ground truth (CSV or JSONL)."
     ),
+    cv: str | None = typer.Option(
+        None,
+        "--cv",
+        help="Cross-validate the settings: 'categories' (NAB: tune on all categories but one, score on "
+        "it, rotate) or 'files' (SKAB: leave one file out).",
+    ),
 ) -> None:
     """Score detectors with the event-level metric of issue 7 (see docs/anomaly.md)."""
     from cloud_core.analytics.errors import AnalyticsError
@@ -77,9 +83,71 @@ def evaluate(
             return
         if data is None or labels is None:
             raise CliError("give --data DIR and --labels FILE (NAB format), or --sim-data and --sim-labels")
+        if cv is not None:
+            if cv != "categories":
+                raise CliError(f"--cv {cv!r} is not for NAB data: use --cv categories")
+            _cross_validate_nab(data, labels, alerts_out)
+            return
         _evaluate_nab(data, labels, alerts_out, baselines, detector)
     except AnalyticsError as exc:
         raise CliError(str(exc)) from None
+
+
+def _cross_validate_nab(data: Path, labels: Path, alerts_out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cloud_core.analytics.cv import BASELINES, PREVIOUS, cross_validate
+    from cloud_core.analytics.evaluate import load_nab
+
+    dataset = load_nab(data, labels)
+    result = cross_validate(dataset)
+    names = [PREVIOUS, *BASELINES]
+    t = Table(title="cross-validated by category: settings chosen on the other categories, scored on this one")
+    for c in ("category", "files", "chosen on the others", "windows", "detected", "false pos.", "precision",
+              "recall", "F1", *(f"F1 {n}" for n in names)):  # fmt: skip
+        t.add_column(c, justify="left" if c in ("category", "chosen on the others") else "right")
+    files = {f.category: sum(1 for s in dataset if s.key.split("/", 1)[0] == f.category) for f in result.folds}
+    for i, f in enumerate(result.folds):
+        h = f.held_out
+        t.add_row(
+            f.category, str(files[f.category]), f.chosen.label, str(h.windows), str(h.detected),
+            str(h.false_positives), f"{h.precision:.3f}", f"{h.recall:.3f}", f"{h.f1:.3f}",
+            *(f"{f.baselines[n].f1:.3f}" for n in names), end_section=i == len(result.folds) - 1,
+        )  # fmt: skip
+    tot = result.total
+    t.add_row(
+        "TOTAL (out of sample)", str(len(dataset)), "", str(tot.windows), str(tot.detected),
+        str(tot.false_positives), f"{tot.precision:.3f}", f"{tot.recall:.3f}", f"{tot.f1:.3f}",
+        *(f"{result.baselines[n].f1:.3f}" for n in names),
+    )  # fmt: skip
+    Console(width=200).print(t)
+    fin = result.final_totals
+    typer.echo(
+        f"shipped default (chosen on all categories): {result.final.label}; on the whole corpus (in sample): "
+        f"{fin.detected}/{fin.windows} windows, {fin.false_positives} false positives, F1 {fin.f1:.3f}"
+    )
+    if alerts_out is not None:
+        with alerts_out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "timestamp", "setting"])
+            w.writerows(result.alerts)
+
+    def counts(x) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        return {"windows": x.windows, "detected": x.detected, "false_positives": x.false_positives,
+                "f1": round(x.f1, 4)}  # fmt: skip
+
+    typer.echo(
+        json.dumps(
+            {
+                "cv": "categories",
+                "total": counts(tot),
+                "folds": {f.category: {"chosen": f.chosen.label, **counts(f.held_out)} for f in result.folds},
+                "baselines": {n: counts(result.baselines[n]) for n in names},
+                "final": {"chosen": result.final.label, **counts(fin)},
+            }
+        )
+    )
 
 
 def _evaluate_nab(data: Path, labels: Path, alerts_out: Path | None, baselines: bool, detector: str) -> None:
