@@ -71,11 +71,29 @@ def evaluate(
         help="Cross-validate the settings: 'categories' (NAB: tune on all categories but one, score on "
         "it, rotate) or 'files' (SKAB: leave one file out).",
     ),
+    fmt: str = typer.Option(
+        "nab", "--format", help="nab (one series per CSV, event metric) or skab (multivariate, point-wise)."
+    ),
+    predictions_out: Path | None = typer.Option(
+        None, "--predictions-out", help="SKAB: write one CSV row per predicted reading: file,datetime,predicted."
+    ),
 ) -> None:
-    """Score detectors with the event-level metric of issue 7 (see docs/anomaly.md)."""
+    """Score detectors on labelled data: NAB (event-level metric of issue 7), SKAB (point-wise F1,
+    false-alarm and missed-alarm rates) or a firmware_sim scenario (see docs/anomaly.md)."""
     from cloud_core.analytics.errors import AnalyticsError
 
+    if fmt not in ("nab", "skab"):
+        raise CliError(f"unknown --format {fmt!r}: use nab or skab")
+    if predictions_out is not None and fmt != "skab":
+        raise CliError("--predictions-out is for --format skab (NAB and firmware_sim runs write --alerts-out)")
     try:
+        if fmt == "skab":
+            if data is None:
+                raise CliError("give --data DIR: the folder of SKAB's ';'-separated CSV files")
+            if cv not in (None, "files"):
+                raise CliError(f"--cv {cv!r} is not for SKAB data: use --cv files")
+            _evaluate_skab(data, cv == "files", predictions_out, alerts_out)
+            return
         if sim_data is not None or sim_labels is not None:
             if sim_data is None or sim_labels is None:
                 raise CliError("--sim-data and --sim-labels go together")
@@ -91,6 +109,98 @@ def evaluate(
         _evaluate_nab(data, labels, alerts_out, baselines, detector)
     except AnalyticsError as exc:
         raise CliError(str(exc)) from None
+
+
+PUBLISHED_SKAB = (
+    ("Conv-AE", 0.78), ("MSET", 0.78), ("T-squared+Q (PCA)", 0.76), ("LSTM-AE", 0.74), ("T-squared", 0.66),
+    ("Isolation forest", 0.29),
+)  # fmt: skip
+"""F1 published with this protocol on the benchmark's own test files (../shared/datasets/skab/README.md)."""
+
+
+def _write_skab(
+    predictions: tuple[tuple[str, str, int], ...], predictions_out: Path | None, alerts_out: Path | None
+) -> None:
+    """Predictions one row per reading; alerts = maximal runs of consecutive predicted readings."""
+    if predictions_out is not None:
+        with predictions_out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "datetime", "predicted"])
+            w.writerows(predictions)
+    if alerts_out is not None:
+        with alerts_out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "start", "end", "readings"])
+            run: list[tuple[str, str, int]] = []
+            for row in [*predictions, ("", "", 0)]:
+                if run and (row[2] != 1 or row[0] != run[0][0]):
+                    w.writerow([run[0][0], run[0][1], run[-1][1], len(run)])
+                    run = []
+                if row[2] == 1:
+                    run.append(row)
+
+
+def _evaluate_skab(data: Path, cv: bool, predictions_out: Path | None, alerts_out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cloud_core.analytics.multivariate import MultivariateConfig
+    from cloud_core.analytics.skab import FIT_ROWS, cross_validate_skab, load_skab, run_skab
+
+    files = load_skab(data)
+    console = Console(width=160)
+
+    def rates(c) -> list[str]:  # type: ignore[no-untyped-def]
+        return [f"{c.f1:.3f}", f"{100 * c.far:.1f}%", f"{100 * c.mar:.1f}%"]
+
+    def counts(c) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        return {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn, "f1": round(c.f1, 4), "far": round(c.far, 4),
+                "mar": round(c.mar, 4)}  # fmt: skip
+
+    if cv:
+        result = cross_validate_skab(files)
+        t = Table(title=f"SKAB, leave one file out (fit on each file's first {FIT_ROWS} rows; settings chosen on the "
+                        "other files: best F1 with a false-alarm rate <= 15%)")  # fmt: skip
+        for c in ("detector", "F1", "FAR", "MAR"):
+            t.add_column(c, justify="left" if c == "detector" else "right")
+        for method, c in result.by_method.items():
+            t.add_row(f"{method} (its own settings chosen per fold)", *rates(c))
+        t.add_row("all candidates (out of sample)", *rates(result.total), end_section=True)
+        for name, f1 in PUBLISHED_SKAB:
+            t.add_row(f"published: {name} (benchmark test files)", f"{f1:.2f}", "", "")
+        console.print(t)
+        run = result.final_run
+        typer.echo(f"shipped default (chosen on all files): {result.final.label()}; in sample F1 {run.total.f1:.3f}, "
+                   f"FAR {100 * run.total.far:.1f}%, MAR {100 * run.total.mar:.1f}%")  # fmt: skip
+        _write_skab(result.predictions, predictions_out, alerts_out)
+        by_method = {m: counts(c) for m, c in result.by_method.items()}
+        typer.echo(json.dumps({
+            "cv": "files", "total": counts(result.total), "by_method": by_method,
+            "chosen": result.chosen["all"], "final": {"config": result.final.label(), **counts(run.total)},
+        }))  # fmt: skip
+        return
+    run = run_skab(files, MultivariateConfig())
+    t = Table(title=f"SKAB: {run.config.label()}, fitted on each file's first {FIT_ROWS} rows")
+    for c in ("file", "scored", "abnormal", "TP", "FP", "FN", "TN", "F1", "FAR", "MAR"):
+        t.add_column(c, justify="left" if c == "file" else "right")
+    for name, c in run.per_file.items():
+        t.add_row(name, str(c.tp + c.fp + c.fn + c.tn), str(c.tp + c.fn), str(c.tp), str(c.fp), str(c.fn), str(c.tn),
+                  *rates(c))  # fmt: skip
+    c = run.total
+    t.add_row("TOTAL", str(c.tp + c.fp + c.fn + c.tn), str(c.tp + c.fn), str(c.tp), str(c.fp), str(c.fn), str(c.tn),
+              *rates(c), end_section=True)  # fmt: skip
+    for name, f1 in PUBLISHED_SKAB:
+        t.add_row(f"published: {name}", "", "", "", "", "", "", f"{f1:.2f}", "", "")
+    console.print(t)
+    normal, refit = run.normal_only, run.normal_refitted
+    if normal.fp + normal.tn:
+        typer.echo(f"normal operation only (files without labels, {normal.fp + normal.tn} readings): false alarms "
+                   f"{100 * normal.far:.1f}% fitted once, {100 * refit.far:.1f}% refitted every 1000 readings on "
+                   "the last 2000")  # fmt: skip
+    _write_skab(run.predictions, predictions_out, alerts_out)
+    typer.echo(json.dumps({"config": run.config.label(), "total": counts(run.total),
+                           "normal_only_far": round(normal.far, 4),
+                           "normal_refitted_far": round(refit.far, 4)}))  # fmt: skip
 
 
 def _cross_validate_nab(data: Path, labels: Path, alerts_out: Path | None) -> None:
