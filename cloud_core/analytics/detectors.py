@@ -113,6 +113,8 @@ class PointScore:
     anomalous: bool
     detector: str  # "robust_z", "jump", "stuck", "forest" or "" when not anomalous
     step_z: float = 0.0
+    sigma: float = 0.0  # the rolling robust scale the z-score used (the normal range is median +- k sigma)
+    margin: float = 0.0  # how far the value lay beyond the long-run envelope, in sigmas (0: not computed)
 
 
 NORMAL = PointScore(0.0, 0.0, False, 0, False, "")
@@ -169,17 +171,20 @@ def envelope(s: list[float], q: float, tail_q: float, margin: float = 0.0) -> tu
 class RobustZ:
     """Rolling-median / IQR z-score gated by the long-run envelope. See the module docstring."""
 
-    __slots__ = ("_cfg", "_hist", "_win", "scale")
+    __slots__ = ("_cfg", "_hist", "_win", "margin", "scale")
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self._cfg = cfg
         self._win = SortedWindow(cfg.window)
         self._hist = SortedWindow(cfg.history)
         self.scale = 0.0  # the rolling robust scale used for the last score
+        self.margin = 0.0  # how far the last value lay beyond the long-run envelope, in rolling sigmas
 
     def update(self, value: float) -> tuple[float, bool]:
-        """Score ``value`` against what came before it, then remember it. Returns (z, novel)."""
+        """Score ``value`` against what came before it, then remember it. Returns (z, novel); the
+        envelope margin is left in ``margin`` (computed for candidates only, else 0)."""
         z, novel = 0.0, False
+        self.margin = 0.0
         win = self._win
         if len(self._hist) >= self._cfg.min_points:
             s = win.sorted
@@ -194,6 +199,7 @@ class RobustZ:
                 lower, upper = envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.novelty_margin)
                 sm = cfg.scale_margin * scale
                 novel = value > upper + sm or value < lower - sm
+                self.margin = max(value - upper, lower - value) / scale
         win.push(value)
         self._hist.push(value)
         return z, novel
@@ -380,12 +386,13 @@ class StreamingDetector:
         sz, jz = self._jump.update(value, gap) if self._jump is not None else (0.0, 0.0)
         score = abs(z) / self._cfg.k
         level = score >= 1.0 and novel
+        rz = self._robust
         if stuck:
-            return PointScore(max(score, 1.0), z, novel, run, True, "stuck", sz)
+            return PointScore(max(score, 1.0), z, novel, run, True, "stuck", sz, rz.scale, rz.margin)
         if level:
-            return PointScore(score, z, novel, run, True, "robust_z", sz)
+            return PointScore(score, z, novel, run, True, "robust_z", sz, rz.scale, rz.margin)
         prev_z, self._prev_z = self._prev_z, z
         recovery = self._cfg.jump_away and abs(prev_z) >= self._cfg.k and abs(z) < abs(prev_z)
         if abs(jz) >= self._cfg.jump_k and not recovery:
-            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump", sz)
-        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "", sz)
+            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump", sz, rz.scale, rz.margin)
+        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "", sz, rz.scale, rz.margin)

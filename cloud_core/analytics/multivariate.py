@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "MultivariateModel",
     "MultivariateStore",
     "Smoother",
+    "device_matrix",
     "device_model_key",
     "fit_model",
 ]
@@ -315,6 +317,17 @@ class DeviceScorer:
         stats = self.model.statistics(x)
         update = self._smoother.update
         return [update(tuple(row)) for row in stats.tolist()]
+
+
+def device_matrix(
+    rows: Sequence[Mapping[str, float]], *, min_share: float = 0.95
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """A device's readings as a matrix: the fields present in at least ``min_share`` of ``rows``
+    (sorted by name), and the rows that carry all of them."""
+    counts = Counter(k for r in rows for k in r)
+    fields = tuple(sorted(f for f, c in counts.items() if c >= min_share * len(rows)))
+    x = np.array([[r[f] for f in fields] for r in rows if all(f in r for f in fields)], np.float64)
+    return fields, x.reshape(-1, len(fields))
 
 
 def device_model_key(device_id: str) -> str:

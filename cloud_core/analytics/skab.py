@@ -147,6 +147,11 @@ class Confusion:
         return cls(int((p & a).sum()), int((p & ~a).sum()), int((~p & a).sum()), int((~p & ~a).sum()))
 
 
+def _columns(f: SkabFile, fields: tuple[str, ...]) -> np.ndarray:
+    """``f``'s readings of ``fields`` (a model may leave fields out: ``min_corr``)."""
+    return f.x[:, [f.fields.index(name) for name in fields]]
+
+
 def predict_file(f: SkabFile, cfg: MultivariateConfig) -> np.ndarray:
     """0/1 per row after the first :data:`FIT_ROWS`: the model fitted on those rows, then every row
     scored in order with :class:`.multivariate.DeviceScorer` (as the worker scores a device)."""
@@ -157,7 +162,7 @@ def predict_file(f: SkabFile, cfg: MultivariateConfig) -> np.ndarray:
     except ModelError as exc:
         raise DatasetError(f"{f.name}: {exc}") from None
     scorer = DeviceScorer(model)
-    scores = scorer.score(f.x)  # the fitting rows too: the smoothing carries over, as live
+    scores = scorer.score(_columns(f, model.fields))  # the fitting rows too: the smoothing carries over, as live
     return (np.asarray(scores[FIT_ROWS:]) >= 1.0).astype(np.int64)
 
 
@@ -203,7 +208,7 @@ def predict_refitted(f: SkabFile, cfg: MultivariateConfig) -> np.ndarray:
         end = starts[i + 1] if i + 1 < len(starts) else len(f.x)
         lo = max(0, start - REFIT_HISTORY)
         model = fit_model("refit", f.fields, f.x[lo:start], cfg)
-        scores = DeviceScorer(model).score(f.x[lo:end])[start - lo :]
+        scores = DeviceScorer(model).score(_columns(f, model.fields)[lo:end])[start - lo :]
         out.extend(1 if s >= 1.0 else 0 for s in scores)
     return np.asarray(out, np.int64)
 
