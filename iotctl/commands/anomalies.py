@@ -1,5 +1,6 @@
-"""``iotctl anomalies``: evaluate the detectors on labelled data (NAB format or a firmware_sim
-scenario) and list stored anomaly episodes."""
+"""``iotctl anomalies``: evaluate the detectors on labelled data (NAB, SKAB or a firmware_sim
+scenario, with cross-validation), list stored anomaly episodes, show one with its explanation,
+label it a true or a false alarm, and report the precision those labels give."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import typer
 
 from ..errors import CliError
 
-app = typer.Typer(no_args_is_help=True, help="List anomaly alerts; evaluate detectors on labelled data.")
+app = typer.Typer(
+    no_args_is_help=True, help="List, show and label anomaly alerts; evaluate detectors on labelled data."
+)
 
 
 def _table(title: str, rows: list[tuple[str, int, int, int, float, float, float]]) -> None:
@@ -77,11 +80,21 @@ def evaluate(
     predictions_out: Path | None = typer.Option(
         None, "--predictions-out", help="SKAB: write one CSV row per predicted reading: file,datetime,predicted."
     ),
+    from_feedback: bool = typer.Option(
+        False, "--from-feedback", help="Precision of the live alerts people labelled, per device type (see --db)."
+    ),
+    db: str | None = typer.Option(
+        None, "--db", envvar="EDU_DB_URL", help="--from-feedback: metadata database (default: the state dir's)."
+    ),
+    hours: float | None = typer.Option(None, "--hours", help="--from-feedback: only episodes of the last hours."),
 ) -> None:
     """Score detectors on labelled data: NAB (event-level metric of issue 7), SKAB (point-wise F1,
     false-alarm and missed-alarm rates) or a firmware_sim scenario (see docs/anomaly.md)."""
     from cloud_core.analytics.errors import AnalyticsError
 
+    if from_feedback:
+        _precision_from_feedback(db, hours)
+        return
     if fmt not in ("nab", "skab"):
         raise CliError(f"unknown --format {fmt!r}: use nab or skab")
     if predictions_out is not None and fmt != "skab":
@@ -320,6 +333,149 @@ def _evaluate_sim(sim_data: Path, sim_labels: Path, alerts_out: Path | None) -> 
             }
         )
     )
+
+
+def _session(db: str | None):  # type: ignore[no-untyped-def]
+    """A session on the metadata database with the analytics tables (one-line errors)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session, SQLModel
+
+    from cloud_core.analytics.models import Anomaly, AnomalyExplanation, AnomalyFeedback
+    from cloud_core.core.db import make_engine
+    from cloud_core.paths import default_db_url
+
+    url = db or default_db_url()
+    try:
+        engine = make_engine(url)
+        tables = [m.__table__ for m in (Anomaly, AnomalyExplanation, AnomalyFeedback)]  # type: ignore[attr-defined]
+        SQLModel.metadata.create_all(engine, tables=tables)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot open {url}: {str(exc).splitlines()[0]}") from None
+    return Session(engine, expire_on_commit=False)
+
+
+def _precision_from_feedback(db: str | None, hours: float | None) -> None:
+    import time
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud_core.analytics.feedback import feedback_precision
+
+    if hours is not None and hours <= 0:
+        raise CliError("--hours must be positive")
+    since = int(time.time() * 1000 - hours * 3_600_000) if hours is not None else None
+    try:
+        with _session(db) as session:
+            rows = feedback_precision(session, since_ms=since)
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot read anomalies: {str(exc).splitlines()[0]} (run 'iotctl db init'?)") from None
+    t = Table(title="precision of live alerts, from people's labels (iotctl anomalies label ID true|false)")
+    for c in ("device type", "episodes", "labelled", "true alarms", "false alarms", "precision"):
+        t.add_column(c, justify="left" if c == "device type" else "right")
+    for r in rows:
+        p = "-" if r.precision is None else f"{r.precision:.3f}"
+        t.add_row(r.device_type, str(r.episodes), str(r.labelled), str(r.true_alarms), str(r.false_alarms), p)
+    Console(width=140).print(t)
+    labelled = sum(r.labelled for r in rows)
+    true = sum(r.true_alarms for r in rows)
+    by_type = {r.device_type: {**asdict(r), "precision": r.precision} for r in rows}
+    for v in by_type.values():
+        del v["device_type"]
+    overall = (true / labelled) if labelled else None
+    typer.echo(json.dumps({"by_device_type": by_type, "labelled": labelled, "precision": overall}))
+
+
+def _fmt_ms(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("show")
+def show(
+    anomaly_id: int = typer.Argument(..., help="The episode's id (iotctl anomalies list)."),
+    db: str | None = typer.Option(
+        None, "--db", envvar="EDU_DB_URL", help="Metadata database URL (default: the state dir's meta.db)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the episode as the API returns it."),
+) -> None:
+    """Show one anomaly episode: what fired, why (the fields that drove it, by how much, the normal
+    range they left), links to the readings around it, and its label."""
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud_core.analytics.errors import AnomalyNotFound
+    from cloud_core.analytics.feedback import anomaly_detail
+
+    try:
+        with _session(db) as session:
+            d = anomaly_detail(session, anomaly_id=anomaly_id)
+    except AnomalyNotFound as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot read anomalies: {str(exc).splitlines()[0]} (run 'iotctl db init'?)") from None
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    what = "all fields together" if d["field"] == "*" else d["field"]
+    typer.echo(f"anomaly {d['id']}: device {d['device_id']}, {what} ({d['detector']}), {d['status']}")
+    typer.echo(f"  from {_fmt_ms(d['start_ms'])} to {_fmt_ms(d['end_ms'])} UTC, {d['count']} anomalous readings, "
+               f"peak score {d['peak_score']:.2f} at {_fmt_ms(d['peak_ms'])}")  # fmt: skip
+    expl = d["explanation"]
+    if expl:
+        typer.echo(f"  why: {expl['summary']}")
+        t = Table()
+        for c in ("field", "value", "expected", "normal range", "share of the score"):
+            t.add_column(c, justify="left" if c == "field" else "right")
+        for f in expl["fields"]:
+            exp = f"{f['expected']:.4g}" if "expected" in f else "-"
+            rng = f"{f['normal_low']:.4g} .. {f['normal_high']:.4g}"
+            t.add_row(f["field"], f"{f['value']:.4g}", exp, rng, f"{100 * f['contribution']:.0f}%")
+        Console(width=140).print(t)
+    else:
+        typer.echo("  why: no explanation stored (an episode from before explanations)")
+    typer.echo("  readings around it:")
+    for name, link in d["links"].items():
+        typer.echo(f"    {name}: {link}")
+    fb = d["feedback"]
+    verdict = "not labelled yet" if fb is None else ("a true alarm" if fb["true_alarm"] else "a false alarm")
+    typer.echo(f"  label: {verdict}" + (f" ({fb['note']})" if fb and fb["note"] else ""))
+
+
+@app.command("label")
+def label(
+    anomaly_id: int = typer.Argument(..., help="The episode's id (iotctl anomalies list)."),
+    verdict: str = typer.Argument(..., help="true (a real problem) or false (a false alarm)."),
+    note: str = typer.Option("", "--note", help="Why, in a few words (kept with the label)."),
+    db: str | None = typer.Option(
+        None, "--db", envvar="EDU_DB_URL", help="Metadata database URL (default: the state dir's meta.db)."
+    ),
+) -> None:
+    """Mark an anomaly episode a true or a false alarm (labelling again replaces the label)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud_core.analytics.errors import AnomalyNotFound
+    from cloud_core.analytics.feedback import label_anomaly
+
+    answers = {"true": True, "false": False, "yes": True, "no": False}
+    if verdict.lower() not in answers:
+        raise CliError(f"the verdict must be true or false, not {verdict!r}")
+    if len(note) > 500:
+        raise CliError("--note is at most 500 characters")
+    try:
+        with _session(db) as session:
+            label_anomaly(session, anomaly_id=anomaly_id, true_alarm=answers[verdict.lower()], note=note, source="cli")
+    except AnomalyNotFound as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot label: {str(exc).splitlines()[0]} (run 'iotctl db init'?)") from None
+    typer.echo(f"anomaly {anomaly_id} labelled a {'true' if answers[verdict.lower()] else 'false'} alarm")
 
 
 @app.command("list")
