@@ -604,9 +604,11 @@ def train(
     max_points: int = typer.Option(200_000, "--max-points", help="At most this many readings read per device."),
     budget_s: float = typer.Option(600.0, "--budget-s", help="Start no new device after this many seconds."),
 ) -> None:
-    """Train a new IsolationForest version per device and field from stored history (bounded)."""
+    """Train a new IsolationForest version per device and field, and a new multivariate model version
+    per device (its fields together), from stored history (bounded)."""
     from cloud_core.analytics.errors import AnalyticsError
     from cloud_core.analytics.forest import ModelStore
+    from cloud_core.analytics.multivariate import MultivariateConfig
     from cloud_core.analytics.retrain import retrain
     from cloud_core.paths import default_tsdb_url
     from cloud_core.tsdb import open_tsdb
@@ -632,7 +634,7 @@ def train(
         try:
             report = retrain(
                 store, ModelStore(models_dir), hours=hours, devices=devices, max_points=max_points,
-                time_budget_s=budget_s,
+                time_budget_s=budget_s, device_models=MultivariateConfig(),
             )  # fmt: skip
         finally:
             store.close()
@@ -640,11 +642,14 @@ def train(
         raise CliError(str(exc).splitlines()[0]) from None
     for m in report.trained:
         typer.echo(f"{m.key} v{m.version}: {m.train_points} readings, {m.train_seconds:.2f} s")
+    for d in report.device_models:
+        typer.echo(f"{d.key} v{d.version} ({d.method}, {', '.join(d.fields)}): {d.train_points} readings")
     typer.echo(
         json.dumps(
             {
                 "trained": len(report.trained),
                 "versions": {m.key: m.version for m in report.trained},
+                "device_versions": {d.key: d.version for d in report.device_models},
                 "skipped": list(report.skipped),
                 "deferred": list(report.deferred),
                 "seconds": round(report.seconds, 3),
