@@ -5,9 +5,10 @@ anomalies into episodes, and for each episode stores an ``anomalies`` row and it
 (:mod:`.explain`), publishes it on the device's alerts topic, counts it in Prometheus and optionally
 POSTs it to a webhook.
 
-Device models learn online: a device's first ``multivariate_warmup`` complete readings (all its
-numeric fields but ``quality_score``) are its normal operation; the model is fitted on them, saved
-as version 1 and scores every later reading. Scheduled retraining fits new versions from stored
+Device models learn online: a device's fields are those of its first reading with at least two
+numeric fields (``quality_score`` aside); its first ``multivariate_warmup`` readings that carry all
+of them are its normal operation; the model is fitted on them, saved as version 1 and scores every
+later reading that carries its fields. Scheduled retraining fits new versions from stored
 history, which are swapped in like the forests.
 
 Stream entries are either one reading (``device_id``, ``sensor_type``, ``ts`` in ms, ``values`` a
@@ -27,6 +28,7 @@ import logging
 import math
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,7 +54,6 @@ from .multivariate import (
     MultivariateConfig,
     MultivariateModel,
     MultivariateStore,
-    device_matrix,
     device_model_key,
     fit_model,
 )
@@ -102,6 +103,37 @@ class _Series:
         self.row_id: int | None = None
 
 
+class _Warmup:
+    """A device's warm-up readings, compactly (8 bytes a value): the fields of its first reading
+    with at least ``min_fields`` of them, and the readings that carry all of those."""
+
+    __slots__ = ("fields", "n", "values")
+
+    def __init__(self) -> None:
+        self.fields: tuple[str, ...] | None = None
+        self.values = array("d")
+        self.n = 0
+
+    def add(self, row: dict[str, float], min_fields: int) -> None:
+        if self.fields is None:
+            if len(row) < min_fields:
+                return
+            self.fields = tuple(sorted(row))
+        if all(f in row for f in self.fields):
+            self.values.extend(row[f] for f in self.fields)
+            self.n += 1
+
+    def matrix(self) -> np.ndarray:
+        assert self.fields is not None
+        return np.frombuffer(self.values, np.float64).reshape(self.n, len(self.fields)).copy()
+
+    def forget_oldest_half(self) -> None:
+        assert self.fields is not None
+        keep = self.n - self.n // 2
+        del self.values[: (self.n - keep) * len(self.fields)]
+        self.n = keep
+
+
 class _Device:
     """One device's multivariate state: its warm-up readings until a model exists, then the scorer."""
 
@@ -111,7 +143,7 @@ class _Device:
         self.scorer = scorer
         self.tracker = tracker
         self.sensor_type = sensor_type
-        self.warmup: list[dict[str, float]] = []
+        self.warmup = _Warmup()
         self.last_ts = -1
         self.row_id: int | None = None
 
@@ -246,23 +278,23 @@ class AnalyticsWorker:
 
     def _fit_device(self, device: str, state: _Device) -> None:
         """Fit the device's first model on its warm-up readings (and save it as the next version)."""
-        assert self._mv_cfg is not None
-        fields, x = device_matrix(state.warmup)
+        assert self._mv_cfg is not None and state.warmup.fields is not None
+        fields, x = state.warmup.fields, state.warmup.matrix()
         key = device_model_key(device)
         version = self._mv_store.next_version(key) if self._mv_store is not None else 1
         try:
             model = fit_model(key, fields, x, self._mv_cfg, version=version)
         except ModelError as exc:
-            # too few fields (a single-sensor device) or unusable readings: keep learning, bounded
+            # unusable readings (not finite, too few): keep learning, bounded
             log.info("no device model yet: %s", exc, extra={"device_id": device})
-            del state.warmup[: len(state.warmup) // 2]
+            state.warmup.forget_oldest_half()
             return
         if self._mv_store is not None:
             try:
                 self._mv_store.save_model(model)
             except (OSError, ModelError) as exc:
                 log.warning("saving device model failed: %s", exc, extra={"device_id": device})
-        state.scorer, state.warmup = DeviceScorer(model), []
+        state.scorer, state.warmup = DeviceScorer(model), _Warmup()
         log.info("device model fitted", extra={"device_id": device, "fields": list(fields), "version": version})
 
     def _score_device(
@@ -281,12 +313,16 @@ class AnalyticsWorker:
             return
         state.last_ts = rows[-1][0]
         key = (device, DEVICE_FIELD)
-        while rows and state.scorer is None:  # warm-up: the first readings are the device's normal
-            take = self._mv_cfg.warmup - len(state.warmup)
-            state.warmup.extend(r for _, r in rows[:take])
-            rows = rows[take:]
-            if len(state.warmup) >= self._mv_cfg.warmup:
-                self._fit_device(device, state)
+        if state.scorer is None:  # warm-up: the first readings are the device's normal operation
+            for i, (_, r) in enumerate(rows):
+                state.warmup.add(r, self._mv_cfg.min_fields)
+                if state.warmup.n >= self._mv_cfg.warmup:
+                    self._fit_device(device, state)
+                    if state.scorer is not None:
+                        rows = rows[i + 1 :]
+                        break
+            else:
+                return
         if not rows or state.scorer is None:
             return
         model = state.scorer.model
