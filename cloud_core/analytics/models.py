@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel
 
 from ..models import utcnow
 
-__all__ = ["DEVICE_FIELD", "Anomaly", "AnomalyExplanation", "AnomalyFeedback", "AnomalyPublic"]
+__all__ = ["DEVICE_FIELD", "TABLES", "Anomaly", "AnomalyExplanation", "AnomalyFeedback", "AnomalyPublic"]
 
 DEVICE_FIELD = "*"
 """The ``field`` of an episode of the multivariate model: the device's fields together."""
@@ -73,3 +73,7 @@ class AnomalyFeedback(SQLModel, table=True):
     note: str = Field(default="", max_length=500)
     source: str = Field(default="", max_length=16, description="Where the label came from: api | cli.")
     labelled_at: datetime = Field(default_factory=utcnow)
+
+
+TABLES = [Anomaly.__table__, AnomalyExplanation.__table__, AnomalyFeedback.__table__]  # type: ignore[attr-defined]
+"""The analytics tables, for ``SQLModel.metadata.create_all(engine, tables=TABLES)``."""

@@ -345,11 +345,10 @@ class MultivariateStore(ModelStore):
         d.mkdir(parents=True, exist_ok=True)
         v = model.meta.version
         path = d / f"v{v}.npz"
+        parts = {"mean": model.mean, "scale": model.scale, "low": model.low, "high": model.high,
+                 "thresholds": model.thresholds, **{f"a_{k}": a for k, a in model.arrays.items()}}  # fmt: skip
         with path.open("wb") as fh:
-            np.savez(
-                fh, mean=model.mean, scale=model.scale, low=model.low, high=model.high,
-                thresholds=model.thresholds, **{f"a_{k}": a for k, a in model.arrays.items()},
-            )  # fmt: skip
+            np.savez(fh, **parts)  # type: ignore[arg-type]  # numpy's stub types the keyword arrays as allow_pickle
         meta = {**asdict(model.meta), "smooth": model.smooth}
         tmp = d / f".v{v}.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))

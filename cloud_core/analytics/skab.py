@@ -286,7 +286,8 @@ def cross_validate_skab(
     }
 
     def held_out(cands: tuple[MultivariateConfig, ...]) -> tuple[Confusion, dict[str, str], list[tuple[str, str, int]]]:
-        total, picks, rows = Confusion(), {}, []
+        total, picks = Confusion(), {}
+        rows: list[tuple[str, str, int]] = []
         for f in labelled:
             train = {c: sum((v for k, v in conf[c].items() if k != f.name), Confusion()) for c in cands}
             c = choose(cands, train)

@@ -48,7 +48,7 @@ from .episodes import Episode, EpisodeTracker
 from .errors import ModelError
 from .explain import device_explanation, field_explanation
 from .forest import ModelStore
-from .models import DEVICE_FIELD, Anomaly, AnomalyExplanation, AnomalyFeedback
+from .models import DEVICE_FIELD, TABLES, Anomaly, AnomalyExplanation
 from .multivariate import (
     DeviceScorer,
     MultivariateConfig,
@@ -510,8 +510,7 @@ class AnalyticsWorker:
     def ensure_group(self) -> None:
         """Create the consumer group and the analytics tables, when missing (idempotent)."""
         self._cache.ensure_group(self._s.stream, self._s.group, start="0")
-        tables = [m.__table__ for m in (Anomaly, AnomalyExplanation, AnomalyFeedback)]  # type: ignore[attr-defined]
-        SQLModel.metadata.create_all(self._engine, tables=tables)
+        SQLModel.metadata.create_all(self._engine, tables=TABLES)
 
     def poll(self, block_ms: int | None = None) -> int:
         """Read (own pending entries first, after a restart; then entries a dead consumer left

@@ -340,15 +340,14 @@ def _session(db: str | None):  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session, SQLModel
 
-    from cloud_core.analytics.models import Anomaly, AnomalyExplanation, AnomalyFeedback
+    from cloud_core.analytics.models import TABLES
     from cloud_core.core.db import make_engine
     from cloud_core.paths import default_db_url
 
     url = db or default_db_url()
     try:
         engine = make_engine(url)
-        tables = [m.__table__ for m in (Anomaly, AnomalyExplanation, AnomalyFeedback)]  # type: ignore[attr-defined]
-        SQLModel.metadata.create_all(engine, tables=tables)
+        SQLModel.metadata.create_all(engine, tables=TABLES)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except SQLAlchemyError as exc:
