@@ -28,7 +28,7 @@ from cloud_core.core.db import create_all, make_engine, session_scope
 from cloud_core.models import Device
 from cloud_core.tsdb import open_tsdb
 from cloud_core.tsdb.base import Point
-from iot_testing import wait_for
+from iot_testing import unique_name, wait_for
 from iotctl.main import app
 
 T0 = 1_700_000_000_000
@@ -43,7 +43,7 @@ def _episodes(db_url: str, tsdb_url: str | None = None) -> dict[str, int]:
     create_all(engine)
     with session_scope(engine) as s:
         s.add(Device(id="wx-1", device_type="weather", public_key="k" * 44))
-    cache = open_cache("memory://")
+    cache = open_cache(f"memory://{unique_name('fb')}")  # a stream of its own: memory:// is per process
     settings = AnalyticsSettings(consumer="w", block_ms=0, cooldown_s=600)
     worker = AnalyticsWorker(settings, cache, engine)
     worker.ensure_group()
