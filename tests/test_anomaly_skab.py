@@ -56,7 +56,7 @@ def _fingerprint(files: list[SkabFile]) -> str:
 
 @pytest.fixture(scope="module")
 def cv(files: list[SkabFile], request: pytest.FixtureRequest) -> SkabCv:
-    """The cross-validation over the 88 candidates (about a minute of CPU): the candidates'
+    """The cross-validation over the 88 candidates (about 11 s of CPU): the candidates'
     predictions are kept in pytest's cache under a fingerprint of the code and data (any change to
     either recomputes them)."""
     key = f"edu/skab-cv/{_fingerprint(files)}"

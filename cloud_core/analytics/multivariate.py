@@ -34,7 +34,7 @@ import json
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ __all__ = [
     "device_matrix",
     "device_model_key",
     "fit_model",
+    "fit_statistics",
+    "with_threshold",
 ]
 
 METHODS = ("pca", "mset", "iforest")
@@ -248,6 +250,28 @@ def fit_model(
         ModelError: an unknown method, fewer than ``min_fields`` fields, or too few rows.
     """
     cfg = cfg or MultivariateConfig()
+    model, calib = fit_statistics(key, fields, x, cfg, version=version)
+    return with_threshold(model, calib, cfg)
+
+
+def with_threshold(model: MultivariateModel, calib: np.ndarray, cfg: MultivariateConfig) -> MultivariateModel:
+    """``model`` with the threshold and smoothing of ``cfg`` (``threshold_q``, ``factor``, ``smooth``),
+    from ``calib``, the raw statistics of its calibration rows (:func:`fit_statistics`)."""
+    quantile = np.quantile(_smoothed(calib, cfg.smooth), cfg.threshold_q, axis=0)
+    meta = replace(model.meta, config=asdict(cfg))
+    return replace(model, meta=meta, thresholds=np.maximum(quantile * cfg.factor, 1e-12), smooth=cfg.smooth)
+
+
+def fit_statistics(
+    key: str, fields: tuple[str, ...], x: np.ndarray, cfg: MultivariateConfig, *, version: int = 1
+) -> tuple[MultivariateModel, np.ndarray]:
+    """The fitted model before its threshold, and the raw statistics of its calibration rows (the
+    fitting rows; MSET's odd rows). What is fitted depends on ``method``, ``rel_floor``,
+    ``explained``, ``memory`` and ``bandwidth`` only.
+
+    Raises:
+        ModelError: as :func:`fit_model`.
+    """
     x = np.asarray(x, np.float64)
     if cfg.method not in METHODS:
         raise ModelError(f"unknown multivariate method {cfg.method!r}: use one of {', '.join(METHODS)}", key=key)
@@ -294,12 +318,10 @@ def fit_model(
         resid = calib - model._estimate(calib)
         arrays["residual_scale"] = np.maximum(resid.std(0), 1e-3)
     stats = model.statistics(mean + scale * calib)
-    quantile = np.quantile(_smoothed(stats, cfg.smooth), cfg.threshold_q, axis=0)
-    model.thresholds = np.maximum(quantile * cfg.factor, 1e-12)
     model.meta = ModelMeta(
         key, version, cfg.method, tuple(fields), meta.trained_at_ms, n, time.perf_counter() - started, asdict(cfg)
     )
-    return model
+    return model, stats
 
 
 class DeviceScorer:
@@ -314,7 +336,10 @@ class DeviceScorer:
 
     def score(self, x: np.ndarray) -> list[float]:
         """Scores of the rows of ``x`` (fields in the model's order), each from that row and earlier ones."""
-        stats = self.model.statistics(x)
+        return self.score_statistics(self.model.statistics(x))
+
+    def score_statistics(self, stats: np.ndarray) -> list[float]:
+        """Scores from the model's raw statistics of readings (:meth:`MultivariateModel.statistics`)."""
         update = self._smoother.update
         return [update(tuple(row)) for row in stats.tolist()]
 

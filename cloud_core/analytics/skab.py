@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, ModelError
-from .multivariate import MultivariateConfig, fit_model
+from .multivariate import MultivariateConfig, MultivariateModel, fit_model
 
 __all__ = [
     "FAR_BUDGET",
@@ -147,6 +147,10 @@ class Confusion:
         return cls(int((p & a).sum()), int((p & ~a).sum()), int((~p & a).sum()), int((~p & ~a).sum()))
 
 
+def _model_key(f: SkabFile) -> str:
+    return f.name.replace("/", "_")[:100] or "skab"
+
+
 def _columns(f: SkabFile, fields: tuple[str, ...]) -> np.ndarray:
     """``f``'s readings of ``fields`` (a model may leave fields out: ``min_corr``)."""
     return f.x[:, [f.fields.index(name) for name in fields]]
@@ -158,7 +162,7 @@ def predict_file(f: SkabFile, cfg: MultivariateConfig) -> np.ndarray:
     from .multivariate import DeviceScorer
 
     try:
-        model = fit_model(f.name.replace("/", "_")[:100] or "skab", f.fields, f.x[:FIT_ROWS], cfg)
+        model = fit_model(_model_key(f), f.fields, f.x[:FIT_ROWS], cfg)
     except ModelError as exc:
         raise DatasetError(f"{f.name}: {exc}") from None
     scorer = DeviceScorer(model)
@@ -267,8 +271,28 @@ Predictions = dict[MultivariateConfig, dict[str, np.ndarray]]
 
 
 def grid_predictions(files: Sequence[SkabFile], grid: Sequence[MultivariateConfig] = GRID) -> Predictions:
-    """What each candidate predicts on each labelled file (most of the cross-validation's cost)."""
-    return {c: {f.name: predict_file(f, c) for f in files if f.y is not None} for c in grid}
+    """What each candidate predicts on each labelled file (most of the cross-validation's cost):
+    :func:`predict_file`'s result, with each fitted model and its statistics computed once for the
+    candidates that differ only in their threshold and smoothing."""
+    from .multivariate import DeviceScorer, fit_statistics, with_threshold
+
+    out: Predictions = {c: {} for c in grid}
+    for f in files:
+        if f.y is None:
+            continue
+        fitted: dict[tuple[object, ...], tuple[MultivariateModel, np.ndarray, np.ndarray]] = {}
+        for c in grid:
+            base = (c.method, c.rel_floor, c.explained, c.memory, c.bandwidth)
+            if base not in fitted:
+                try:
+                    model, calib = fit_statistics(_model_key(f), f.fields, f.x[:FIT_ROWS], c)
+                except ModelError as exc:
+                    raise DatasetError(f"{f.name}: {exc}") from None
+                fitted[base] = (model, calib, model.statistics(_columns(f, model.fields)))
+            model, calib, stats = fitted[base]
+            scores = DeviceScorer(with_threshold(model, calib, c)).score_statistics(stats)
+            out[c][f.name] = (np.asarray(scores[FIT_ROWS:]) >= 1.0).astype(np.int64)
+    return out
 
 
 def cross_validate_skab(
