@@ -7,7 +7,11 @@ Kinds, by category (the label ``kind`` is the name below):
   ``spike`` (add ``magnitude``), ``drift`` (add ``magnitude`` per simulated hour since the start),
   ``stuck`` (repeat the first value of the window), ``dropout`` (no reading: the sensor raises
   :class:`~edge_agent.sensors.base.SensorError` with flag ``dropout``), ``noise_burst`` (add
-  Gaussian noise of standard deviation ``magnitude``);
+  Gaussian noise of standard deviation ``magnitude``), ``decouple`` (the field reports what its
+  physics gives ``magnitude`` hours later, default 12, reached over the window's first
+  :data:`DECOUPLE_RAMP_MS` and undone over its last, so there is no step: every value is one the
+  field really takes, but its relation to the other fields breaks, e.g. humidity high while the
+  temperature is high; only for :data:`~firmware_sim.physics.TIME_FUNCTIONS` fields);
 - device: ``reboot`` (silent for the window, then a new MQTT session; the durable buffer keeps
   what was not yet receipted), ``clock_skew`` (timestamps shifted by ``magnitude`` seconds during
   the window), ``battery_death`` (battery reads 0 and the device stops until the window ends, i.e.
@@ -25,10 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .physics import clamp_field, normal
+from .physics import TIME_FUNCTIONS, DevicePhysics, clamp_field, normal
 
 __all__ = [
     "ATTACK_KINDS",
+    "DECOUPLE_RAMP_MS",
     "DEFAULT_MAGNITUDE",
     "DEVICE_FAULTS",
     "NETWORK_FAULTS",
@@ -38,7 +43,7 @@ __all__ = [
     "category_of",
 ]
 
-SENSOR_FAULTS = frozenset({"spike", "drift", "stuck", "dropout", "noise_burst"})
+SENSOR_FAULTS = frozenset({"spike", "drift", "stuck", "dropout", "noise_burst", "decouple"})
 DEVICE_FAULTS = frozenset({"reboot", "clock_skew", "battery_death"})
 NETWORK_FAULTS = frozenset({"offline"})
 ATTACK_KINDS = frozenset(
@@ -80,7 +85,12 @@ DEFAULT_MAGNITUDE: dict[str, dict[str, float]] = {
     # seconds ahead; within the bridge's default 300 s future tolerance, so the readings are stored
     # (mis-stamped); beyond it the bridge rejects them as future_timestamp.
     "clock_skew": {"": 120.3},
+    # hours: half a day puts a daily cycle in opposite phase to the fields it depends on
+    "decouple": dict.fromkeys(sorted(TIME_FUNCTIONS), 12.0),
 }
+
+DECOUPLE_RAMP_MS = 3_600_000
+"""A ``decouple`` fault reaches its full time shift over this long (no step in the field)."""
 
 
 def category_of(kind: str) -> str:
@@ -127,14 +137,20 @@ class DropoutError(Exception):
 class SensorFaultInjector:
     """Applies a device's sensor faults to true values at a time. Deterministic given the seed."""
 
-    def __init__(self, seed: int, faults: list[FaultSpec] | None = None) -> None:
+    def __init__(
+        self, seed: int, faults: list[FaultSpec] | None = None, *, physics: DevicePhysics | None = None
+    ) -> None:
+        """``physics``: the device's world, which a ``decouple`` fault samples at another time."""
         self.seed = seed
+        self.physics = physics
         self.faults: list[FaultSpec] = sorted(faults or [], key=lambda f: f.start_ms)
         self._stuck: dict[tuple[int, str], float] = {}
 
     def add(self, fault: FaultSpec) -> None:
         if fault.kind not in SENSOR_FAULTS:
             raise ValueError(f"{fault.kind!r} is not a sensor fault")
+        if fault.kind == "decouple" and (self.physics is None or fault.field not in TIME_FUNCTIONS):
+            raise ValueError(f"decouple needs the device's physics and one of {', '.join(sorted(TIME_FUNCTIONS))}")
         self.faults.append(fault)
         self.faults.sort(key=lambda f: f.start_ms)
 
@@ -163,6 +179,10 @@ class SensorFaultInjector:
                     v += mag * (t_ms - f.start_ms) / 3_600_000
                 elif f.kind == "stuck":
                     v = self._stuck.setdefault((i, name), v)
+                elif f.kind == "decouple" and self.physics is not None:
+                    ramp = min(1.0, (t_ms - f.start_ms) / DECOUPLE_RAMP_MS, (f.end_ms - t_ms) / DECOUPLE_RAMP_MS)
+                    lag_ms = f.effective_magnitude() * 3_600_000 * ramp
+                    v = self.physics.sample(t_ms + int(lag_ms), (name,))[name]
                 elif f.kind == "noise_burst":
                     mag = (
                         f.magnitude

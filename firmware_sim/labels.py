@@ -6,7 +6,7 @@ the event is not about one sensor field. The JSONL twin carries the same rows pl
 (sensor | device | network | attack), ``start_ms``/``end_ms``, ``params`` and, for attacks, the
 ``expected`` bridge outcome (a dead-letter reason, or ``duplicate``).
 
-A sensor fault that changes values (``spike``, ``drift``, ``stuck``, ``noise_burst``:
+A sensor fault that changes values (``spike``, ``drift``, ``stuck``, ``noise_burst``, ``decouple``:
 :data:`EFFECT_END_KINDS`) is labelled up to and including the first reading after it ends: its
 effect on the data includes the step back to the true value at that reading (a stuck value or a
 drift released), so the label's ``end`` is the fault's end plus one sampling interval of the device
@@ -40,7 +40,7 @@ __all__ = [
 
 CSV_HEADER = ("device_id", "start", "end", "kind", "field")
 
-EFFECT_END_KINDS = frozenset({"spike", "drift", "stuck", "noise_burst"})
+EFFECT_END_KINDS = frozenset({"spike", "drift", "stuck", "noise_burst", "decouple"})
 """Sensor faults whose end shows in the data: the next reading steps back to the true value."""
 
 

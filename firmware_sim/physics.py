@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 
 from iot_protocol import FIELD_RANGES
 
-__all__ = ["FIELDS", "PROFILES", "DevicePhysics", "Profile", "clamp_field", "hash01", "normal", "smooth"]
+__all__ = [
+    "FIELDS",
+    "PROFILES",
+    "TIME_FUNCTIONS",
+    "DevicePhysics",
+    "Profile",
+    "clamp_field",
+    "hash01",
+    "normal",
+    "smooth",
+]
 
 _MASK = (1 << 64) - 1
 _HOUR_MS = 3_600_000
@@ -243,3 +253,7 @@ _FIELD_GETTERS = {
     "signal_strength": DevicePhysics.signal_strength,
 }
 FIELDS: tuple[str, ...] = tuple(_FIELD_GETTERS)
+
+TIME_FUNCTIONS: frozenset[str] = frozenset({"temperature", "humidity", "pressure", "signal_strength"})
+"""Fields whose value is a pure function of the time: any time may be sampled, in any order (the
+battery is integrated forward from the start, so it is not one of them)."""

@@ -32,7 +32,8 @@ or a number of seconds; times inside the run are offsets from ``simulation.start
     at = "1h30m"
     duration = "0s"                 # 0: one sampling interval (a single reading for sensor faults)
     field = "temperature"           # sensor faults: the field hit ("" = every field)
-    magnitude = 12.0                # per kind: spike/drift(per hour)/noise sd in field units; skew in s
+    magnitude = 12.0                # per kind: spike/drift(per hour)/noise sd in field units; skew in s;
+                                    # decouple: hours the field runs ahead of the others
     count = 1                       # flood: batches sent; oversized/replayed: messages
 
     [[random_events]]               # events at a random rate, per device
@@ -62,7 +63,7 @@ from iot_protocol import validate_device_id
 
 from .errors import ScenarioError
 from .faults import ATTACK_KINDS, DEVICE_FAULTS, NETWORK_FAULTS, SENSOR_FAULTS, FaultSpec
-from .physics import FIELDS, PROFILES, Profile, hash01
+from .physics import FIELDS, PROFILES, TIME_FUNCTIONS, Profile, hash01
 
 __all__ = [
     "DeviceGroup",
@@ -200,6 +201,8 @@ class _EventBase(_Model):
             raise ValueError(f"field {self.field!r} is not one of {', '.join(FIELDS)}")
         if self.field and self.kind not in SENSOR_FAULTS:
             raise ValueError(f"field is only for sensor faults, not {self.kind!r}")
+        if self.kind == "decouple" and self.field not in TIME_FUNCTIONS:
+            raise ValueError(f"decouple needs field = one of {', '.join(sorted(TIME_FUNCTIONS))}")
         return self
 
 

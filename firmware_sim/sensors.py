@@ -33,7 +33,7 @@ class ModelledSensor(Sensor):
         self.physics = physics
         self.sensor_type = sensor_type
         self.fields = tuple(fields)
-        self.faults = faults if faults is not None else SensorFaultInjector(physics.seed)
+        self.faults = faults if faults is not None else SensorFaultInjector(physics.seed, physics=physics)
         self.time_source = time_source
         self.dead = False  # battery death: every read fails
 
@@ -47,7 +47,7 @@ class ModelledSensor(Sensor):
             physics,
             sensor_type=g.sensor_type,
             fields=g.fields,
-            faults=SensorFaultInjector(dev.seed),
+            faults=SensorFaultInjector(dev.seed, physics=physics),
             time_source=time_source,
         )
 

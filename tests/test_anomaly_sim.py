@@ -35,14 +35,10 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[ty
     return json.loads(ev.output.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_spikes_and_stuck_values_are_found(scored: dict) -> None:  # type: ignore[type-arg]
-    assert scored["recall_by_kind"]["spike"] >= 0.9
-    assert scored["recall_by_kind"]["stuck"] >= 0.9
-    assert scored["recall_by_kind"]["dropout"] == 1.0  # quality-0 points
-
-
-def test_precision_at_least_080(scored: dict) -> None:  # type: ignore[type-arg]
-    assert scored["precision"] >= 0.8
+def test_the_figures_docs_anomaly_md_reports(scored: dict) -> None:  # type: ignore[type-arg]
+    """Exactly (the simulation and the detectors are deterministic): 23 of 26 windows, 3 false positives."""
+    assert scored["recall_by_kind"] == {"drift": 0.25, "dropout": 1.0, "spike": 1.0, "stuck": 1.0}
+    assert (scored["precision"], scored["recall"], scored["f1"]) == (0.8846, 0.8846, 0.8846)
 
 
 def test_offline_rows_are_what_a_live_device_stores() -> None:

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 
+from cloud_core.analytics.models import Anomaly
 from cloud_core.api.deps import Requirement, api_routes, declared_requirement
 from cloud_core.core.config import CloudSettings
+from cloud_core.core.db import make_engine
 from cloud_core.testing import RunningApi, running_api
 from iot_protocol import generate_private_key, public_key_b64
 
@@ -74,6 +77,7 @@ class World:
     devices: dict[str, str]  # dev1.. -> real id
     classes: dict[str, int]  # A, B -> id
     users: dict[str, int]
+    anomalies: dict[str, int]  # dev1.. -> the id of an anomaly episode of that device
     counter: Iterator[int] = field(default_factory=itertools.count)
 
     def unique(self, stem: str) -> str:
@@ -127,7 +131,20 @@ def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[
         )
         assert key.status_code == 201, key.text
         tokens["devkey"] = key.json()["key"]
-        yield World(api, tokens, devices, {"A": class_a, "B": class_b}, users)
+        anomalies = {}
+        engine = make_engine(settings.db_url)
+        with Session(engine) as session:  # what the analytics worker writes: one episode per device
+            for dev, device_id in devices.items():
+                row = Anomaly(
+                    device_id=device_id, field="temperature", detector="robust_z", start_ms=1_000, end_ms=2_000,
+                    peak_ms=1_500, peak_score=2.0, values=[40.0],
+                )  # fmt: skip
+                session.add(row)
+                session.commit()
+                assert row.id is not None
+                anomalies[dev] = row.id
+        engine.dispose()
+        yield World(api, tokens, devices, {"A": class_a, "B": class_b}, users, anomalies)
 
 
 # ---- sample requests: (method, path) -> build(world, principal, target) -> (path, kwargs, success status) ----
@@ -299,6 +316,19 @@ SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
         lambda w, who, t: ("/v1/analytics/summary", {"params": {"device_id": w.devices[t]}}, 200),
     ),
     ("GET", "/v1/analytics/anomalies"): (None, lambda w, who, t: ("/v1/analytics/anomalies", {}, 200)),
+    ("GET", "/v1/analytics/anomalies/{anomaly_id}"): (
+        D,
+        lambda w, who, t: (f"/v1/analytics/anomalies/{w.anomalies[t]}", {}, 200),
+    ),
+    ("GET", "/v1/analytics/anomalies/{anomaly_id}/readings"): (
+        D,
+        lambda w, who, t: (f"/v1/analytics/anomalies/{w.anomalies[t]}/readings", {}, 200),
+    ),
+    ("POST", "/v1/analytics/anomalies/{anomaly_id}/label"): (
+        D,
+        lambda w, who, t: (f"/v1/analytics/anomalies/{w.anomalies[t]}/label", {"json": {"true_alarm": False}}, 200),
+    ),
+    ("GET", "/v1/analytics/feedback"): (None, lambda w, who, t: ("/v1/analytics/feedback", {}, 200)),
     ("POST", "/v1/devices/{device_id}/rotate"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/rotate", {}, 200)),
     # Last: a deactivated device refuses new configs.
     ("POST", "/v1/devices/{device_id}/deactivate"): (
@@ -360,7 +390,7 @@ def test_the_authorisation_matrix(world: World) -> None:
         targets = ["dev1", "dev2", "dev3"] if scope == D else ["A", "B"] if scope == C else ["-"]
         for who, target in itertools.product(ROLES, targets):
             url, kw, success = build(world, who, target)
-            want = expected(req, who, scope if req.device or req.klass else None, target, success)
+            want = expected(req, who, scope if req.device or req.anomaly or req.klass else None, target, success)
             if req.permission is not None and ROLES[who] is None:
                 want = 401
             r = world.call(who, method, url, **kw)

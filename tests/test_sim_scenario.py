@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,11 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "firmware_sim" / "scenarios"
             "random_events.0.rate_per_day",
         ),
         ({"devices": [{}], "events": [{"kind": "spike", "device": "nobody-*", "at": 0}]}, "events.0.device"),
+        ({"devices": [{}], "events": [{"kind": "decouple", "device": "*", "at": 0}]}, "events.0"),
+        (
+            {"devices": [{}], "events": [{"kind": "decouple", "device": "*", "at": 0, "field": "battery_level"}]},
+            "events.0",
+        ),
     ],
 )
 def test_scenario_errors_name_the_field(data: dict, field: str) -> None:
@@ -126,6 +132,25 @@ def test_sensor_faults_change_values_as_labelled() -> None:
         for i in range(200)
     ]
     assert 3.0 < (sum(d * d for d in deltas) / len(deltas)) ** 0.5 < 7.0
+
+
+def test_decouple_breaks_the_relation_with_values_the_field_really_takes() -> None:
+    """Humidity runs 12 hours ahead of the temperature: reached over the first hour, undone over the
+    last, so no reading steps; inside, each value is what humidity really reads 12 hours later."""
+    physics = DevicePhysics(4, START)
+    inj = SensorFaultInjector(4, physics=physics)
+    sensor = ModelledSensor(physics, faults=inj)
+    hour = 3_600_000
+    inj.add(FaultSpec("decouple", "d", START, START + 6 * hour, "humidity"))
+    got = [sensor.read(START + i * 60_000).values["humidity"] for i in range(6 * 60 + 1)]
+    assert got[0] == round(physics.humidity(START), 3)  # the ramp starts at no shift
+    assert got[180] == round(physics.humidity(START + 3 * hour + 12 * hour), 3)  # fully shifted
+    assert got[-1] == round(physics.humidity(START + 6 * hour), 3)  # back, without a step
+    steps = [abs(b - a) for a, b in itertools.pairwise(got)]
+    assert max(steps) < 5.0  # the ramp moves humidity faster than the weather, but never in one jump
+    assert sensor.read(START + 3 * hour).values["temperature"] == round(physics.temperature(START + 3 * hour), 3)
+    with pytest.raises(ValueError, match="decouple needs"):
+        SensorFaultInjector(4).add(FaultSpec("decouple", "d", START, START + hour, "humidity"))  # no physics
 
 
 def test_faulted_values_stay_in_the_contract_ranges() -> None:

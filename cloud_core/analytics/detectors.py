@@ -74,6 +74,10 @@ class DetectorConfig:
         jump_trend: a step that differs from the previous step by less than this fraction of
             itself continues a movement already under way (a battery charging ever faster), so it
             is not a jump. 0 turns this off.
+        record_window: the record gate (:mod:`.rarity`): an alert needs a level deviation |z| of at
+            least ``record_factor`` x the largest |z| of the series' previous ``record_window``
+            readings. 0 turns the gate off. Chosen by cross-validation across NAB's categories.
+        record_factor: see ``record_window``.
     """
 
     window: int = 288
@@ -93,18 +97,24 @@ class DetectorConfig:
     scale_margin: float = 1.0
     gap_factor: float = 2.0
     jump_trend: float = 0.5
+    record_window: int = 8064
+    record_factor: float = 0.8
 
 
 @dataclass(frozen=True, slots=True)
 class PointScore:
-    """How one reading scored. ``score`` is in units of the threshold: >= 1 is anomalous."""
+    """How one reading scored. ``score`` is in units of the threshold: >= 1 is anomalous. ``z`` is
+    the level's robust z-score, ``step_z`` the step's (from the previous reading; 0 without one)."""
 
     score: float
     z: float
     novel: bool
     stuck_run: int
     anomalous: bool
-    detector: str  # "robust_z", "stuck" or "" when not anomalous
+    detector: str  # "robust_z", "jump", "stuck", "forest" or "" when not anomalous
+    step_z: float = 0.0
+    sigma: float = 0.0  # the rolling robust scale the z-score used (the normal range is median +- k sigma)
+    margin: float = 0.0  # how far the value lay beyond the long-run envelope, in sigmas (0: not computed)
 
 
 NORMAL = PointScore(0.0, 0.0, False, 0, False, "")
@@ -161,17 +171,20 @@ def envelope(s: list[float], q: float, tail_q: float, margin: float = 0.0) -> tu
 class RobustZ:
     """Rolling-median / IQR z-score gated by the long-run envelope. See the module docstring."""
 
-    __slots__ = ("_cfg", "_hist", "_win", "scale")
+    __slots__ = ("_cfg", "_hist", "_win", "margin", "scale")
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self._cfg = cfg
         self._win = SortedWindow(cfg.window)
         self._hist = SortedWindow(cfg.history)
         self.scale = 0.0  # the rolling robust scale used for the last score
+        self.margin = 0.0  # how far the last value lay beyond the long-run envelope, in rolling sigmas
 
     def update(self, value: float) -> tuple[float, bool]:
-        """Score ``value`` against what came before it, then remember it. Returns (z, novel)."""
+        """Score ``value`` against what came before it, then remember it. Returns (z, novel); the
+        envelope margin is left in ``margin`` (computed for candidates only, else 0)."""
         z, novel = 0.0, False
+        self.margin = 0.0
         win = self._win
         if len(self._hist) >= self._cfg.min_points:
             s = win.sorted
@@ -186,6 +199,7 @@ class RobustZ:
                 lower, upper = envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.novelty_margin)
                 sm = cfg.scale_margin * scale
                 novel = value > upper + sm or value < lower - sm
+                self.margin = max(value - upper, lower - value) / scale
         win.push(value)
         self._hist.push(value)
         return z, novel
@@ -302,22 +316,22 @@ class Jump:
         self._last: float | None = None
         self._last_d: float | None = None
 
-    def update(self, value: float, gap: bool = False) -> float:
-        """Returns the step's z-score when the step is novel, else 0. After a ``gap`` in time the
-        step is neither judged nor learnt."""
+    def update(self, value: float, gap: bool = False) -> tuple[float, float]:
+        """Returns (the step's z-score, the same when the step is a jump else 0). After a ``gap`` in
+        time the step is neither judged nor learnt."""
         last, self._last = self._last, value
         if last is None or gap:
             self._last_d = None
-            return 0.0
+            return 0.0, 0.0
         d = value - last
         last_d, self._last_d = self._last_d, d
-        z = 0.0
+        raw = z = 0.0
         if len(self._hist) >= self._cfg.min_points:
             s = self._win.sorted
             median = s[len(s) // 2]
             scale = self._win.robust_scale()
             floor = 1e-9 * (1.0 + abs(median))
-            z = (d - median) / (scale if scale > floor else floor)
+            raw = z = (d - median) / (scale if scale > floor else floor)
             if abs(z) >= self._cfg.jump_k:
                 cfg = self._cfg
                 seen = abs(d) <= envelope(self._hist.sorted, cfg.envelope_q, cfg.tail_q, cfg.jump_margin)[1]
@@ -328,7 +342,7 @@ class Jump:
                 z = 0.0
         self._win.push(d)
         self._hist.push(abs(d))
-        return z
+        return raw, z
 
 
 class StreamingDetector:
@@ -369,15 +383,16 @@ class StreamingDetector:
         gap = self._gap(ts_ms)
         z, novel = self._robust.update(value)
         run, stuck = self._stuck.update(value, PLATEAU_TOLERANCE * self._robust.scale)
-        jz = self._jump.update(value, gap) if self._jump is not None else 0.0
+        sz, jz = self._jump.update(value, gap) if self._jump is not None else (0.0, 0.0)
         score = abs(z) / self._cfg.k
         level = score >= 1.0 and novel
+        rz = self._robust
         if stuck:
-            return PointScore(max(score, 1.0), z, novel, run, True, "stuck")
+            return PointScore(max(score, 1.0), z, novel, run, True, "stuck", sz, rz.scale, rz.margin)
         if level:
-            return PointScore(score, z, novel, run, True, "robust_z")
+            return PointScore(score, z, novel, run, True, "robust_z", sz, rz.scale, rz.margin)
         prev_z, self._prev_z = self._prev_z, z
         recovery = self._cfg.jump_away and abs(prev_z) >= self._cfg.k and abs(z) < abs(prev_z)
         if abs(jz) >= self._cfg.jump_k and not recovery:
-            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump")
-        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "")
+            return PointScore(abs(jz) / self._cfg.jump_k, z, novel, run, True, "jump", sz, rz.scale, rz.margin)
+        return PointScore(score if novel else min(score, 0.999), z, novel, run, False, "", sz, rz.scale, rz.margin)

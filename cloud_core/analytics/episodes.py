@@ -6,6 +6,7 @@ and values."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Episode", "EpisodeTracker"]
 
@@ -25,6 +26,7 @@ class Episode:
     values: list[float] = field(default_factory=list)
     count: int = 0
     closed: bool = False
+    detail: Any = None  # what explains the peak reading, kept by whoever tracks the episode
 
     def add(self, ts_ms: int, value: float, score: float, detector: str) -> None:
         self.end_ms = max(self.end_ms, ts_ms)

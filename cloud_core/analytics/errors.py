@@ -2,12 +2,13 @@
 
 AnalyticsError                 root: anything analytics raises on purpose
 ├── DatasetError               labelled data missing or malformed (path and reason attached)
-└── ModelError                 a persisted model cannot be loaded or does not fit the request
+├── ModelError                 a persisted model cannot be loaded or does not fit the request
+└── AnomalyNotFound            no stored anomaly episode has the id asked for
 """
 
 from __future__ import annotations
 
-__all__ = ["AnalyticsError", "DatasetError", "ModelError"]
+__all__ = ["AnalyticsError", "AnomalyNotFound", "DatasetError", "ModelError"]
 
 
 class AnalyticsError(Exception):
@@ -26,3 +27,9 @@ class ModelError(AnalyticsError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class AnomalyNotFound(AnalyticsError):
+    def __init__(self, anomaly_id: int) -> None:
+        super().__init__(f"no anomaly with id {anomaly_id}: see 'iotctl anomalies list'")
+        self.anomaly_id = anomaly_id

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .detectors import DetectorConfig, PointScore
 from .errors import DatasetError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "FileScore",
     "LabelledSeries",
     "Totals",
+    "episode_starts",
     "evaluate",
     "learning_rows",
     "load_nab",
@@ -39,6 +41,7 @@ __all__ = [
     "read_series_csv",
     "run_detector",
     "score_alerts",
+    "score_points",
     "totals",
 ]
 
@@ -239,38 +242,53 @@ def _episode_starts(
     return starts
 
 
+def score_points(
+    series: LabelledSeries,
+    detector: str = "ensemble",
+    *,
+    config: DetectorConfig | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> list[PointScore]:
+    """Every reading's score from ``detector`` (``streaming`` or ``ensemble``), exactly as the worker
+    scores a live series: the streaming detector from the first reading, and for ``ensemble`` a
+    forest trained on the learning period joining after it."""
+    from .ensemble import SeriesScorer
+
+    cfg = config or DetectorConfig()
+    scorer = SeriesScorer(cfg, bounds=bounds)
+    ts, vals = series.ts_ms.tolist(), series.values.tolist()
+    if detector == "streaming":
+        return scorer.score_batch(ts, vals)
+    if detector != "ensemble":
+        raise ValueError(f"score_points runs 'streaming' or 'ensemble', not {detector!r}")
+    from .forest import ForestConfig, train_forest
+
+    n_learn = learning_rows(len(vals))
+    points = scorer.score_batch(ts[:n_learn], vals[:n_learn])
+    if n_learn >= 50:
+        scorer.attach(train_forest(series.key, series.ts_ms[:n_learn], series.values[:n_learn], ForestConfig()))
+    return points + scorer.score_batch(ts[n_learn:], vals[n_learn:])
+
+
+def episode_starts(series: LabelledSeries, points: Sequence[PointScore], cooldown_ms: int = 3_600_000) -> list[int]:
+    """Row indices where an episode opens (what the worker alerts on)."""
+    return _episode_starts(series, [(p.anomalous, p.score, p.detector) for p in points], cooldown_ms)
+
+
 def run_detector(
     series: LabelledSeries,
     detector: str = "ensemble",
     *,
-    config: object | None = None,
+    config: DetectorConfig | None = None,
     cooldown_ms: int = 3_600_000,
     bounds: tuple[float, float] | None = None,
 ) -> list[int]:
     """Row indices of the alerts ``detector`` raises on ``series`` (episode starts for ours).
     ``bounds``: the field's physical range, when the series is a known field (firmware_sim)."""
-    from .detectors import DetectorConfig, StreamingDetector
-
-    cfg = config if isinstance(config, DetectorConfig) else DetectorConfig()
     n = len(series.values)
     n_learn = learning_rows(n)
-    if detector == "streaming":
-        det = StreamingDetector(cfg, bounds)
-        points = [det.update(v, t) for t, v in zip(series.ts_ms.tolist(), series.values.tolist(), strict=True)]
-        return _episode_starts(series, [(p.anomalous, p.score, p.detector) for p in points], cooldown_ms)
-    if detector == "ensemble":
-        from .ensemble import SeriesScorer
-        from .forest import ForestConfig, train_forest
-
-        scorer = SeriesScorer(cfg, bounds=bounds)
-        ts, vals = series.ts_ms.tolist(), series.values.tolist()
-        points = scorer.score_batch(ts[:n_learn], vals[:n_learn])
-        if n_learn >= 50:
-            scorer.attach(
-                train_forest(series.key, series.ts_ms[:n_learn], series.values[:n_learn], ForestConfig())
-            )
-        points += scorer.score_batch(ts[n_learn:], vals[n_learn:])
-        return _episode_starts(series, [(p.anomalous, p.score, p.detector) for p in points], cooldown_ms)
+    if detector in ("streaming", "ensemble"):
+        return episode_starts(series, score_points(series, detector, config=config, bounds=bounds), cooldown_ms)
     if detector == "zscore288":
         v = series.values
         out: list[int] = []

@@ -1,6 +1,8 @@
 """Scheduled retraining: read each device's recent history from the time-series store, fit a forest
 per (device, field) with the bounded trainer (:func:`.forest.train_forest`: at most
-``max_train_points`` rows fitted), and save it as the next model version in the :class:`.forest.ModelStore`.
+``max_train_points`` rows fitted), and save it as the next model version in the :class:`.forest.ModelStore`;
+with ``device_models``, also fit the device's multivariate model on the same readings
+(:func:`.multivariate.fit_model`, the device's fields together) as its next version.
 
 Bounded in memory (one device's history at a time, at most ``max_points`` readings per query) and in
 time (no new series is started once ``time_budget_s`` has passed; the rest waits for the next run).
@@ -19,6 +21,7 @@ import numpy as np
 from ..tsdb.base import TimeSeriesStore
 from .errors import ModelError
 from .forest import ForestConfig, ForestMeta, ModelStore, train_forest
+from .multivariate import ModelMeta, MultivariateConfig, MultivariateStore, device_matrix, device_model_key, fit_model
 
 __all__ = ["RetrainReport", "model_key", "retrain"]
 
@@ -41,6 +44,7 @@ class RetrainReport:
     skipped: tuple[str, ...]
     deferred: tuple[str, ...]
     seconds: float
+    device_models: tuple[ModelMeta, ...] = ()
 
 
 def _devices(store: TimeSeriesStore, devices: Sequence[str] | None, start_ms: int, end_ms: int) -> list[str]:
@@ -61,6 +65,7 @@ def retrain(
     cfg: ForestConfig | None = None,
     max_points: int = 200_000,
     time_budget_s: float = 600.0,
+    device_models: MultivariateConfig | None = None,
 ) -> RetrainReport:
     """Train one new model version per (device, field) with enough history in the last ``hours``.
 
@@ -72,21 +77,38 @@ def retrain(
     end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     start_ms = end_ms - int(hours * 3_600_000)
     trained: list[ForestMeta] = []
+    dev_trained: list[ModelMeta] = []
     skipped: list[str] = []
     deferred: list[str] = []
+    mv_store = MultivariateStore(models.root)
     for device in _devices(store, list(devices) if devices is not None else None, start_ms, end_ms):
         if time.monotonic() - started > time_budget_s:
             deferred.append(device)
             continue
         rows = store.query(device_id=device, fields=None, start_ms=start_ms, end_ms=end_ms, limit=max_points)
         series: dict[str, tuple[list[int], list[float]]] = {}
+        vectors: list[dict[str, float]] = []
         for r in rows:
+            vec: dict[str, float] = {}
             for field, v in r.values.items():
                 if v is None or field in SKIP_FIELDS or not math.isfinite(v):
                     continue
                 ts, vs = series.setdefault(field, ([], []))
                 ts.append(r.ts_ms)
                 vs.append(float(v))
+                vec[field] = float(v)
+            if vec:
+                vectors.append(vec)
+        if device_models is not None and vectors:
+            key = device_model_key(device)
+            fields, x = device_matrix(vectors)
+            try:
+                dev_model = fit_model(key, fields, x, device_models, version=mv_store.next_version(key))
+            except ModelError:
+                skipped.append(key)
+            else:
+                mv_store.save_model(dev_model)
+                dev_trained.append(dev_model.meta)
         for field, (ts, vs) in sorted(series.items()):
             key = model_key(device, field)
             try:
@@ -102,4 +124,6 @@ def retrain(
                 "trained anomaly model",
                 extra={"key": key, "version": model.meta.version, "points": model.meta.train_points},
             )
-    return RetrainReport(tuple(trained), tuple(skipped), tuple(deferred), time.monotonic() - started)
+    return RetrainReport(
+        tuple(trained), tuple(skipped), tuple(deferred), time.monotonic() - started, tuple(dev_trained)
+    )

@@ -42,3 +42,11 @@ class AnalyticsSettings(BaseSettings):
     webhook_url: str | None = Field(None, description="POST each opened episode here as JSON (optional).")
     webhook_timeout_s: float = Field(2.0, description="Timeout of one webhook POST.")
     summary_ttl_s: float = Field(60.0, description="TTL of cached /v1/analytics/summary answers.")
+    multivariate: bool = Field(
+        True,
+        description="Also score each device's fields together with a device model (PCA T-squared and Q; "
+        "docs/anomaly.md): it learns the device's normal operation from its first readings.",
+    )
+    multivariate_warmup: int = Field(
+        400, ge=20, description="Complete readings a device sends before its model is fitted on them."
+    )

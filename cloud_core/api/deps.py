@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from ..auth.access import Principal, authorize_class, authorize_device, require_permission
 from ..auth.credentials import KEY_PREFIX, authenticate_key, authenticate_token
-from ..auth.errors import AuthInvalid, Forbidden, NotAuthenticated
+from ..auth.errors import AuthInvalid, Forbidden, NotAuthenticated, NotVisible
 from ..auth.permissions import Permission
 from .context import AppContext
 
@@ -125,6 +125,7 @@ class Requirement:
         permission: what the route needs (None: a public route).
         device: the path or query parameter naming the device the action is on.
         klass: the path parameter naming the class the action is on.
+        anomaly: the path parameter naming an anomaly episode: the action is on its device.
         teacher: with ``klass``, only the class's teachers (and admins).
         note: for public routes, what protects them instead.
     """
@@ -135,11 +136,13 @@ class Requirement:
         *,
         device: str | None = None,
         klass: str | None = None,
+        anomaly: str | None = None,
         teacher: bool = False,
         note: str = "",
     ) -> None:
         self.permission = permission
         self.device = device
+        self.anomaly = anomaly
         self.klass = klass
         self.teacher = teacher
         self.note = note
@@ -147,7 +150,15 @@ class Requirement:
     def __repr__(self) -> str:
         if self.permission is None:
             return f"public({self.note})"
-        scope = f", device={self.device}" if self.device else f", class={self.klass}" if self.klass else ""
+        scope = (
+            f", device={self.device}"
+            if self.device
+            else f", device of anomaly={self.anomaly}"
+            if self.anomaly
+            else f", class={self.klass}"
+            if self.klass
+            else ""
+        )
         return f"require({self.permission.value}{scope}{', teacher' if self.teacher else ''})"
 
     def __call__(self, request: Request, session: SessionDep, ctx: ContextDep) -> Any:
@@ -159,6 +170,10 @@ class Requirement:
             device_id = request.path_params.get(self.device) or request.query_params.get(self.device)
             if device_id:
                 request.state.device = authorize_device(session, principal, str(device_id), self.permission)
+        if self.anomaly is not None:
+            request.state.device = authorize_device(
+                session, principal, _anomaly_device(session, request.path_params.get(self.anomaly)), self.permission
+            )
         if self.klass is not None:
             raw = request.path_params.get(self.klass)
             try:
@@ -171,11 +186,31 @@ class Requirement:
         return principal
 
 
+def _anomaly_device(session: Session, raw: Any) -> str:
+    """The device of anomaly episode ``raw`` (a path parameter). Raises NotVisible when there is none,
+    the same answer as for a device one may not see."""
+    from ..analytics.models import Anomaly
+
+    try:
+        anomaly_id = int(raw)
+    except (TypeError, ValueError):
+        raise AuthInvalid(f"anomaly_id must be an integer, not {raw!r}") from None
+    row = session.get(Anomaly, anomaly_id) if 1 <= anomaly_id <= MAX_ID else None
+    if row is None:
+        raise NotVisible(f"no anomaly {anomaly_id}")
+    return row.device_id
+
+
 def require(
-    permission: Permission, *, device: str | None = None, klass: str | None = None, teacher: bool = False
+    permission: Permission,
+    *,
+    device: str | None = None,
+    klass: str | None = None,
+    anomaly: str | None = None,
+    teacher: bool = False,
 ) -> Requirement:
     """The access rule of a route (see the module docstring)."""
-    return Requirement(permission, device=device, klass=klass, teacher=teacher)
+    return Requirement(permission, device=device, klass=klass, anomaly=anomaly, teacher=teacher)
 
 
 def public(note: str) -> Requirement:
