@@ -6,6 +6,17 @@ package and nothing re-implements it.
 
 from . import jws
 from .errors import DecodeError, ProtocolError, SignatureError, TopicError, UnsupportedVersion, ValidationError
+from .firmware import (
+    FirmwareStatus,
+    FirmwareTarget,
+    Manifest,
+    check_installable,
+    compare_versions,
+    firmware_version,
+    open_manifest,
+    parse_version,
+    seal_manifest,
+)
 from .keys import (
     generate_private_key,
     load_private_key,
@@ -52,8 +63,11 @@ __all__ = [
     "ConfigReport",
     "DecodeError",
     "DeviceSettings",
+    "FirmwareStatus",
+    "FirmwareTarget",
     "Health",
     "Kind",
+    "Manifest",
     "ProtocolError",
     "Reading",
     "ReadingProblem",
@@ -65,7 +79,9 @@ __all__ = [
     "Topics",
     "UnsupportedVersion",
     "ValidationError",
+    "check_installable",
     "check_reading",
+    "compare_versions",
     "decode_alert",
     "decode_batch",
     "decode_config_document",
@@ -74,12 +90,15 @@ __all__ = [
     "decode_receipt",
     "decode_status",
     "encode",
+    "firmware_version",
     "generate_private_key",
     "jws",
     "load_private_key",
     "open_batch",
     "open_config",
+    "open_manifest",
     "parse_settings",
+    "parse_version",
     "private_key_from_seed",
     "public_key_b64",
     "public_key_from_b64",
@@ -87,5 +106,6 @@ __all__ = [
     "save_private_key",
     "seal_batch",
     "seal_config",
+    "seal_manifest",
     "validate_device_id",
 ]
