@@ -23,6 +23,7 @@ __all__ = [
     "DeviceCreate",
     "DevicePermission",
     "DevicePublic",
+    "DeviceTag",
     "DeviceUpdate",
     "EnrollmentToken",
     "RejectedMessage",
@@ -88,6 +89,16 @@ class DevicePublic(DeviceBase):
     desired_config_version: int
     reported_config_version: int
     reported_config_status: str | None
+
+
+class DeviceTag(SQLModel, table=True):
+    """Free-form labels on a device (``greenhouse``, ``pilot``, ``room-2``) that rollouts target.
+    Their own table, so adding tags needs no change to ``devices``."""
+
+    __tablename__ = "device_tags"
+
+    device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=64)
+    tag: str = Field(primary_key=True, max_length=64, index=True)
 
 
 class EnrollmentToken(SQLModel, table=True):

@@ -69,17 +69,20 @@ def call(
     api: str,
     token: str | None,
     json: Any = None,
+    content: Any = None,
+    headers: dict[str, str] | None = None,
     auth: bool = True,
     timeout_s: float = 30.0,
 ) -> Any:
-    """Send one request and return the decoded JSON body; raise CliError on any failure."""
+    """Send one request and return the decoded JSON body; raise CliError on any failure. ``content``
+    (bytes or an iterator of bytes) is sent as the raw body instead of ``json``."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {resolve_token(token)}"} if auth else {}
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {resolve_token(token)}"} if auth else {})}
     api = resolve_api(api)
     url = api.rstrip("/") + path
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=timeout_s)
+        response = httpx.request(method, url, json=json, content=content, headers=headers, timeout=timeout_s)
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None
     except httpx.UnsupportedProtocol:

@@ -34,11 +34,12 @@ from ..core.security import (
     signing_public_key_b64,
     write_secret_file,
 )
+from ..rollouts import Rollouts, RolloutSettings
 from ..services.config import ConfigService
 from ..services.device_events import DeviceEventsConsumer
 from ..services.errors import ServiceError
 from ..services.registry import Registry
-from ..tsdb import open_tsdb
+from ..tsdb import TimeSeriesStore, open_tsdb
 
 __all__ = ["AppContext", "Metrics", "create_app"]
 
@@ -88,6 +89,7 @@ class AppContext:
     configs: ConfigService
     metrics: Metrics
     events: DeviceEventsConsumer | None = None
+    rollouts: Rollouts | None = None
 
     @classmethod
     def open(
@@ -97,6 +99,8 @@ class AppContext:
         *,
         consume_events: bool = True,
         broker_admin: BrokerAdmin | None = None,
+        rollouts: RolloutSettings | None = None,
+        tsdb: TimeSeriesStore | None = None,
     ) -> AppContext:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.db_url)
@@ -132,6 +136,21 @@ class AppContext:
             configs=ConfigService(settings.topic_prefix, signing_key, publisher),
             metrics=metrics,
         )
+        try:
+            ctx.rollouts = Rollouts.open(
+                cloud=settings,
+                settings=rollouts if rollouts is not None else RolloutSettings(),
+                db=engine,
+                configs=ctx.configs,
+                registry=metrics.registry,
+                tsdb=tsdb,
+            )
+        except BaseException:
+            publisher.close()
+            broker.close()
+            engine.dispose()
+            raise
+        ctx.registry.release_public_key = ctx.rollouts.releases.public_key_b64
         ctx.bootstrap_admin()
         if consume_events:
             ctx.events = DeviceEventsConsumer(engine, settings)
@@ -158,6 +177,8 @@ class AppContext:
         log.info("bootstrap admin created", extra={"path": str(self.settings.admin_token_path)})
 
     def close(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()
         if self.events is not None:
             self.events.stop()
         self.publisher.close()
@@ -183,6 +204,7 @@ def create_app(
     consume_events: bool = True,
     broker_admin: BrokerAdmin | None = None,
     analytics: AnalyticsSettings | None = None,
+    rollouts: RolloutSettings | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -193,16 +215,30 @@ def create_app(
             ``mqtt_admin_username`` is set). ``iotctl up`` passes the embedded amqtt broker's admin.
         analytics: when given, also run one analytics worker in this process (embedded mode); in
             production analytics workers are their own processes in the consumer group.
+        rollouts: rollout and release settings; default: from the environment (``EDU_ROLLOUT_*``).
     """
     settings = settings if settings is not None else CloudSettings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = AppContext.open(settings, metrics, consume_events=consume_events, broker_admin=broker_admin)
-        app.state.ctx = ctx
         app.state.tsdb = open_tsdb(settings.tsdb_url)
+        try:
+            ctx = AppContext.open(
+                settings,
+                metrics,
+                consume_events=consume_events,
+                broker_admin=broker_admin,
+                rollouts=rollouts,
+                tsdb=app.state.tsdb,
+            )
+        except BaseException:
+            app.state.tsdb.close()
+            raise
+        app.state.ctx = ctx
         app.state.cache = open_cache(settings.cache_url)
+        if ctx.rollouts is not None:
+            ctx.rollouts.start()
         worker_stop = threading.Event()
         worker: threading.Thread | None = None
         if analytics is not None:
@@ -264,12 +300,15 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     from ..analytics import routes as analytics_routes
+    from ..rollouts.routes import routers as rollout_routers
     from .deps import require_role
     from .routes import config as config_routes
     from .routes import devices as device_routes
 
     app.include_router(device_routes.router)
     app.include_router(config_routes.router)
+    for router in rollout_routers:
+        app.include_router(router)
     app.include_router(analytics_routes.router, dependencies=[Depends(require_role("viewer"))])
     return app
 

@@ -39,6 +39,7 @@ def create_all(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent)."""
     from .. import models  # noqa: F401 - registers the tables on SQLModel.metadata
     from ..analytics import models as analytics_models  # noqa: F401 - the anomalies table
+    from ..rollouts import models as rollout_models  # noqa: F401 - rollouts, releases, firmware events
 
     SQLModel.metadata.create_all(engine)
 

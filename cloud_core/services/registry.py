@@ -64,6 +64,11 @@ class EnrollResponse(BaseModel):
     topic_prefix: str
     cloud_public_key: str = Field(description="The cloud's Ed25519 config-signing key, unpadded base64url.")
     key_version: int
+    release_public_key: str | None = Field(
+        default=None,
+        description="The Ed25519 key release manifests are signed with (distinct from the config key), "
+        "unpadded base64url: the device installs only firmware whose manifest verifies with it.",
+    )
 
 
 @dataclass
@@ -75,12 +80,14 @@ class Registry:
         broker: provisions and revokes credentials at the broker.
         publisher: publishes registry events for other services.
         cloud_public_key: the config-signing public key handed to devices (base64url).
+    release_public_key: the release-signing public key handed to devices (base64url), if any.
     """
 
     settings: CloudSettings
     broker: BrokerAdmin
     publisher: Publisher
     cloud_public_key: str
+    release_public_key: str | None = None
 
     @property
     def topics(self) -> Topics:
@@ -198,6 +205,7 @@ class Registry:
             topic_prefix=self.settings.topic_prefix,
             cloud_public_key=self.cloud_public_key,
             key_version=device.key_version,
+            release_public_key=self.release_public_key,
         )
 
     def deactivate(self, session: Session, *, device_id: str) -> Device:
