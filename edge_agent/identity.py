@@ -7,6 +7,8 @@ public key with the one-time token to ``POST {api}/v1/enroll``, and stores what 
 - ``credentials.json`` device_id, mqtt_url, mqtt_username, mqtt_password, client_id,
                        topic_prefix, key_version (mode 0600)
 - ``cloud_public_key`` the cloud's config-signing public key (unpadded base64url)
+- ``release_public_key`` the key firmware release manifests are signed with (unpadded base64url;
+                       distinct from the config key; read by edge_agent/ota.py)
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
     save_private_key(key, d / KEY_FILE)
     write_private_file(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
     (d / CLOUD_KEY_FILE).write_text(str(info["cloud_public_key"]) + "\n")
+    if info.get("release_public_key"):
+        (d / "release_public_key").write_text(str(info["release_public_key"]) + "\n")
     return load_identity(d)
 
 
