@@ -268,7 +268,10 @@ class RolloutEngine:
                     for e in events.get(x.device_id, [])
                     if e.version == r.release_version and as_utc(e.at) >= sent - timedelta(seconds=5)
                 ]
-                last = mine[-1] if mine else None
+                # A verdict (failed, rolled back, confirmed) outranks progress reported around it: a report
+                # queued before a reboot may arrive after the verdict of the boots that followed.
+                verdicts = [e for e in mine if e.state in ("failed", "rolled_back", "confirmed")]
+                last = verdicts[-1] if verdicts else (mine[-1] if mine else None)
                 if last is not None and last.state in ("failed", "rolled_back"):
                     verb = "rolled back by the device" if last.state == "rolled_back" else "failed"
                     self._set(

@@ -130,7 +130,8 @@ class DeviceEventsConsumer:
         try:
             with session_scope(self._engine) as session:
                 session.add_all(firmware)
-                for device_id, update in pending.items():
+                # rows in id order, as the bridge's last_seen update takes them: no lock-order deadlock
+                for device_id, update in sorted(pending.items()):
                     device = session.get(Device, device_id)
                     if device is None:
                         continue
