@@ -163,6 +163,7 @@ class Pipeline:
         self._fresh_after = buffer.max_id()  # readings up to here are backlog
         self.sensor_errors = 0
         self.latest: dict[str, float] = {}
+        self.last_stored_seq = 0  # the highest seq a receipt named as stored (an OTA health check waits for it)
 
     # -- sample -> buffer
     def sample(self, now_ms: int | None = None) -> list[Reading]:
@@ -263,6 +264,8 @@ class Pipeline:
         for r in receipt.rejected:
             log.warning("batch rejected by the cloud", extra={"seq": r.seq, "reason": r.reason})
         deleted = self.buffer.ack(receipt.stored, rejected)
+        if receipt.stored:
+            self.last_stored_seq = max(self.last_stored_seq, *receipt.stored)
         with self._lock:
             for s in (*receipt.stored, *rejected):
                 self._inflight.pop(s, None)
@@ -439,7 +442,7 @@ class Agent:
                 identity_dir=settings.identity_dir,
                 publish=self._publish_report,
                 ready=self.wait_connected,
-                stored=lambda: self.pipeline.buffer.counters["stored"],
+                seqs=lambda: (self.pipeline.buffer.counters["last_seq"], self.pipeline.last_stored_seq),
                 restart=self.request_restart,
             )
 

@@ -122,7 +122,8 @@ class Ota:
         identity_dir: holds the release public key (``release_public_key``, from enrollment).
         publish: sends a config report to the cloud (when connected).
         ready: ``ready(timeout)`` is True once connected and subscribed.
-        stored: the count of readings the cloud receipted as stored (the health check watches it).
+        seqs: (the last batch seq sealed, the last seq the cloud receipted as stored): the health check
+            passes when a batch sealed by this run is stored.
         restart: asks the agent to stop and exit with :data:`edge_agent.ota_boot.RESTART_EXIT_CODE`.
     """
 
@@ -135,7 +136,7 @@ class Ota:
         identity_dir: Path,
         publish: Callable[[ConfigReport], None],
         ready: Callable[[float], bool],
-        stored: Callable[[], int],
+        seqs: Callable[[], tuple[int, int]],
         restart: Callable[[], None],
     ) -> None:
         assert settings.ota_dir is not None
@@ -146,7 +147,7 @@ class Ota:
         self.release_key = self._load_release_key(Path(identity_dir))
         self._publish = publish
         self._ready = ready
-        self._stored = stored
+        self._seqs = seqs
         self._restart = restart
         self.running = running_version()
         self._lock = threading.Condition()
@@ -178,7 +179,8 @@ class Ota:
         elif phase == "rolled_back" and not state.get("reported", True):
             self._spawn(self._report_rollback, "ota-report", state)
         self._spawn(self._worker, "ota", None)
-        if desired is not None and phase != "trial":
+        just_rolled_back = phase == "rolled_back" and desired is not None and desired.version == state.get("version")
+        if desired is not None and phase != "trial" and not just_rolled_back:  # that one is reported above
             self.request(desired, config_version)
 
     def _spawn(self, target: Callable[..., None], name: str, arg: Any) -> None:
@@ -237,12 +239,14 @@ class Ota:
 
     def _health_check(self, state: dict[str, Any]) -> None:
         deadline = float(state.get("deadline", time.time() + self.settings.ota_confirm_timeout_s))
-        stored_at_boot = self._stored()
+        # Receipts for batches of the previous run may arrive now (a persistent session): only a batch
+        # this run sealed, stored by the cloud, proves the new release works end to end.
+        sealed_at_boot = self._seqs()[0]
         missing = "not connected to the broker"
         while not self._stop.is_set() and time.time() < deadline:
             if self._ready(min(1.0, max(0.01, deadline - time.time()))):
                 missing = "no batch receipted by the cloud"
-                if self._stored() > stored_at_boot:
+                if self._seqs()[1] > sealed_at_boot:
                     self._confirm(state)
                     return
             self._stop.wait(0.2)

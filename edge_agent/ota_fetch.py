@@ -94,11 +94,11 @@ def fetch(
         try:
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
-            if resp.status == 416 and have:  # our partial file is not a prefix of this artifact
+            if resp.status == 416 and have:  # the artifact is shorter than what we hold: start over
                 resp.read()
                 os.truncate(dest, 0)
                 have = 0
-                continue
+                raise OSError("the server has fewer bytes than the partial download")
             if 400 <= resp.status < 500:
                 body = resp.read(300).decode("utf-8", "replace")
                 raise DownloadError(

@@ -171,7 +171,7 @@ class SimOta:
                 encode(ConfigReport(version, "rejected", _now_ms(), f"firmware {b.version} cannot parse its config")),
             )
         if st.trial is not None:
-            st.trial["stored_at_boot"] = dev.buffer.counters["stored"]
+            st.trial["sealed_at_boot"] = dev.buffer.counters["last_seq"]
             self.fleet._after_real(0.2, self._health_tick, dev, st.booted_at)
         return True
 
@@ -220,7 +220,7 @@ class SimOta:
         if trial is None or st.booted_at != booted_at or dev.down or self.fleet.stopping:
             return
         b = self.build(dev)
-        healthy = dev.connected and dev.buffer.counters["stored"] > trial["stored_at_boot"]
+        healthy = dev.connected and dev.pipeline.last_stored_seq > trial["sealed_at_boot"]
         if b is not None and b.behaviour == "reject_config":
             healthy = False
         if healthy:
@@ -380,7 +380,7 @@ class SimOta:
             "deadline": time.monotonic() + self.fleet.settings.ota_confirm_timeout_s,
             "config_version": config_version,
             "min_version": min_version,
-            "stored_at_boot": dev.buffer.counters["stored"],
+            "sealed_at_boot": dev.buffer.counters["last_seq"],
         }
         st.previous, st.running = st.running, version
         # restart a moment later, as the agent does after its report: the report goes out first

@@ -172,18 +172,17 @@ def platform(
         mqtt_username=f"svc-{prefix}",
         topic_prefix=prefix,
         api_port=port,
-        events_flush_interval_s=0.1,
-        stale_after_s=6.0,
-        offline_after_s=12.0,
-        **(cloud or {}),
+        **{"events_flush_interval_s": 0.1, "stale_after_s": 6.0, "offline_after_s": 12.0, **(cloud or {})},
     )
     rs = RolloutSettings(
-        tick_s=0.25,
-        lease_ttl_s=3.0,
         public_api_url=f"http://127.0.0.1:{port}",
-        default_wave_wait_s=1.0,
-        default_apply_timeout_s=60.0,
-        **(rollout or {}),
+        **{
+            "tick_s": 0.25,
+            "lease_ttl_s": 3.0,
+            "default_wave_wait_s": 1.0,
+            "default_apply_timeout_s": 60.0,
+            **(rollout or {}),
+        },
     )
     app = create_app(settings, rollouts=rs)
     server, thread = serve_api(app, port)

@@ -96,7 +96,7 @@ def test_device_type_and_anti_rollback_floor() -> None:
     with pytest.raises(ValidationError, match="not 'indoor'") as err:
         check_installable(MANIFEST, device_type="indoor", running="1.0", floor=None)
     assert err.value.reason == "wrong_device_type"
-    with pytest.raises(ValidationError, match="downgrade below the minimum version 2.1") as err:
+    with pytest.raises(ValidationError, match=r"downgrade below the minimum version 2.1") as err:
         check_installable(MANIFEST, device_type="outdoor", running="2.5", floor="2.1")
     assert err.value.reason == "below_minimum"
     check_installable(MANIFEST, device_type="outdoor", running="2.5", floor="2.0")  # a rollback above the floor
@@ -104,9 +104,15 @@ def test_device_type_and_anti_rollback_floor() -> None:
 
 def test_the_firmware_setting_is_validated_like_every_setting() -> None:
     token = seal_manifest(MANIFEST, RELEASE).decode()
-    s = parse_settings({"firmware": {"version": "2.0.0", "manifest": token, "url": "http://api/v1/releases/2.0.0/artifact"}})
+    s = parse_settings(
+        {"firmware": {"version": "2.0.0", "manifest": token, "url": "http://api/v1/releases/2.0.0/artifact"}}
+    )
     assert s.firmware is not None and s.firmware.version == "2.0.0"
-    assert s.to_dict()["firmware"] == {"version": "2.0.0", "manifest": token, "url": "http://api/v1/releases/2.0.0/artifact"}
+    assert s.to_dict()["firmware"] == {
+        "version": "2.0.0",
+        "manifest": token,
+        "url": "http://api/v1/releases/2.0.0/artifact",
+    }
     assert parse_settings({"firmware": {"version": "1.0"}}).to_dict() == {"firmware": {"version": "1.0"}}
     cases = {
         "version": {"version": "x"},
@@ -125,7 +131,7 @@ def test_config_reports_carry_firmware_progress() -> None:
     assert decode_config_report(encode(report)) == report
     plain = ConfigReport(7, "applied", 1)
     assert b"firmware" not in encode(plain) and decode_config_report(encode(plain)) == plain
-    with pytest.raises(DecodeError, match="firmware.state"):
+    with pytest.raises(DecodeError, match=r"firmware.state"):
         decode_config_report(b'{"v":1,"version":1,"status":"applied","at":1,"firmware":{"version":"1","state":"odd"}}')
 
 

@@ -63,16 +63,22 @@ def test_targets_from_the_api_or_the_cli() -> None:
 
 
 def test_abort_if_expressions_map_onto_gates() -> None:
-    g = parse_abort_if(["failed>20%", "offline>control+5%", "rejected>1%", "anomalies>2", "temperature>45", "temperature<-10"])
+    g = parse_abort_if(
+        ["failed>20%", "offline>control+5%", "rejected>1%", "anomalies>2", "temperature>45", "temperature<-10"]
+    )
     assert (g.max_failed, g.max_offline_over_control, g.max_rejected, g.max_anomalies) == (0.2, 0.05, 0.01, 2.0)
     assert g.max_offline == Gates().max_offline  # untouched limits keep their defaults
     assert [(x.field, x.min, x.max) for x in g.guards] == [("temperature", -10.0, 45.0)]
-    for bad, message in (("failed=1", "bad --abort-if"), ("failed<1", "takes '>'"), ("temperature>control+1", "field guard")):
+    for bad, message in (
+        ("failed=1", "bad --abort-if"),
+        ("failed<1", "takes '>'"),
+        ("temperature>control+1", "field guard"),
+    ):
         with pytest.raises(RolloutInvalid, match=message):
             parse_abort_if([bad])
-    with pytest.raises(RolloutInvalid, match="gates.max_failed"):
+    with pytest.raises(RolloutInvalid, match=r"gates.max_failed"):
         parse_gates({"max_failed": 2})
-    with pytest.raises(RolloutInvalid, match="gates.guards.0"):
+    with pytest.raises(RolloutInvalid, match=r"gates.guards.0"):
         parse_gates({"guards": [{"field": "t"}]})
 
 
@@ -82,7 +88,11 @@ def test_gates_absolute_and_relative_to_control() -> None:
     assert evaluate(gates, healthy, CohortStats(devices=95, online_base=95, messages=9500)) is None
     # one of five canaries failed: 20% > 10%
     f = evaluate(gates, CohortStats(devices=5, failed=1, failures=("sim-1: crash loop",)), None, label="canary")
-    assert f is not None and f.gate == "failed" and "1 of 5 canary devices failed (20% > 10%): sim-1: crash loop" in f.reason
+    assert (
+        f is not None
+        and f.gate == "failed"
+        and "1 of 5 canary devices failed (20% > 10%): sim-1: crash loop" in f.reason
+    )
     # offline: 1 of 20 is under the 20% limit, but 5 points worse than control (limit +10%): passes
     cohort = CohortStats(devices=20, online_base=20, offline=1)
     assert evaluate(gates, cohort, CohortStats(online_base=80, offline=0)) is None
@@ -90,7 +100,10 @@ def test_gates_absolute_and_relative_to_control() -> None:
     f = evaluate(gates, CohortStats(devices=20, online_base=20, offline=3), CohortStats(online_base=80, offline=0))
     assert f is not None and f.gate == "offline" and "against 0%" in f.reason
     # ... but not when the control is just as bad (a network outage, not the update)
-    assert evaluate(gates, CohortStats(devices=20, online_base=20, offline=3), CohortStats(online_base=80, offline=12)) is None
+    assert (
+        evaluate(gates, CohortStats(devices=20, online_base=20, offline=3), CohortStats(online_base=80, offline=12))
+        is None
+    )
     # no control (the last wave): only absolute limits
     assert evaluate(gates, CohortStats(devices=20, online_base=20, offline=3), None) is None
     # rejections: 10% of readings dead-lettered

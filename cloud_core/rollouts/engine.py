@@ -283,11 +283,7 @@ class RolloutEngine:
                     continue
                 if last is not None and last.state in ("downloading", "installed"):
                     state = last.state
-                running = firmware_version(dev.firmware)
-                heard = dev.last_health_at is not None and as_utc(dev.last_health_at) > sent
-                if config_applied and heard and running and compare_versions(running, r.release_version) == 0:
-                    self._set(s, r, x, "confirmed", now)  # its confirmation report was lost; its heartbeat says so
-                    continue
+                # Only the device's own "confirmed" counts: running a release is not passing its health check.
             online = liveness(dev, now, self.cloud)[0] is Liveness.ONLINE
             if state in ("downloading", "installed"):
                 if now - sent > timeout:
