@@ -157,6 +157,7 @@ class Ota:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.health_result: str | None = None  # "confirmed" or the failure reason (tests read it)
+        self._health_abandoned = False  # switched back on the cloud's word: the health check stops
 
     @staticmethod
     def _load_release_key(identity_dir: Path) -> bytes | None:
@@ -246,11 +247,11 @@ class Ota:
         while not self._stop.is_set() and time.time() < deadline:
             if self._ready(min(1.0, max(0.01, deadline - time.time()))):
                 missing = "no batch receipted by the cloud"
-                if self._seqs()[1] > sealed_at_boot:
+                if self._seqs()[1] > sealed_at_boot and not self._health_abandoned:
                     self._confirm(state)
                     return
             self._stop.wait(0.2)
-        if self._stop.is_set():
+        if self._stop.is_set() or self._health_abandoned:
             return
         reason = f"health check failed: {missing} within {float(state.get('confirm_timeout_s', 0)):g}s of the switch"
         self.health_result = reason
@@ -303,6 +304,16 @@ class Ota:
 
     def _handle(self, target: FirmwareTarget, config_version: int) -> None:
         state = self.layout.read_state()
+        if state.get("phase") == "trial" and target.version == state.get("from_version"):
+            # the cloud wants the previous release back before this one confirmed (a rollout aborted)
+            self._health_abandoned = True
+            reason = f"the cloud asked for {target.version} before {self.running} was confirmed"
+            self.layout.switch(str(state["from_slot"]))
+            state.update(phase="rolled_back", reason=reason, reported=False, rolled_back_at=time.time())
+            state.setdefault("failed_versions", []).append(state.get("version"))
+            self.layout.write_state(state)
+            self._restart()
+            return
         if compare_versions(target.version, self.running) == 0:
             self._report(config_version, target.version, "confirmed")
             return

@@ -248,9 +248,15 @@ class SimOta:
         st.running, st.previous = trial["from"], trial["version"]
         st.trial = None
         st.history.append((trial["version"], "rolled_back", reason))
-        # reported by the old version once it is connected again (as the agent does after a restart)
+        # reported by the old version once it is connected again (as the agent does after a restart),
+        # with what it runs for the config it has now (the agent reports its desired firmware at start)
         status = FirmwareStatus(trial["version"], "rolled_back", st.running, reason)
         st.outbox.append(encode(ConfigReport(trial["config_version"], "applied", _now_ms(), firmware=status)))
+        desired = dev.pipeline.desired.firmware if dev.pipeline.desired is not None else None
+        if desired is not None and compare_versions(desired.version, st.running) == 0:
+            version = dev.pipeline.runtime.config_version
+            status = FirmwareStatus(st.running, "confirmed", st.running)
+            st.outbox.append(encode(ConfigReport(version, "applied", _now_ms(), firmware=status)))
 
     def on_config(self, dev: _Device, report: ConfigReport) -> None:
         """After the device applied a desired config: act on its firmware target."""
@@ -268,7 +274,11 @@ class SimOta:
     def _handle(self, dev: _Device, target: FirmwareTarget, config_version: int) -> None:
         st = self.state(dev)
         if st.trial is not None:
-            return  # the health check decides first
+            if compare_versions(target.version, st.trial["from"]) == 0:  # back before it confirmed
+                running = st.running
+                self._switch_back(dev, f"the cloud asked for {target.version} before {running} was confirmed")
+                self._reboot(dev)
+            return  # otherwise the health check decides first
         if compare_versions(target.version, st.running) == 0:
             self._report(dev, config_version, target.version, "confirmed")
             return
@@ -360,10 +370,12 @@ class SimOta:
         st = self.state(dev)
         st.busy = None
         desired = dev.pipeline.desired.firmware if dev.pipeline.desired is not None else None
-        if desired is None or desired.version != target.version:
-            return  # the desired firmware changed meanwhile (an abort): never install this one
+        if desired is None or desired.version != target.version:  # changed meanwhile (an abort)
+            st.history.append((target.version, "cancelled", None))
+            return  # never install this one
         if error is not None:
             if error.startswith("cancelled"):
+                st.history.append((target.version, "cancelled", None))
                 return
             self._report(dev, config_version, target.version, "failed", error)
             return

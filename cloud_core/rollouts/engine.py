@@ -263,10 +263,11 @@ class RolloutEngine:
                     continue
             else:
                 assert r.release_version is not None
+                # steps about this release, reported for the config that asked for it (or a later one)
                 mine = [
                     e
                     for e in events.get(x.device_id, [])
-                    if e.version == r.release_version and as_utc(e.at) >= sent - timedelta(seconds=5)
+                    if e.version == r.release_version and e.config_version >= target
                 ]
                 # A verdict (failed, rolled back, confirmed) outranks progress reported around it: a report
                 # queued before a reboot may arrive after the verdict of the boots that followed.
@@ -319,7 +320,7 @@ class RolloutEngine:
         if not (rv >= version and rs == "applied"):
             return
         if r.kind == "firmware" and x.previous_firmware:
-            after = [e for e in events if as_utc(e.at) >= sent - timedelta(seconds=5) and e.running]
+            after = [e for e in events if e.config_version >= version and e.running]
             running = after[-1].running if after else None
             if running is None and dev.last_health_at is not None and as_utc(dev.last_health_at) > sent:
                 running = firmware_version(dev.firmware)
@@ -425,7 +426,9 @@ class RolloutEngine:
         if r.status != "running":
             return
         so_far = [x for x in rows if x.wave <= r.current_wave]
-        if any(x.state in IN_PROGRESS for x in so_far):
+        # policy "fail": a device offline in its wave holds the wave until it applies or its deadline passes
+        busy = IN_PROGRESS + (("waiting",) if r.offline_policy == "fail" else ())
+        if any(x.state in busy for x in so_far):
             return
         in_wave = [x for x in rows if x.wave == r.current_wave]
         started = as_utc(r.wave_started_at or now)
