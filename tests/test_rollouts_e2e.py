@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from rollout_env import platform
 from sqlmodel import Session, col, select
@@ -110,3 +111,8 @@ def test_100_devices_good_config_through_every_wave_then_bad_firmware_aborts_in_
             assert after[device_id]["firmware"] == "edu-agent/1.0.0"
             kinds = [e["kind"] for e in history["rollout_events"]]
             assert "rollback_sent" in kinds
+        metrics = httpx.get(env.url + "/metrics").text
+        assert 'edu_rollout_aborts_total{gate="failed"} 1.0' in metrics
+        assert 'edu_rollouts{status="completed"} 1.0' in metrics and 'edu_rollouts{status="aborted"} 1.0' in metrics
+        assert "edu_rollout_engine_active 1.0" in metrics
+        assert 'edu_rollout_device_updates_total{purpose="rollback"} 5.0' in metrics

@@ -384,7 +384,7 @@ class RolloutEngine:
             latest = crud.latest_config(s, device_id=x.device_id)
             x.previous_settings = dict(latest.settings) if latest else {}
             x.previous_config_version = latest.version if latest else 0
-            x.previous_firmware = firmware_version(dev.firmware)
+            x.previous_firmware = self._running(s, dev)
             x.updated_at = now
             self._set(s, r, x, "updating", now)
             s.commit()
@@ -419,6 +419,21 @@ class RolloutEngine:
         s.commit()
         if self.metrics is not None:
             self.metrics.updates.labels("update").inc()
+
+    def _running(self, s: Session, dev: Device) -> str | None:
+        """The version the device runs: from its newest firmware report or heartbeat, whichever is later."""
+        event = s.exec(
+            select(FirmwareEvent)
+            .where(FirmwareEvent.device_id == dev.id, col(FirmwareEvent.running).is_not(None))
+            .order_by(col(FirmwareEvent.id).desc())
+            .limit(1)
+        ).first()
+        from_health = firmware_version(dev.firmware)
+        if event is None:
+            return from_health
+        if from_health is None or dev.last_health_at is None or as_utc(event.at) >= as_utc(dev.last_health_at):
+            return event.running
+        return from_health
 
     def _maybe_advance(self, s: Session, r: Rollout, rows: Sequence[RolloutDevice], now: datetime) -> None:
         assert r.id is not None
