@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from rollout_env import platform
 
 from iot_testing import free_port, wait_for
-from rollout_env import platform
 
 pytestmark = pytest.mark.integration
 
