@@ -147,3 +147,22 @@ def test_download_requests_are_signed_by_the_device_and_expire() -> None:
         open_download_request(token, public_key=public_key_raw(key), now_ms=2_000_000, max_age_ms=300_000)
     with pytest.raises(SignatureError):
         open_download_request(token, public_key=public_key_raw(generate_private_key()), now_ms=1_000_000, max_age_ms=1)
+
+
+def test_the_manifest_vectors_in_docs_protocol_md() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+
+    def vector(name: str) -> str:
+        match = re.search(rf"<!-- vector:{name} -->\s*```\w*\n(.*?)\n```", doc, re.S)
+        assert match, name
+        return match.group(1)
+
+    key = private_key_from_seed(bytes.fromhex(vector("release_seed")))
+    from iot_protocol import public_key_b64
+
+    assert public_key_b64(key) == vector("release_public_key")
+    assert seal_manifest(MANIFEST, key).decode() == vector("manifest_token")  # Ed25519 is deterministic
+    assert open_manifest(vector("manifest_token"), release_public_key=public_key_raw(key)) == MANIFEST
