@@ -56,7 +56,7 @@ _SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 # ---- versions ------------------------------------------------------------------------------------
 
 
-def parse_version(text: str) -> tuple[int, ...]:
+def parse_version(text: object) -> tuple[int, ...]:
     """``"1.2.10"`` -> ``(1, 2, 10)``: one to four dot-separated integers. Raises ValidationError."""
     if not isinstance(text, str) or not _VERSION_RE.match(text):
         raise ValidationError(
@@ -248,7 +248,7 @@ def parse_firmware_target(value: Any) -> FirmwareTarget:
         raise ValueError("give both manifest and url, or neither (a version the device has installed)")
     if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1024):
         raise ValueError("max_bytes_per_s must be an integer >= 1024")
-    return FirmwareTarget(version, manifest, url, rate)
+    return FirmwareTarget(str(version), manifest, url, rate)
 
 
 # ---- OTA progress, reported inside config reports ------------------------------------------------

@@ -31,10 +31,6 @@ def _ids(rows: Sequence[RolloutDevice]) -> list[str]:
     return [r.device_id for r in rows]
 
 
-def _count_by_device(session: Session, column: object, query: object) -> dict[str, int]:
-    return {d: int(n) for d, n in session.exec(query).all()}  # type: ignore[call-overload]
-
-
 def _traffic(session: Session, ids: Collection[str], since: datetime) -> tuple[int, int]:
     """(readings and whole messages seen, of which rejected) for ``ids`` since ``since``."""
     if not ids:

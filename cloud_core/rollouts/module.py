@@ -4,7 +4,6 @@ call, and the engine thread. Built in the API's lifespan, closed on shutdown."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
@@ -17,9 +16,6 @@ from .metrics import RolloutMetrics
 from .releases import ArtifactStore, ReleaseService, load_release_keys
 from .service import RolloutService
 from .settings import RolloutSettings
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Rollouts"]
 
