@@ -11,6 +11,7 @@ packages plus a ``VERSION`` file, as a ``.tar.gz`` (the release artifact). Third
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import shutil
@@ -61,7 +62,8 @@ def build_artifact(out: Path, version: str, *, patch: Callable[[Path], None] | N
     """Write the release artifact (``.tar.gz``) of the installed agent code as ``version`` to ``out``."""
     tree = write_tree(workdir / f"build-{version}", version, patch=patch)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    # gzip with mtime 0 and members with mtime 0: the same code gives the same bytes
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for path in sorted(tree.rglob("*")):
             rel = path.relative_to(tree)
             if "__pycache__" in rel.parts:
@@ -69,7 +71,7 @@ def build_artifact(out: Path, version: str, *, patch: Callable[[Path], None] | N
             info = tar.gettarinfo(str(path), arcname=str(rel))
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            info.mtime = 0  # reproducible: the same code gives the same bytes
+            info.mtime = 0
             if path.is_file():
                 with open(path, "rb") as f:
                     tar.addfile(info, f)

@@ -275,9 +275,11 @@ class SimOta:
         st = self.state(dev)
         if st.trial is not None:
             if compare_versions(target.version, st.trial["from"]) == 0:  # back before it confirmed
-                running = st.running
-                self._switch_back(dev, f"the cloud asked for {target.version} before {running} was confirmed")
-                self._reboot(dev)
+                trial_version = st.trial["version"]
+                booted_it = st.running == trial_version
+                self._switch_back(dev, f"the cloud asked for {target.version} before {trial_version} was confirmed")
+                if booted_it:
+                    self._reboot(dev)
             return  # otherwise the health check decides first
         if compare_versions(target.version, st.running) == 0:
             self._report(dev, config_version, target.version, "confirmed")
@@ -394,9 +396,15 @@ class SimOta:
             "min_version": min_version,
             "sealed_at_boot": dev.buffer.counters["last_seq"],
         }
+        # switch and restart a moment later, as the agent does after its report: the report goes out first
+        self.fleet._after_real(0.2, self._switch_and_reboot, dev, version)
+
+    def _switch_and_reboot(self, dev: _Device, version: str) -> None:
+        st = self.state(dev)
+        if st.trial is None or st.trial["version"] != version:
+            return  # switched back meanwhile (the cloud asked for the previous version)
         st.previous, st.running = st.running, version
-        # restart a moment later, as the agent does after its report: the report goes out first
-        self.fleet._after_real(0.2, self._reboot, dev)
+        self._reboot(dev)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -89,7 +89,10 @@ def _bad_builds(env: Env) -> None:
             rollout_id, lambda r: r["per_wave"][0]["counts"] == {"rolled_back": 2}, f"{version}: canary rolled back"
         )
     fleet = env.fleets[0].fleet
-    assert {st.running for st in fleet.ota.devices.values()} == {"1.0.0"}
+    wait_until(
+        lambda: {st.running for st in fleet.ota.devices.values()} == {"1.0.0"},
+        "every device on 1.0.0 again",
+    )
 
 
 def test_a_device_offline_for_the_whole_rollout_converges_later_or_fails_by_policy(env: Env) -> None:

@@ -269,6 +269,7 @@ class RolloutEngine:
                     for e in events.get(x.device_id, [])
                     if e.version == r.release_version and e.config_version >= target
                 ]
+                self._learn_previous(s, x, mine, r.release_version)
                 # A verdict (failed, rolled back, confirmed) outranks progress reported around it: a report
                 # queued before a reboot may arrive after the verdict of the boots that followed.
                 verdicts = [e for e in mine if e.state in ("failed", "rolled_back", "confirmed")]
@@ -420,6 +421,17 @@ class RolloutEngine:
         if self.metrics is not None:
             self.metrics.updates.labels("update").inc()
 
+    @staticmethod
+    def _learn_previous(s: Session, x: RolloutDevice, mine: Sequence[FirmwareEvent], release: str) -> None:
+        """The version a device ran before the update, from its own first report about it, when its
+        heartbeat had not told us yet (a rollback must know what to go back to)."""
+        if x.previous_firmware is not None or not mine:
+            return
+        running = mine[0].running
+        if running and compare_versions(running, release) != 0:
+            x.previous_firmware = running
+            s.add(x)
+
     def _running(self, s: Session, dev: Device) -> str | None:
         """The version the device runs: from its newest firmware report or heartbeat, whichever is later."""
         event = s.exec(
@@ -500,9 +512,21 @@ class RolloutEngine:
         now: datetime,
     ) -> None:
         assert r.id is not None
+        events = (
+            self._firmware_events(s, [x.device_id for x in rows if x.state != "pending"])
+            if r.kind == "firmware"
+            else {}
+        )
         for x in rows:
             if x.state in ("pending", "rolled_back", "rolling_back"):
                 continue
+            if r.kind == "firmware" and r.release_version and x.target_config_version is not None:
+                mine = [
+                    e
+                    for e in events.get(x.device_id, [])
+                    if e.version == r.release_version and e.config_version >= x.target_config_version
+                ]
+                self._learn_previous(s, x, mine, r.release_version)
             latest = crud.latest_config(s, device_id=x.device_id)
             if x.target_config_version is None and (latest is None or latest.created_by != _marker(r.id)):
                 self._set(s, r, x, "rolled_back", now, "nothing was sent")  # it never got the update

@@ -195,7 +195,9 @@ class RolloutService:
         session.flush()
         assert rollout.id is not None
         rollout.seed = f"rollout-{rollout.id}"
-        for device_id, (wave, rank) in assign(rollout.seed, ids, plan).items():
+        # rows in device id order: their foreign keys lock the device rows, and the bridge and the
+        # device-events consumer lock them in id order too (any other order can deadlock with them)
+        for device_id, (wave, rank) in sorted(assign(rollout.seed, ids, plan).items()):
             online = liveness(devices[device_id], now, self.timings)[0] is Liveness.ONLINE  # type: ignore[arg-type]
             session.add(
                 RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, rank=rank, online_at_start=online)
