@@ -103,6 +103,9 @@ def test_devices_download_with_signed_requests_and_resume_by_range(env: Env) -> 
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(BLOB)}"
     # refused: no credentials, a stranger's key, an old request, a request for another release,
     # and a device of another type
+    as_user = httpx.get(url, headers={"Authorization": f"Bearer {env.token}"}, timeout=30)
+    assert (as_user.status_code, as_user.content) == (200, BLOB)  # a user may fetch it too
+    assert httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=30).status_code == 401
     assert httpx.get(url, timeout=30).status_code == 401
     assert httpx.get(url, headers=_auth("dl-1", "1.2.0", generate_private_key()), timeout=30).status_code == 401
     old = httpx.get(url, headers=_auth("dl-1", "1.2.0", key, at_ms=time.time_ns() // 1_000_000 - 3_600_000), timeout=30)
