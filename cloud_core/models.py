@@ -23,6 +23,7 @@ __all__ = [
     "DeviceCreate",
     "DevicePermission",
     "DevicePublic",
+    "DeviceTag",
     "DeviceUpdate",
     "EnrollmentToken",
     "RejectedMessage",
@@ -94,6 +95,16 @@ class DevicePublic(DeviceBase):
     owner_id: int | None = None
     class_id: int | None = None
     shared_with_class: bool = False
+
+
+class DeviceTag(SQLModel, table=True):
+    """Free-form labels on a device (``greenhouse``, ``pilot``, ``room-2``) that rollouts target.
+    Their own table, so adding tags needs no change to ``devices``."""
+
+    __tablename__ = "device_tags"
+
+    device_id: str = Field(foreign_key="devices.id", primary_key=True, max_length=64)
+    tag: str = Field(primary_key=True, max_length=64, index=True)
 
 
 class EnrollmentToken(SQLModel, table=True):

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from iot_protocol import jws
 from iot_protocol.errors import ProtocolError
 from iot_protocol.messages import ConfigReport, Health, Reading, Status, decode_receipt, encode
-from iot_protocol.settings import parse_settings
+from iot_protocol.settings import DeviceSettings, parse_settings
 from iot_protocol.signing import open_config
 from iot_protocol.topics import Topics
 
@@ -151,9 +151,14 @@ class Pipeline:
         self.receipt_timeout_s = receipt_timeout_s
         self.max_unanswered_sends = max_unanswered_sends
         self.runtime = runtime or Runtime()
+        # A desired config is complete (docs/protocol.md §7): it applies over these file settings, so a
+        # setting it leaves out (a rollback removing it) returns to the file's value.
+        self._base_runtime = self.runtime
+        self.desired: DeviceSettings | None = None  # the applied config's settings (firmware target, ...)
         saved = buffer.get_state(_CONFIG_STATE)
         if saved:  # the applied config survives restarts
-            self.runtime = _merge(self.runtime, parse_settings(saved["settings"]), saved["version"])
+            self.desired = parse_settings(saved["settings"])
+            self.runtime = _merge(self._base_runtime, self.desired, saved["version"])
         self._last_ts: dict[str, int] = {}
         self._failing: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -170,6 +175,7 @@ class Pipeline:
         self._answers: dict[int, tuple[int | None, int]] = {}
         self.sensor_errors = 0
         self.latest: dict[str, float] = {}
+        self.last_stored_seq = 0  # the highest seq a receipt named as stored (an OTA health check waits for it)
 
     # -- sample -> buffer
     def sample(self, now_ms: int | None = None) -> list[Reading]:
@@ -335,6 +341,8 @@ class Pipeline:
                     self._inflight[r.seq] = (entry[0], now + r.after_ms / 1000 - self.receipt_timeout_s)
                     self._answers[r.seq] = (None, self._answers.get(r.seq, (None, 0))[1])
         deleted = self.buffer.ack(receipt.stored, rejected, rejected_readings=partly)
+        if receipt.stored:
+            self.last_stored_seq = max(self.last_stored_seq, *receipt.stored)
         with self._lock:
             for s in (*receipt.stored, *rejected):
                 self._inflight.pop(s, None)
@@ -362,10 +370,9 @@ class Pipeline:
             new = parse_settings(dict(doc.settings))
         except ProtocolError as exc:
             return ConfigReport(doc.version, "rejected", now, str(exc))
-        saved = self.buffer.get_state(_CONFIG_STATE) or {"settings": {}}
-        merged = {**saved["settings"], **new.to_dict()}
-        self.buffer.set_state(_CONFIG_STATE, {"version": doc.version, "settings": merged})
-        self.runtime = _merge(self.runtime, new, doc.version)
+        self.buffer.set_state(_CONFIG_STATE, {"version": doc.version, "settings": new.to_dict()})
+        self.runtime = _merge(self._base_runtime, new, doc.version)
+        self.desired = new
         log.info("applied desired config", extra={"version": doc.version})
         return ConfigReport(doc.version, "applied", now)
 
@@ -519,6 +526,21 @@ class Agent:
         self._client = self._make_client()
         self.connects = 0
         self.identity_reloads = 0
+        self.restart_requested = False  # an OTA switch: exit with RESTART_EXIT_CODE to be started again
+        self.ota: Any = None
+        if settings.ota_dir is not None:
+            from .ota import Ota
+
+            self.ota = Ota(
+                settings=settings,
+                device_id=self.device_id,
+                key=identity.key,
+                identity_dir=settings.identity_dir,
+                publish=self._publish_report,
+                ready=self.wait_connected,
+                seqs=lambda: (self.pipeline.buffer.counters["last_seq"], self.pipeline.last_stored_seq),
+                restart=self.request_restart,
+            )
 
     # -- MQTT client
     def _make_client(self) -> Any:
@@ -601,11 +623,33 @@ class Agent:
                 report = self.pipeline.apply_config(msg.payload)
                 if report is not None:
                     client.publish(self.topics.config_reported(self.device_id), encode(report), 1)
+                    if report.status == "applied":
+                        self._firmware_desired(report.version)
                 if self.pipeline.runtime is not before:
                     self._wake_sampler.set()
                     self._wake_pub.set()
         except Exception:  # never let a bad message kill paho's network thread
             log.exception("failed to handle a message", extra={"topic": msg.topic})
+
+    # -- firmware over the air (edge_agent/ota.py)
+    def _publish_report(self, report: ConfigReport) -> None:
+        self._client.publish(self.topics.config_reported(self.device_id), encode(report), 1)
+
+    def _firmware_desired(self, config_version: int) -> None:
+        target = self.pipeline.desired.firmware if self.pipeline.desired is not None else None
+        if target is None:
+            return
+        if self.ota is not None:
+            self.ota.request(target, config_version)
+        else:
+            from .ota import disabled_report
+
+            self._publish_report(disabled_report(target, config_version))
+
+    def request_restart(self) -> None:
+        """Stop, and have the process exit with RESTART_EXIT_CODE (the supervisor starts it again)."""
+        self.restart_requested = True
+        self._stop.set()
 
     # -- threads
     def _network_loop(self) -> None:
@@ -769,6 +813,9 @@ class Agent:
             t = threading.Thread(target=target, name=f"edge-agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self.ota is not None:
+            desired = self.pipeline.desired
+            self.ota.start(desired.firmware if desired else None, self.pipeline.runtime.config_version)
         log.info("agent started", extra={"device_id": self.device_id, "depth": self.pipeline.buffer.depth})
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -778,6 +825,8 @@ class Agent:
         self._wake_sampler.set()
         self._wake_net.set()
         self._check_identity.set()
+        if self.ota is not None:
+            self.ota.stop()
         if self._connected.is_set():
             with contextlib.suppress(Exception):
                 info = self._client.publish(
@@ -808,14 +857,21 @@ class Agent:
         return self._ready.wait(timeout_s)
 
 
-def run_agent(config: Path | str) -> None:
-    """``iotctl agent run``: load settings and identity, run until signalled."""
+def run_agent(config: Path | str) -> int:
+    """``iotctl agent run``: load settings and identity, run until signalled. Returns the exit code:
+    0, or RESTART_EXIT_CODE after an OTA switch (the supervisor starts the new release)."""
     from .config import load_settings
     from .identity import load_identity
 
     settings = load_settings(config)
     setup_logging(settings.log_level)
-    Agent(settings, load_identity(settings.identity_dir)).run_forever()
+    agent = Agent(settings, load_identity(settings.identity_dir))
+    agent.run_forever()
+    if agent.restart_requested:
+        from .ota_boot import RESTART_EXIT_CODE
+
+        return RESTART_EXIT_CODE
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -829,11 +885,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", "-c", required=True, type=Path, help="Agent TOML file.")
     args = ap.parse_args(argv)
     try:
-        run_agent(args.config)
+        return run_agent(args.config)
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def status_lines(config: Path | str) -> Iterable[tuple[str, Any]]:

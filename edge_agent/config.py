@@ -166,6 +166,30 @@ class AgentSettings:
     keep_produced_log: bool = setting(
         False, "Also log every reading produced in a table that is never pruned (tests, ground truth)."
     )
+    # --- firmware over the air (docs/agent.md, "Firmware updates")
+    ota_dir: Path | None = setting(  # noqa: RUF009 (see _STATE)
+        None,
+        "A/B OTA directory (slots/, current, state.json; `iotctl agent ota-init`). Unset: OTA is off and "
+        "the agent reports any firmware target as failed.",
+    )
+    device_type: str = setting(
+        "environment", "This device's type; it installs only releases built for it.", min_len=1, max_len=64
+    )
+    ota_confirm_timeout_s: float = setting(
+        120.0, "A new release must pass its health check (connected, a batch receipted) this soon after "
+        "the switch, or the agent switches back.", gt=0, le=86_400,
+    )
+    ota_max_boots: int = setting(
+        3, "Boots of an unconfirmed release before the boot step switches back (a crash loop).", ge=1, le=100
+    )
+    ota_download_retries: int = setting(
+        5, "Failed download attempts in a row (without progress) before the update fails.", ge=0, le=1000
+    )
+    ota_retry_delay_s: float = setting(2.0, "First delay between download attempts (doubles to 60 s).", gt=0, le=3600)
+    ota_http_timeout_s: float = setting(30.0, "Connect/read timeout of a download request.", gt=0, le=3600)
+    ota_max_bytes_per_s: int | None = setting(
+        None, "Download bandwidth cap when the desired config gives none (unset: none).", ge=1024
+    )
     # --- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "JSON log level (stderr).")
     # --- sensors
@@ -218,7 +242,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> AgentSett
             raise SettingsError(f"{p} is not valid TOML: {exc}") from None
         base = p.resolve().parent
         # relative paths are relative to the file
-        for key in ("identity_dir", "buffer_path", "tls_ca_file", "tls_client_cert", "tls_client_key"):
+        for key in ("identity_dir", "buffer_path", "tls_ca_file", "tls_client_cert", "tls_client_key", "ota_dir"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
     from_env: dict[str, str] = {}

@@ -5,7 +5,11 @@
     ├── IdentityError            the identity directory is missing, incomplete or unreadable
     │   └── EnrollmentError      the enrollment API refused (used/expired token) or was unreachable
     ├── BufferError              the SQLite buffer cannot be opened or written
-    └── SensorSetupError         a sensor cannot be constructed (bad options, missing hardware library)
+    ├── SensorSetupError         a sensor cannot be constructed (bad options, missing hardware library)
+    └── OtaError                 a firmware update cannot go on; ``reason`` is a stable code
+        ├── DownloadError        the artifact could not be fetched (retryable: network, HTTP 5xx)
+        └── VerifyError          the manifest or the artifact is not what it must be (signature,
+                                 size, SHA-256, device type, below the minimum version): never installed
 
 A failing sensor *read* is not an error here: it is :class:`edge_agent.sensors.base.SensorError`,
 turned into a quality flag on the reading.
@@ -16,10 +20,13 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "BufferError",
+    "DownloadError",
     "EnrollmentError",
     "IdentityError",
+    "OtaError",
     "SensorSetupError",
     "SettingsError",
+    "VerifyError",
 ]
 
 
@@ -53,4 +60,21 @@ class BufferError(AgentError):
 
 
 class SensorSetupError(AgentError):
+    pass
+
+
+class OtaError(AgentError):
+    """A firmware update failed. ``reason``: a stable code (``bad_signature``, ``size_mismatch``,
+    ``hash_mismatch``, ``wrong_device_type``, ``below_minimum``, ``download``, ``cancelled``, ...)."""
+
+    def __init__(self, message: str, *, reason: str = "ota") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DownloadError(OtaError):
+    retryable = True
+
+
+class VerifyError(OtaError):
     pass

@@ -12,6 +12,8 @@ public key with the one-time token to ``POST {api}/v1/enroll``, and stores what 
 
 Enrolling over ``https://`` verifies the API with ``ca_file`` when given (the operator's CA, shipped
 with the device image), else with the system's trusted CAs.
+- ``release_public_key`` the key firmware release manifests are signed with (unpadded base64url;
+                       distinct from the config key; read by edge_agent/ota.py)
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
         write_private_file(d / CA_FILE, str(ca_pem).encode())
     else:
         (d / CA_FILE).unlink(missing_ok=True)  # re-enrolled with a cloud that uses a public CA
+    if info.get("release_public_key"):
+        write_private_file(d / "release_public_key", (str(info["release_public_key"]) + "\n").encode())
     write_private_file(d / CREDENTIALS_FILE, json.dumps(creds, indent=2).encode())
     return load_identity(d)
 

@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import queue
 import resource
 import selectors
 import socket
@@ -96,6 +97,14 @@ class FleetSettings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="After the run, wait this long for receipts.")
     heartbeat_interval_s: float = Field(300.0, gt=0, description="Simulated seconds between health messages.")
     heartbeats: bool = Field(True, description="Publish health heartbeats and retained online/offline status.")
+    ota_confirm_timeout_s: float = Field(
+        30.0, gt=0, description="A new firmware must pass its health check this soon after its switch (real s)."
+    )
+    ota_max_boots: int = Field(3, ge=1, description="Boots of an unconfirmed firmware before switching back.")
+    ota_reboot_s: float = Field(0.5, gt=0, description="Real seconds a firmware switch or crash keeps a device down.")
+    ota_download_workers: int = Field(8, ge=1, le=256, description="Threads downloading firmware artifacts.")
+    ota_download_retries: int = Field(5, ge=0, description="Failed download attempts in a row before giving up.")
+    ota_retry_delay_s: float = Field(1.0, gt=0, description="First delay between download attempts.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +116,7 @@ class Credentials:
     client_id: str | None = None
     cloud_public_key: bytes | None = None
     mqtt_url: str | None = None  # the broker enrollment named (the platform's advertised URL)
+    release_public_key: bytes | None = None  # verifies firmware manifests (firmware_sim/ota.py)
 
 
 @dataclass(slots=True)
@@ -309,7 +319,7 @@ class _Device:
 
     def transmit(self, sim_ms: int) -> None:
         """A publish cycle: the pipeline plans due resends, fresh and backlog batches (inflight-capped)."""
-        if not self.connected:
+        if not self.connected or self.fleet.ota.silent(self):
             return
         now = time.monotonic()
         topic = self.fleet.topics.telemetry(self.id)
@@ -334,6 +344,7 @@ class _Device:
         self.pipeline.resend_all()
         self.transmit(f.clock.now_ms())
         f._connected_changed(+1)
+        f.ota.on_connected(self)
 
     def on_receipt(self, payload: bytes) -> None:
         try:
@@ -361,12 +372,13 @@ class _Device:
         report = self.pipeline.apply_config(token, self.now_device_ms(self.fleet.clock.now_ms()))
         if report is not None:
             self.publish(self.fleet.topics.config_reported(self.id), encode(report))
+            self.fleet.ota.on_config(self, report)
 
     def heartbeat(self, sim_ms: int) -> None:
-        if self.down or not self.connected:
+        if self.down or not self.connected or self.fleet.ota.silent(self):
             return
         h = self.pipeline.health(time.monotonic() - self.boot_real, self.now_device_ms(sim_ms))
-        self.publish(self.fleet.topics.health(self.id), encode(h))
+        self.publish(self.fleet.topics.health(self.id), encode(self.fleet.ota.health(self, h)))
 
     # ------------------------------------------------------------------ faults
     def go_down(self) -> None:
@@ -380,6 +392,9 @@ class _Device:
         if self.fleet.settings.buffer_dir is not None:  # a real restart: reopen the buffer file
             self.pipeline.buffer.close()
             self.pipeline = self._make_pipeline(self.fleet._open_buffer(self.id))
+        if not self.fleet.ota.on_boot(self):  # the firmware crashed while starting
+            self.down = True
+            return
         self.connect()
 
     def go_offline(self) -> None:
@@ -481,6 +496,10 @@ class Fleet:
         self._tick = itertools.count()
         self._connected = 0
         self._stop = threading.Event()
+        self.calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
+        from .ota import SimOta
+
+        self.ota = SimOta(self)
         raise_fd_limit(len(plan.devices) * (4 if settings.buffer_dir else 1) + 256)
         credentials = credentials or {}
         keys = keys or {}
@@ -489,6 +508,7 @@ class Fleet:
         for d in plan.devices:
             key = keys.get(d.device_id) or device_key(seed, d.device_id)
             dev = self.devices[d.device_id] = _Device(self, d, key, credentials.get(d.device_id, Credentials()))
+            self.ota.attach(dev)
             # sensor-fault labels end at the first unaffected reading, as in offline generation
             self.labels.sampling_interval(d.device_id, dev.sampling_interval_ms)
 
@@ -694,6 +714,9 @@ class Fleet:
             while self._timers and self._timers[0][0] <= now:
                 _, _, fn, args = heapq.heappop(self._timers)
                 fn(*args)
+            while not self.calls.empty():  # results handed over by other threads (OTA downloads)
+                fn, args = self.calls.get()
+                fn(*args)
             if now >= next_misc:
                 for dev in self.devices.values():
                     if dev.connected:
@@ -719,6 +742,7 @@ class Fleet:
 
     def _shutdown(self) -> None:
         """Say offline (retained), disconnect cleanly, flush the last packets."""
+        self.ota.close()
         for dev in self.devices.values():
             if dev.connected:
                 if self.settings.heartbeats:

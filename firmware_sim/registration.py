@@ -150,12 +150,14 @@ def enroll_via_api(
             except httpx.HTTPError as exc:
                 raise FleetError(f"API {base} unreachable while enrolling {d.device_id}: {exc}") from None
             cloud_key = info.get("cloud_public_key")
+            release_key = info.get("release_public_key")
             out[d.device_id] = Credentials(
                 username=info.get("mqtt_username"),
                 password=info.get("mqtt_password"),
                 client_id=info.get("client_id") or d.device_id,
                 cloud_public_key=public_key_from_b64(cloud_key) if cloud_key else None,
                 mqtt_url=info.get("mqtt_url"),
+                release_public_key=public_key_from_b64(release_key) if release_key else None,
             )
     return out
 

@@ -42,6 +42,15 @@ or a number of seconds; times inside the run are offsets from ``simulation.start
     rate_per_day = 2.0              # Poisson rate per device per simulated day
     duration = "10m"
     field = "humidity"
+
+    [[firmware]]                    # how a firmware build behaves on a simulated device (OTA)
+    version = "2.0.0"               # a release of this version, rolled out, makes devices ...
+    behaviour = "crash_after_boot"  # good | crash_after_boot | stop_sending | drift | out_of_range | reject_config
+    after = "0s"                    # ... misbehave this long after booting it (0: at once)
+    field = "temperature"           # drift / out_of_range: the field hit
+    magnitude = 30.0                # drift: change per simulated minute; out_of_range: the value sent
+
+Devices start on their group's ``firmware`` version (default 1.0.0); see firmware_sim/ota.py.
 """
 
 from __future__ import annotations
@@ -66,9 +75,11 @@ from .faults import ATTACK_KINDS, DEVICE_FAULTS, NETWORK_FAULTS, SENSOR_FAULTS, 
 from .physics import FIELDS, PROFILES, TIME_FUNCTIONS, Profile, hash01
 
 __all__ = [
+    "BEHAVIOURS",
     "DeviceGroup",
     "DevicePlan",
     "Event",
+    "FirmwareBuild",
     "FleetPlan",
     "RandomEvent",
     "Scenario",
@@ -144,6 +155,7 @@ class DeviceGroup(_Model):
     batch_max_readings: int = Field(100, ge=1, le=1000)
     utc_offset_h: float = Field(1.0, ge=-12, le=14)
     profile: dict[str, float | bool] = Field(default_factory=dict)
+    firmware: str = Field("1.0.0", pattern=r"^\d{1,9}(\.\d{1,9}){0,3}$", description="Version the devices run.")
 
     @field_validator("type")
     @classmethod
@@ -216,11 +228,39 @@ class RandomEvent(_EventBase):
     rate_per_day: float = Field(gt=0, le=100_000)
 
 
+BEHAVIOURS = ("good", "crash_after_boot", "stop_sending", "drift", "out_of_range", "reject_config")
+
+
+class FirmwareBuild(_Model):
+    """How a firmware version behaves when a simulated device runs it (firmware_sim/ota.py)."""
+
+    version: str = Field(pattern=r"^\d{1,9}(\.\d{1,9}){0,3}$")
+    behaviour: str = "good"
+    after: Duration = 0.0
+    field: str = "temperature"
+    magnitude: float | None = None
+
+    @field_validator("behaviour")
+    @classmethod
+    def _known_behaviour(cls, v: str) -> str:
+        if v not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {v!r}: use one of {', '.join(BEHAVIOURS)}")
+        return v
+
+    @field_validator("field")
+    @classmethod
+    def _known_field(cls, v: str) -> str:
+        if v not in FIELDS:
+            raise ValueError(f"field {v!r} is not one of {', '.join(FIELDS)}")
+        return v
+
+
 class Scenario(_Model):
     simulation: SimulationSection = Field(default_factory=SimulationSection)  # type: ignore[arg-type]
     devices: tuple[DeviceGroup, ...] = Field(min_length=1)
     events: tuple[Event, ...] = ()
     random_events: tuple[RandomEvent, ...] = ()
+    firmware: tuple[FirmwareBuild, ...] = ()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Scenario:
@@ -229,6 +269,10 @@ class Scenario(_Model):
             if g.id_prefix in seen:
                 raise ValueError(f"two device groups share id_prefix {g.id_prefix!r}")
             seen.add(g.id_prefix)
+        versions = [b.version for b in self.firmware]
+        dup = next((v for i, v in enumerate(versions) if v in versions[:i]), None)
+        if dup is not None:
+            raise ValueError(f"two [[firmware]] builds share version {dup!r}")
         return self
 
     def plan(self, *, start_ms: int | None = None) -> FleetPlan:

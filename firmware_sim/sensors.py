@@ -36,6 +36,8 @@ class ModelledSensor(Sensor):
         self.faults = faults if faults is not None else SensorFaultInjector(physics.seed, physics=physics)
         self.time_source = time_source
         self.dead = False  # battery death: every read fails
+        # A firmware build's effect on what the device sends (firmware_sim/ota.py): (t, values) -> values.
+        self.effect: Callable[[int, dict[str, float]], dict[str, float]] | None = None
 
     @classmethod
     def for_device(cls, dev: DevicePlan, start_ms: int, time_source: Callable[[int], int]) -> ModelledSensor:
@@ -60,4 +62,6 @@ class ModelledSensor(Sensor):
             faulted, flags = self.faults.apply(t, values)
         except DropoutError as exc:
             raise SensorError(str(exc), flag="dropout") from None
+        if self.effect is not None:
+            faulted = self.effect(t, faulted)
         return Sample(faulted, 1.0, flags)

@@ -6,6 +6,17 @@ package and nothing re-implements it.
 
 from . import jws
 from .errors import DecodeError, ProtocolError, SignatureError, TopicError, UnsupportedVersion, ValidationError
+from .firmware import (
+    FirmwareStatus,
+    FirmwareTarget,
+    Manifest,
+    check_installable,
+    compare_versions,
+    firmware_version,
+    open_manifest,
+    parse_version,
+    seal_manifest,
+)
 from .jws import MAX_TOKEN_BYTES
 from .keys import (
     check_public_key,
@@ -74,8 +85,11 @@ __all__ = [
     "ConfigReport",
     "DecodeError",
     "DeviceSettings",
+    "FirmwareStatus",
+    "FirmwareTarget",
     "Health",
     "Kind",
+    "Manifest",
     "ProtocolError",
     "Reading",
     "ReadingOutcome",
@@ -91,8 +105,10 @@ __all__ = [
     "Unread",
     "UnsupportedVersion",
     "ValidationError",
+    "check_installable",
     "check_public_key",
     "check_reading",
+    "compare_versions",
     "decode_alert",
     "decode_batch",
     "decode_config_document",
@@ -102,12 +118,15 @@ __all__ = [
     "decode_status",
     "decode_verified_batch",
     "encode",
+    "firmware_version",
     "generate_private_key",
     "jws",
     "load_private_key",
     "open_batch",
     "open_config",
+    "open_manifest",
     "parse_settings",
+    "parse_version",
     "payload_indexes",
     "peek_seq",
     "private_key_from_seed",
@@ -117,6 +136,7 @@ __all__ = [
     "save_private_key",
     "seal_batch",
     "seal_config",
+    "seal_manifest",
     "validate_device_id",
     "verify_batch",
 ]

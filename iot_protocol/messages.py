@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 
 from ._json import count_members, has_duplicates
 from .errors import DecodeError, UnsupportedVersion
 from .topics import DEVICE_ID_RE, validate_device_id
+
+if TYPE_CHECKING:
+    from .firmware import FirmwareStatus
 
 __all__ = [
     "MAX_BATCH_ID_LENGTH",
@@ -647,15 +650,21 @@ def decode_config_document(data: bytes) -> ConfigDocument:
 
 @dataclass(frozen=True, slots=True)
 class ConfigReport:
-    """Device -> cloud: the outcome of a desired config. ``status`` is ``applied`` or ``rejected``."""
+    """Device -> cloud: the outcome of a desired config. ``status`` is ``applied`` or ``rejected``.
+    ``firmware``, when present, is the progress of the firmware update that config asked for (a
+    device sends one report per update step, with the same ``version`` and ``status``)."""
 
     version: int
     status: str
     at: int
     error: str | None = None
+    firmware: FirmwareStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": VERSION, "version": self.version, "status": self.status, "at": self.at, "error": self.error}
+        out = {"v": VERSION, "version": self.version, "status": self.status, "at": self.at, "error": self.error}
+        if self.firmware is not None:
+            out["firmware"] = self.firmware.to_json()
+        return out
 
 
 def decode_config_report(data: bytes) -> ConfigReport:
@@ -666,8 +675,17 @@ def decode_config_report(data: bytes) -> ConfigReport:
     error = obj.get("error")
     if error is not None and not isinstance(error, str):
         raise DecodeError("config report error must be a string or null", reason="bad_schema")
+    firmware = None
+    if obj.get("firmware") is not None:
+        from .firmware import FirmwareStatus
+
+        firmware = FirmwareStatus.from_json(obj["firmware"])
     return ConfigReport(
-        version=_int(obj, "version", "config report"), status=status, at=_int(obj, "at", "config report"), error=error
+        version=_int(obj, "version", "config report"),
+        status=status,
+        at=_int(obj, "at", "config report"),
+        error=error,
+        firmware=firmware,
     )
 
 

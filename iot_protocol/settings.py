@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ValidationError
+from .firmware import FirmwareTarget, parse_firmware_target
 
 __all__ = ["SETTINGS_FIELDS", "DeviceSettings", "SettingSpec", "parse_settings"]
 
 
 @dataclass(frozen=True, slots=True)
 class SettingSpec:
-    """One remotely configurable setting: its type (``float``, ``int``, ``bool`` or ``dict``: a map
-    of field name -> float), inclusive bounds for numbers, and what it does."""
+    """One remotely configurable setting: its type (``float``, ``int``, ``bool``, ``dict``: a map
+    of field name -> float, or :class:`FirmwareTarget`), inclusive bounds for numbers, and what it does."""
 
     type: type
     ge: float | None
@@ -38,6 +39,13 @@ SETTINGS_FIELDS: dict[str, SettingSpec] = {
     ),
     "low_power": SettingSpec(bool, None, None, "Power saving: longer intervals between heartbeats."),
     "heartbeat_interval_s": SettingSpec(float, 1, 86_400, "Seconds between health messages."),
+    "firmware": SettingSpec(
+        FirmwareTarget,
+        None,
+        None,
+        "Firmware to run: {version, manifest, url, max_bytes_per_s}; the device downloads, verifies and "
+        "installs it (A/B), or switches back to an installed version (docs/protocol.md §10).",
+    ),
 }
 """Every setting a desired config may carry, in document order (docs and ``iotctl config`` list them)."""
 
@@ -53,13 +61,16 @@ class DeviceSettings:
     calibration_offsets: dict[str, float] | None = None
     low_power: bool | None = None
     heartbeat_interval_s: float | None = None
+    firmware: FirmwareTarget | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings this document sets (None fields left out), JSON-ready."""
         out: dict[str, Any] = {}
         for name in SETTINGS_FIELDS:
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, FirmwareTarget):
+                out[name] = value.to_dict()
+            elif value is not None:
                 out[name] = dict(value) if isinstance(value, dict) else value
         return out
 
@@ -95,6 +106,11 @@ def _number(value: Any, *, integer: bool) -> float | int:
 
 
 def _check(name: str, spec: SettingSpec, value: Any) -> Any:
+    if spec.type is FirmwareTarget:
+        try:
+            return parse_firmware_target(value)
+        except ValueError as exc:
+            raise _Bad(str(exc)) from None
     if spec.type is bool:
         if not isinstance(value, bool):
             raise _Bad(f"must be true or false, got {value!r}")

@@ -116,13 +116,16 @@ def call(
     api: str | None,
     token: str | None,
     json: Any = None,
+    content: Any = None,
+    headers: dict[str, str] | None = None,
     auth: bool = True,
     timeout_s: float = 30.0,
     params: Any = None,
     raw: bool = False,
     what: str = "",
 ) -> Any:
-    """Send one request and return the decoded JSON body (``raw``: the text); raise CliError on any failure."""
+    """Send one request and return the decoded JSON body (``raw``: the text); raise CliError on any failure.
+    ``content`` (bytes or an iterator of bytes) is sent as the raw body instead of ``json``."""
     import httpx
 
     from .profiles import current_profile
@@ -133,7 +136,7 @@ def call(
         "'iotctl up' (with the same --state-dir), or pass --api URL"
     )
     try:
-        headers = {"Authorization": f"Bearer {resolve_token(token, api)}"} if auth else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {resolve_token(token, api)}"} if auth else {})}
     except CliError:
         if guessed:  # the missing token is the smaller problem
             raise CliError(no_platform) from None
@@ -142,7 +145,14 @@ def call(
     url = api.rstrip("/") + path
     try:
         response = httpx.request(
-            method, url, json=json, params=params, headers=headers, timeout=timeout_s, verify=_verify(api)
+            method,
+            url,
+            json=json,
+            content=content,
+            params=params,
+            headers=headers,
+            timeout=timeout_s,
+            verify=_verify(api),
         )
     except httpx.InvalidURL:
         raise CliError(f"invalid API URL {api!r}: use e.g. {DEFAULT_API}") from None

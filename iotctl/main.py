@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "Run the edge agent on a device, or enroll it."),
     "devices": ("devices", "Register, list, deactivate and rotate devices; loss ledger."),
     "config": ("config", "Set and show devices' desired configuration."),
+    "rollout": ("rollout", "Staged rollouts of config or firmware with health gates and automatic rollback."),
+    "release": ("release", "Firmware releases: sign a manifest, upload an artifact, list."),
     "query": ("query", "Read stored readings back as a table, CSV or JSON."),
     "db": ("db", "Initialise databases; migrate the metadata schema (upgrade, current, downgrade)."),
     "bridge": ("bridge", "Run the ingest bridge (broker -> verification -> time-series store)."),

@@ -23,6 +23,7 @@ from ..auth.errors import AuthError, NotAuthenticated, TooManyAttempts
 from ..broker.admin import BrokerAdmin, BrokerAdminError
 from ..cache import Cache
 from ..core.config import CloudSettings
+from ..rollouts import RolloutSettings
 from ..services.errors import ServiceError
 from ..tsdb import open_tsdb
 from .context import AppContext, Metrics
@@ -61,6 +62,7 @@ def create_app(
     consume_events: bool = True,
     broker_admin: BrokerAdmin | None = None,
     analytics: AnalyticsSettings | None = None,
+    rollouts: RolloutSettings | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -71,16 +73,30 @@ def create_app(
             ``mqtt_admin_username`` is set). ``iotctl up`` passes the embedded amqtt broker's admin.
         analytics: when given, also run one analytics worker in this process (embedded mode); in
             production analytics workers are their own processes in the consumer group.
+        rollouts: rollout and release settings; default: from the environment (``EDU_ROLLOUT_*``).
     """
     settings = settings if settings is not None else CloudSettings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = AppContext.open(settings, metrics, consume_events=consume_events, broker_admin=broker_admin)
-        app.state.ctx = ctx
         app.state.tsdb = open_tsdb(settings.tsdb_url)
+        try:
+            ctx = AppContext.open(
+                settings,
+                metrics,
+                consume_events=consume_events,
+                broker_admin=broker_admin,
+                rollouts=rollouts,
+                tsdb=app.state.tsdb,
+            )
+        except BaseException:
+            app.state.tsdb.close()
+            raise
+        app.state.ctx = ctx
         app.state.cache = ctx.cache
+        if ctx.rollouts is not None:
+            ctx.rollouts.start()
         worker_stop = threading.Event()
         worker: threading.Thread | None = None
         if analytics is not None:
@@ -169,6 +185,10 @@ def create_app(
     for module in (auth, users, keys, classes, audit, devices, ingest, config, readings):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(analytics_routes.router, responses=ERROR_RESPONSES)
+    from ..rollouts.routes import routers as rollout_routers
+
+    for router in rollout_routers:
+        app.include_router(router, responses=ERROR_RESPONSES)
     missing = undeclared_routes(app)
     if missing:  # tests/test_authz_matrix.py fails on these; say so at start too
         log.error("routes without a declared access rule (use deps.require or deps.public): %s", ", ".join(missing))

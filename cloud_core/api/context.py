@@ -30,9 +30,11 @@ from ..core.security import (
     signing_public_key_b64,
     write_secret_file,
 )
+from ..rollouts import Rollouts, RolloutSettings
 from ..services.config import ConfigService
 from ..services.device_events import DeviceEventsConsumer
 from ..services.registry import Registry
+from ..tsdb import TimeSeriesStore
 
 __all__ = ["AppContext", "Metrics"]
 
@@ -84,6 +86,7 @@ class AppContext:
     throttle: LoginThrottle
     broker_sync: BrokerSync
     events: DeviceEventsConsumer | None = None
+    rollouts: Rollouts | None = None
 
     @classmethod
     def open(
@@ -93,6 +96,8 @@ class AppContext:
         *,
         consume_events: bool = True,
         broker_admin: BrokerAdmin | None = None,
+        rollouts: RolloutSettings | None = None,
+        tsdb: TimeSeriesStore | None = None,
     ) -> AppContext:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         configure_passwords(time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib)
@@ -142,6 +147,22 @@ class AppContext:
             ),
             broker_sync=BrokerSync(broker, settings.topic_prefix),
         )
+        try:
+            ctx.rollouts = Rollouts.open(
+                cloud=settings,
+                settings=rollouts if rollouts is not None else RolloutSettings(),
+                db=engine,
+                configs=ctx.configs,
+                registry=metrics.registry,
+                tsdb=tsdb,
+            )
+        except BaseException:
+            publisher.close()
+            broker.close()
+            cache.close()
+            engine.dispose()
+            raise
+        ctx.registry.release_public_key = ctx.rollouts.releases.public_key_b64
         ctx.bootstrap_admin()
         from .fleet_metrics import FleetCollector
 
@@ -176,6 +197,8 @@ class AppContext:
         log.info("bootstrap admin created", extra={"path": str(self.settings.admin_token_path)})
 
     def close(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()
         if self.events is not None:
             self.events.stop()
         self.publisher.close()

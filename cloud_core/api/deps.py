@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from ..auth.access import Principal, authorize_class, authorize_device, require_permission
+from ..auth.access import Principal, authorize_class, authorize_device, require_fleet, require_permission
 from ..auth.credentials import KEY_PREFIX, authenticate_key, authenticate_token
 from ..auth.errors import AuthInvalid, Forbidden, NotAuthenticated, NotVisible
 from ..auth.permissions import Permission
@@ -126,6 +126,8 @@ class Requirement:
         device: the path or query parameter naming the device the action is on.
         klass: the path parameter naming the class the action is on.
         anomaly: the path parameter naming an anomaly episode: the action is on its device.
+        fleet: the action spans the whole fleet (rollouts, releases): only a principal reaching every
+            device with ``permission`` may do it (:func:`cloud_core.auth.access.require_fleet`).
         teacher: with ``klass``, only the class's teachers (and admins).
         note: for public routes, what protects them instead.
     """
@@ -137,12 +139,14 @@ class Requirement:
         device: str | None = None,
         klass: str | None = None,
         anomaly: str | None = None,
+        fleet: bool = False,
         teacher: bool = False,
         note: str = "",
     ) -> None:
         self.permission = permission
         self.device = device
         self.anomaly = anomaly
+        self.fleet = fleet
         self.klass = klass
         self.teacher = teacher
         self.note = note
@@ -157,6 +161,8 @@ class Requirement:
             if self.anomaly
             else f", class={self.klass}"
             if self.klass
+            else ", fleet"
+            if self.fleet
             else ""
         )
         return f"require({self.permission.value}{scope}{', teacher' if self.teacher else ''})"
@@ -166,6 +172,8 @@ class Requirement:
             return None
         principal = authenticate(request, session, ctx)
         require_permission(principal, self.permission)
+        if self.fleet:
+            require_fleet(principal, self.permission)
         if self.device is not None:
             device_id = request.path_params.get(self.device) or request.query_params.get(self.device)
             if device_id:
@@ -207,10 +215,11 @@ def require(
     device: str | None = None,
     klass: str | None = None,
     anomaly: str | None = None,
+    fleet: bool = False,
     teacher: bool = False,
 ) -> Requirement:
     """The access rule of a route (see the module docstring)."""
-    return Requirement(permission, device=device, klass=klass, anomaly=anomaly, teacher=teacher)
+    return Requirement(permission, device=device, klass=klass, anomaly=anomaly, fleet=fleet, teacher=teacher)
 
 
 def public(note: str) -> Requirement:

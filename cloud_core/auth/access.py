@@ -17,7 +17,7 @@ from sqlmodel import Session, col, or_, select
 from ..models import Device
 from .errors import Forbidden, NotVisible
 from .models import ClassMember, Classroom, DevicePermission, GroupPermission
-from .permissions import ROLE_PERMISSIONS, Permission, higher, level_allows
+from .permissions import LEVELS, ROLE_PERMISSIONS, Permission, higher, level_allows
 
 __all__ = [
     "Principal",
@@ -25,6 +25,7 @@ __all__ = [
     "authorize_device",
     "device_level",
     "principal_for",
+    "require_fleet",
     "require_permission",
     "visible_device_ids",
 ]
@@ -99,6 +100,21 @@ def require_permission(p: Principal, need: Permission) -> None:
     """Raise Forbidden unless ``p``'s role holds ``need``."""
     if need not in p.permissions:
         raise Forbidden(f"role {p.role!r} does not have the {need.value} permission")
+
+
+def require_fleet(p: Principal, need: Permission) -> None:
+    """Raise Forbidden unless ``p`` reaches every device with ``need`` (an admin, or a user with fleet
+    access at that level, not through a key limited to some devices): for actions that span the fleet,
+    such as rollouts and firmware releases."""
+    if p.key_devices is not None:
+        raise Forbidden("a key limited to some devices cannot act on the whole fleet")
+    if p.role == "admin":
+        return
+    if p.fleet_access is None or need not in LEVELS.get(p.fleet_access, frozenset()):
+        raise Forbidden(
+            f"this acts on the whole fleet: it needs {need.value} on every device (an admin, or a user with "
+            "fleet access; 'iotctl users add NAME --fleet write')"
+        )
 
 
 def device_level(session: Session, p: Principal, device: Device) -> str | None:

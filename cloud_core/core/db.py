@@ -39,6 +39,7 @@ def register_models() -> None:
     """Import every table module, so ``SQLModel.metadata`` holds the whole schema."""
     from .. import models  # noqa: F401 - registers the tables on SQLModel.metadata
     from ..analytics import models as analytics_models  # noqa: F401 - the anomalies table
+    from ..rollouts import models as rollout_models  # noqa: F401 - rollouts, releases, firmware events
 
 
 def create_all(engine: Engine) -> None:

@@ -72,9 +72,16 @@ class ConfigService:
         return device
 
     def set_desired(
-        self, session: Session, *, device_id: str, changes: dict[str, Any], created_by: str | None = None
+        self,
+        session: Session,
+        *,
+        device_id: str,
+        changes: dict[str, Any],
+        created_by: str | None = None,
+        replace: bool = False,
     ) -> ConfigView:
-        """Store and publish version ``previous + 1`` of ``device_id``'s desired config.
+        """Store and publish version ``previous + 1`` of ``device_id``'s desired config: ``changes``
+        merged over the previous version, or (``replace``) exactly ``changes`` (a rollback).
 
         Raises:
             NotFound: no such device.
@@ -89,10 +96,10 @@ class ConfigService:
             raise NotFound(f"no device {device_id!r}", device_id=device_id)
         if device.status == "inactive":
             raise Conflict(f"device {device_id!r} is deactivated", device_id=device_id)
-        if not changes:
+        if not changes and not replace:
             raise InvalidInput("no settings given: pass at least one key=value")
         previous = crud.latest_config(session, device_id=device_id)
-        merged = merge_settings(dict(previous.settings) if previous else {}, changes)
+        merged = dict(changes) if replace else merge_settings(dict(previous.settings) if previous else {}, changes)
         try:
             settings = parse_settings(merged).to_dict()
         except ValidationError as exc:
@@ -122,6 +129,23 @@ class ConfigService:
             ) from None
         log.info("desired config published", extra={"device_id": device_id, "config_version": version})
         return _view(device, row.settings, row.created_at)
+
+    def republish(self, session: Session, *, device_id: str) -> int:
+        """Publish the stored latest version again (after a publish failed); returns its version.
+
+        Raises:
+            NotFound: no desired config for the device. Unavailable: the broker did not acknowledge.
+        """
+        latest = crud.latest_config(session, device_id=device_id)
+        if latest is None:
+            raise NotFound(f"no desired config for {device_id!r}", device_id=device_id)
+        try:
+            self.publisher.publish(
+                Topics(self.topic_prefix).config_desired(device_id), latest.token.encode("ascii"), retain=True
+            )
+        except BrokerAdminError as exc:
+            raise Unavailable(f"config version {latest.version} not published: {exc}", device_id=device_id) from None
+        return latest.version
 
     def show(self, session: Session, *, device_id: str) -> ConfigView:
         device = self._device(session, device_id)

@@ -1,5 +1,6 @@
 """Device events consumer: keeps each device's presence, heartbeat and reported config on its
-``devices`` row from its ``status``, ``health`` and ``config/reported`` messages.
+``devices`` row from its ``status``, ``health`` and ``config/reported`` messages, and appends the
+firmware update steps that config reports carry to ``firmware_events`` (a device's firmware history).
 
 Replicas share the work through an MQTT 5 shared subscription (group ``device-events``). Updates
 are merged in memory per device and written in one transaction every ``events_flush_interval_s``
@@ -32,6 +33,7 @@ from ..broker.client import connect, paho_protocol
 from ..core.config import CloudSettings
 from ..core.db import session_scope
 from ..models import Device
+from ..rollouts.models import FirmwareEvent
 
 __all__ = ["DeviceEventsConsumer"]
 
@@ -59,6 +61,7 @@ class DeviceEventsConsumer:
         self._topics = Topics(settings.topic_prefix)
         self._group = group
         self._pending: dict[str, dict[str, Any]] = {}
+        self._firmware: list[FirmwareEvent] = []  # every step kept, in arrival order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -94,6 +97,19 @@ class DeviceEventsConsumer:
                     reported_config_status=report.status,
                     reported_config_error=report.error,
                 )
+                fw = report.firmware
+                if fw is not None:
+                    event = FirmwareEvent(
+                        device_id=device_id,
+                        version=fw.version,
+                        state=fw.state,
+                        running=fw.running,
+                        error=fw.error,
+                        config_version=report.version,
+                        at=now,
+                    )
+                    with self._lock:
+                        self._firmware.append(event)
             else:
                 return
         except ProtocolError as exc:
@@ -107,12 +123,15 @@ class DeviceEventsConsumer:
         """Write the pending updates in one transaction; returns how many devices were updated."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        if not pending:
+            firmware, self._firmware = self._firmware, []
+        if not pending and not firmware:
             return 0
         written = 0
         try:
             with session_scope(self._engine) as session:
-                for device_id, update in pending.items():
+                session.add_all(firmware)
+                # rows in id order, as the bridge's last_seen update takes them: no lock-order deadlock
+                for device_id, update in sorted(pending.items()):
                     device = session.get(Device, device_id)
                     if device is None:
                         continue
@@ -125,6 +144,7 @@ class DeviceEventsConsumer:
             with self._lock:  # put them back under anything newer that arrived meanwhile
                 for device_id, update in pending.items():
                     self._pending[device_id] = {**update, **self._pending.get(device_id, {})}
+                self._firmware[:0] = [FirmwareEvent(**e.model_dump(exclude={"id"})) for e in firmware]
             return 0
         return written
 

@@ -80,6 +80,11 @@ class EnrollResponse(BaseModel):
         description="PEM of the CA that signed the broker's TLS certificate: the device pins it and trusts "
         "only it for mqtts://. None: the broker's certificate is from a CA the device already trusts.",
     )
+    release_public_key: str | None = Field(
+        default=None,
+        description="The Ed25519 key release manifests are signed with (distinct from the config key), "
+        "unpadded base64url: the device installs only firmware whose manifest verifies with it.",
+    )
 
 
 @dataclass
@@ -91,12 +96,14 @@ class Registry:
         broker: provisions and revokes credentials at the broker.
         publisher: publishes registry events for other services.
         cloud_public_key: the config-signing public key handed to devices (base64url).
+    release_public_key: the release-signing public key handed to devices (base64url), if any.
     """
 
     settings: CloudSettings
     broker: BrokerAdmin
     publisher: Publisher
     cloud_public_key: str
+    release_public_key: str | None = None
 
     @property
     def topics(self) -> Topics:
@@ -242,6 +249,7 @@ class Registry:
             cloud_public_key=self.cloud_public_key,
             key_version=device.key_version,
             mqtt_ca_pem=self.settings.mqtt_ca_file.read_text() if self.settings.mqtt_ca_file else None,
+            release_public_key=self.release_public_key,
         )
 
     def deactivate(self, session: Session, *, device_id: str) -> Device:

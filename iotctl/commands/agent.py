@@ -75,3 +75,20 @@ def status(config: Path = typer.Option(..., "--config", "-c", help="Agent TOML f
         raise CliError(str(exc)) from None
     for name, value in rows:
         typer.echo(f"{name:<20} {value}")
+
+
+@app.command("ota-init")
+def ota_init(
+    ota_dir: Path = typer.Option(..., "--ota-dir", help="Where the A/B slots go, e.g. /var/lib/edu-agent/ota."),
+    version: str | None = typer.Option(None, "--version", help="Version of the installed code (default: its own)."),
+) -> None:
+    """Prepare A/B firmware updates: slot a = the installed agent code, current -> slots/a, boot.py.
+    Then set ota_dir in agent.toml and start the agent through boot.py (edge_agent/edu-agent-ota.service)."""
+    from edge_agent.ota_build import init_layout
+
+    try:
+        layout = init_layout(ota_dir, version=version)
+    except (OSError, RuntimeError) as exc:
+        raise CliError(f"cannot set up {ota_dir}: {exc}") from None
+    typer.echo(f"A/B layout ready in {ota_dir}: slot a = {layout.slot_version('a')}, current -> slots/a")
+    typer.echo(f"run the agent with: {sys.executable} {ota_dir / 'boot.py'} --ota-dir {ota_dir} --config AGENT.toml")

@@ -335,3 +335,50 @@ def _verdict(books: Any) -> str:
     return (
         "NOT BALANCED: " + "; ".join(parts) + " (a gap fills if the device still resends it; one that stays is lost)"
     )
+
+
+@app.command()
+def tag(
+    device_id: DeviceArg,
+    tags: Annotated[
+        list[str] | None, typer.Argument(help="Tags to set (replaces the current ones); none: show them.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every tag.")] = False,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Show or set a device's tags (rollouts target them: --target tag:NAME)."""
+    if tags or clear:
+        body = call("PUT", f"/v1/devices/{device_id}/tags", api=api, token=token, json={"tags": tags or []})
+    else:
+        body = call("GET", f"/v1/devices/{device_id}/tags", api=api, token=token)
+    _json(body) if as_json else typer.echo(f"{body['device_id']}: {' '.join(body['tags']) or '(no tags)'}")
+
+
+@app.command()
+def history(
+    device_id: DeviceArg,
+    api: ApiOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """A device's config versions, firmware update steps and rollout events."""
+    body = call("GET", f"/v1/devices/{device_id}/history", api=api, token=token)
+    if as_json:
+        _json(body)
+        return
+    typer.echo(f"{body['device_id']}  firmware {body['firmware'] or 'unknown'}")
+    typer.echo("config versions:")
+    for c in body["config"]:
+        settings = orjson.dumps(c["settings"]).decode()[:100]
+        typer.echo(f"  v{c['version']:<4} {c['created_at']}  by {c['created_by'] or '-'}  {settings}")
+    typer.echo("firmware:")
+    for e in body["firmware_events"]:
+        err = f"  ({e['error']})" if e.get("error") else ""
+        typer.echo(f"  {e['at']}  {e['version']:10} {e['state']:12} running {e['running'] or '?'}{err}")
+    typer.echo("rollouts:")
+    for e in body["rollout_events"]:
+        typer.echo(f"  {e['at']}  #{e['rollout_id']} {e['kind']}  {orjson.dumps(e['detail']).decode()[:100]}")
