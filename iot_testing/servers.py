@@ -102,9 +102,12 @@ def soak_scale(default: float = 1.0) -> float:
         return default
     if raw in _SOAK_WORDS:
         return _SOAK_WORDS[raw]
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(f"SOAK_SCALE must be positive, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"SOAK_SCALE must be a positive number, 'ci' or 'full', got {raw!r}")
     return value
 
 
