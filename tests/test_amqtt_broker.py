@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,10 +37,12 @@ class Peer:
         self.results: list[str] = []
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
+        self.subacks: dict[int, list[int]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username)
         self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -49,6 +50,14 @@ class Peer:
         self.results.append(str(rc))
         if str(rc) == "Success":
             self.connected.set()
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, reasons: list, _p: object) -> None:
+        self.subacks[mid] = [int(r.value) for r in reasons]
+
+    def subscribe(self, topic: str) -> list[int]:
+        """Subscribe at QoS 1 and wait for the SUBACK; returns its return codes (1 granted, 128 refused)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        return wait_for(lambda: self.subacks.get(mid), f"SUBACK for {topic}", 5)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -61,13 +70,13 @@ def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, Amqt
     a = Peer(b.port, "dev-a", "a-pw")
     try:
         assert cloud.connected.wait(5) and a.connected.wait(5)
-        cloud.client.subscribe("edu/devices/+/telemetry", qos=1)
-        time.sleep(0.3)
+        assert cloud.subscribe("edu/devices/+/telemetry") == [1]
         a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
         a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(5)
-        wait_for(lambda: len(cloud.messages) >= 1, "the honest message", 5)
-        time.sleep(0.3)
-        assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest")]
+        a.client.publish("edu/devices/dev-a/telemetry", b"last", qos=1).wait_for_publish(5)
+        # one publisher, one subscriber, in order: once "last" is here, a forwarded forgery would be too
+        wait_for(lambda: len(cloud.messages) >= 2, "the honest messages", 5)
+        assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest"), ("edu/devices/dev-a/telemetry", b"last")]
     finally:
         cloud.close()
         a.close()
@@ -79,14 +88,14 @@ def test_device_cannot_read_another_devices_config(broker: tuple[AmqttBroker, Am
     a = Peer(b.port, "dev-a", "a-pw")
     try:
         assert cloud.connected.wait(5) and a.connected.wait(5)
-        a.client.subscribe("edu/devices/dev-b/config/desired", qos=1)
-        a.client.subscribe("edu/devices/dev-a/config/desired", qos=1)
-        time.sleep(0.3)
+        refused = a.subscribe("edu/devices/dev-b/config/desired")
+        assert a.subscribe("edu/devices/dev-a/config/desired") == [1]
         cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(5)
         cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(5)
-        wait_for(lambda: len(a.messages) >= 1, "dev-a's own config", 5)
-        time.sleep(0.3)
+        # one publisher, one subscriber, in order: once "for-a" is here, "for-b" would be too
+        wait_for(lambda: a.messages, "dev-a's own config", 5)
         assert a.messages == [("edu/devices/dev-a/config/desired", b"for-a")]
+        assert refused == [128]  # the broker says so in the SUBACK, too
     finally:
         cloud.close()
         a.close()
