@@ -57,6 +57,7 @@ __all__ = [
     "ServerBinaryMissing",
     "ServerError",
     "ServerStartError",
+    "find_binary",
     "free_port",
     "soak_scale",
     "unique_name",
@@ -114,6 +115,16 @@ def soak_scale(default: float = 1.0) -> float:
 def unique_name(prefix: str = "t") -> str:
     """A short unique identifier usable as a database name or topic segment: ``prefix_<12 hex>``."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def find_binary(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
+    """The path of a server or client binary: on PATH, else in the sbin/bin directories a non-root PATH
+    lacks (Debian puts ``mosquitto`` in /usr/sbin).
+
+    Raises:
+        ServerBinaryMissing: not installed (the message names the Debian package).
+    """
+    return _which(name, package, extra_dirs)
 
 
 def _which(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:

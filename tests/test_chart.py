@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -359,32 +358,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(
-    shutil.which("mosquitto") is None or shutil.which("mosquitto_ctrl") is None, reason="mosquitto not installed"
-)
+def _binary(name: str, package: str) -> str:
+    """Where the server fixtures find it (a non-root PATH lacks /usr/sbin); missing is a failure, as for
+    the fixtures: scripts/test installs it."""
+    from iot_testing import ServerBinaryMissing, find_binary
+
+    try:
+        return find_binary(name, package)
+    except ServerBinaryMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path: Path) -> None:
     """The ConfigMap's mosquitto.conf and the init container's `mosquitto_ctrl dynsec init` work together:
     the broker starts, refuses anonymous clients and accepts the admin."""
     from cloud_core.broker.mosquitto_process import BrokerBinaryMissing, find_dynsec_plugin
 
+    mosquitto = _binary("mosquitto", "mosquitto")
+    mosquitto_ctrl = _binary("mosquitto_ctrl", "mosquitto-clients")
+    mosquitto_pub = _binary("mosquitto_pub", "mosquitto-clients")
     values = _values()
     values["mosquitto"]["port"] = port = _free_port()
     try:
         values["mosquitto"]["dynsecPluginPath"] = str(find_dynsec_plugin())
-    except BrokerBinaryMissing:
-        pytest.skip("dynamic security plugin not found")
+    except BrokerBinaryMissing as exc:
+        pytest.fail(f"dynamic security plugin not found: {exc}", pytrace=False)
     conf = _render_mosquitto_conf(values, tls=False).replace("/mosquitto/data/", f"{tmp_path}/")
     if os.geteuid() == 0:  # in the pod it runs as uid 1883 already; as root here, do not drop to `mosquitto`
         conf += "user root\n"
     (tmp_path / "mosquitto.conf").write_text(conf)
     # the init container's script, verbatim in spirit: create the file only when absent
     subprocess.run(
-        ["mosquitto_ctrl", "dynsec", "init", str(tmp_path / "dynamic-security.json"), "admin", "pw"],
+        [mosquitto_ctrl, "dynsec", "init", str(tmp_path / "dynamic-security.json"), "admin", "pw"],
         check=True,
         capture_output=True,
     )
     proc = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [mosquitto, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 10
@@ -398,7 +408,7 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
                 time.sleep(0.05)
         ok = subprocess.run(
             [
-                "mosquitto_ctrl",
+                mosquitto_ctrl,
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -416,7 +426,7 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
         )
         assert ok.returncode == 0 and "publishClientSend" in ok.stdout, ok.stdout + ok.stderr
         anon = subprocess.run(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "x", "-m", "y"],
+            [mosquitto_pub, "-h", "127.0.0.1", "-p", str(port), "-t", "x", "-m", "y"],
             capture_output=True,
             text=True,
             timeout=10,

@@ -436,3 +436,15 @@ def test_every_soak_test_collects_with_soak_scale_ci() -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "soak" in done.stdout
+
+
+def test_find_binary_looks_beyond_a_non_root_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian installs mosquitto in /usr/sbin, which a non-root PATH lacks: tests must still find it
+    (test_chart.py once skipped itself there), and a binary that is missing names its package."""
+    from iot_testing import ServerBinaryMissing, find_binary
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    found = Path(find_binary("mosquitto", "mosquitto"))
+    assert found.name == "mosquitto" and os.access(found, os.X_OK)
+    with pytest.raises(ServerBinaryMissing, match="apt-get install -y no-such-package"):
+        find_binary("no-such-binary-here", "no-such-package")
