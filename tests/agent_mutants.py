@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import queue
 import sys
 import threading
 from pathlib import Path
@@ -34,6 +35,9 @@ class PubackTrustingAgent(Agent):
     """Deletes a telemetry batch when the broker acknowledges it (the bug the receipts exist to avoid)."""
 
     def _make_client(self) -> Any:
+        # paho runs on_publish under its own locks: trust PUBACKs from a thread of our own instead
+        self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
+        threading.Thread(target=self._trust_loop, name="trusts-puback", daemon=True).start()
         client = super()._make_client()
         real_publish = client.publish
         telemetry = self.topics.telemetry(self.device_id)
@@ -50,7 +54,7 @@ class PubackTrustingAgent(Agent):
                 if not acked_already:
                     pending[info.mid] = seq
             if acked_already and seq is not None:
-                self._trust(seq)
+                self._acked.put(seq)
             return info
 
         def on_publish(_client: Any, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
@@ -60,15 +64,17 @@ class PubackTrustingAgent(Agent):
                     return
                 seq = pending.pop(mid)
             if seq is not None:
-                self._trust(seq)
+                self._acked.put(seq)
 
         client.publish = publish
         client.on_publish = on_publish
         return client
 
-    def _trust(self, seq: int) -> None:
-        self.pipeline.on_receipt(encode(Receipt(stored=(seq,))))
-        self._wake_pub.set()
+    def _trust_loop(self) -> None:
+        while True:
+            seq = self._acked.get()
+            self.pipeline.on_receipt(encode(Receipt(stored=(seq,))))
+            self._wake_pub.set()
 
 
 class DropsBeforeCommitAgent(Agent):
