@@ -270,7 +270,8 @@ class Rig:
         self.buffer_dir = tmp / "buf"
         self.buffer_path = self.buffer_dir / "buffer.db"
         self.journal = SensorJournal(tmp / "probe")
-        self.cut_pids: set[int] = set()  # agents killed or powered off: each may lose the reading in hand
+        self.lives = 0  # agent processes started; each runs its probe under its own life (the oracle)
+        self.cut_lives: set[str] = set()  # agents killed or powered off: each may lose the reading in hand
         self.power: PowerCut | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.proxy: TcpProxy | None = None
@@ -308,7 +309,13 @@ class Rig:
             argv = [IOTCTL, "agent", "run", "--config", cfg]
         else:
             argv = [sys.executable, MUTANTS, self.agent_kind, "--config", cfg]
-        env = {**os.environ, **(self.power.env() if self.power is not None else {})}
+        self.lives += 1
+        env = {
+            **os.environ,
+            "PYTHONFAULTHANDLER": "1",
+            **self.journal.life_env(str(self.lives)),
+            **(self.power.env() if self.power is not None else {}),
+        }
         with open(self.tmp / "agent.log", "ab") as log:
             self.agent = subprocess.Popen(argv, stderr=log, env=env)
         return self.agent.pid
@@ -316,9 +323,15 @@ class Rig:
     def kill_agent(self, sig: int = signal.SIGKILL) -> None:
         assert self.agent is not None
         self.agent.send_signal(sig)
-        self.agent.wait(30)
+        try:
+            self.agent.wait(60)  # a clean stop takes at most ~20 s (its own timeouts), a kill milliseconds
+        except subprocess.TimeoutExpired:
+            self.agent.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack to agent.log
+            self.agent.wait(30)
+            tail = "\n".join((self.tmp / "agent.log").read_text(errors="replace").splitlines()[-60:])
+            raise AssertionError(f"the agent did not exit within 60 s of signal {sig}; agent.log:\n{tail}") from None
         if sig == signal.SIGKILL:
-            self.cut_pids.add(self.agent.pid)
+            self.cut_lives.add(str(self.lives))
         self.agent = None
 
     def watch_power(self) -> PowerCut:
@@ -409,7 +422,7 @@ class Rig:
         assert got == expected
         probe = [v.get(PROBE_FIELD) for (_, sensor), v in got.items() if sensor == self.journal.sensor_type]
         assert None not in probe, "a probe reading without its number: the probe sensor failed (see agent.log)"
-        self.verdict = self.journal.check_stored(probe, cut_pids=self.cut_pids)
+        self.verdict = self.journal.check_stored(probe, cut_lives=self.cut_lives)
         assert self.verdict.stored > 0, "the probe sensor handed nothing over"
         return len(produced)
 

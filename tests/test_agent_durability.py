@@ -65,7 +65,7 @@ def _kill9_rounds(rig: Rig, rounds: int, seed: int) -> None:
         rig.kill_agent()
     n = rig.drain_and_check()
     assert n > rounds * 3
-    assert len(rig.cut_pids) == rounds
+    assert len(rig.cut_lives) == rounds
 
 
 def test_kill9_agent_at_random_points_20_times(rig: Rig) -> None:
