@@ -436,7 +436,8 @@ class Rig:
 
 class TelemetrySpy:
     """Subscribes to the device's telemetry and records the seq of every batch the broker forwards: a
-    batch seen here is one the broker received and acknowledged (Mosquitto sends the PUBACK first)."""
+    batch seen here is one the broker received and acknowledged (Mosquitto routes a QoS 1 publish and
+    writes its PUBACK in the same step of its loop)."""
 
     def __init__(self, broker: Any, prefix: str) -> None:
         self.topic = Topics(prefix).telemetry(DEVICE)
@@ -459,7 +460,8 @@ def broker_loses_what_it_acknowledged(rig: Rig, batches: int = 3) -> None:
     """The broker certainly acknowledges batches and then loses them: the bridge's session exists but
     the bridge is away, so the broker holds the batches in memory for it; it saves its state only hourly
     (``autosave_interval``), so a kill -9 loses them. Nothing is left to chance: the spy sees each batch
-    after the broker has acknowledged it, and the kill comes after ``batches`` of them."""
+    once the broker has acknowledged it, and the kill comes after ``batches`` of them, two transmission
+    intervals after the first PUBACK at least."""
     rig.cloud.start_bridge()  # the bridge's persistent session and subscription exist from now on
     rig.cloud.stop_bridge()
     spy = TelemetrySpy(rig.broker, rig.prefix)
