@@ -13,6 +13,10 @@ import pytest
 from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
 from iot_testing import wait_for
 
+# Deadlines for events (a CONNACK, a SUBACK, a message, the kick), never sleeps: generous, because the
+# broker runs in this process and a busy machine can hold its loop for seconds; a pass costs no more.
+DEADLINE_S = 20.0
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -57,7 +61,7 @@ class Peer:
     def subscribe(self, topic: str) -> list[int]:
         """Subscribe at QoS 1 and wait for the SUBACK; returns its return codes (1 granted, 128 refused)."""
         _, mid = self.client.subscribe(topic, qos=1)
-        return wait_for(lambda: self.subacks.get(mid), f"SUBACK for {topic}", 5)
+        return wait_for(lambda: self.subacks.get(mid), f"SUBACK for {topic}", DEADLINE_S)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -69,13 +73,13 @@ def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, Amqt
     cloud = Peer(b.port, "cloud", "cloud-pw")
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert cloud.connected.wait(5) and a.connected.wait(5)
+        assert cloud.connected.wait(DEADLINE_S) and a.connected.wait(DEADLINE_S)
         assert cloud.subscribe("edu/devices/+/telemetry") == [1]
-        a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
-        a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(5)
-        a.client.publish("edu/devices/dev-a/telemetry", b"last", qos=1).wait_for_publish(5)
+        a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(DEADLINE_S)
+        a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(DEADLINE_S)
+        a.client.publish("edu/devices/dev-a/telemetry", b"last", qos=1).wait_for_publish(DEADLINE_S)
         # one publisher, one subscriber, in order: once "last" is here, a forwarded forgery would be too
-        wait_for(lambda: len(cloud.messages) >= 2, "the honest messages", 5)
+        wait_for(lambda: len(cloud.messages) >= 2, "the honest messages", DEADLINE_S)
         assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest"), ("edu/devices/dev-a/telemetry", b"last")]
     finally:
         cloud.close()
@@ -87,13 +91,13 @@ def test_device_cannot_read_another_devices_config(broker: tuple[AmqttBroker, Am
     cloud = Peer(b.port, "cloud", "cloud-pw")
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert cloud.connected.wait(5) and a.connected.wait(5)
+        assert cloud.connected.wait(DEADLINE_S) and a.connected.wait(DEADLINE_S)
         refused = a.subscribe("edu/devices/dev-b/config/desired")
         assert a.subscribe("edu/devices/dev-a/config/desired") == [1]
-        cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(5)
-        cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(5)
+        cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(DEADLINE_S)
+        cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(DEADLINE_S)
         # one publisher, one subscriber, in order: once "for-a" is here, "for-b" would be too
-        wait_for(lambda: a.messages, "dev-a's own config", 5)
+        wait_for(lambda: a.messages, "dev-a's own config", DEADLINE_S)
         assert a.messages == [("edu/devices/dev-a/config/desired", b"for-a")]
         assert refused == [128]  # the broker says so in the SUBACK, too
     finally:
@@ -105,7 +109,7 @@ def test_wrong_password_and_anonymous_are_refused(broker: tuple[AmqttBroker, Amq
     b, _ = broker
     wrong = Peer(b.port, "dev-a", "nope")
     try:
-        wait_for(lambda: wrong.results, "a CONNACK", 5)
+        wait_for(lambda: wrong.results, "a CONNACK", DEADLINE_S)
         assert wrong.results[0] == "Not authorized"
     finally:
         wrong.close()
@@ -117,10 +121,10 @@ def test_deactivate_cuts_live_connection_and_refuses_reconnect(
     b, admin = broker
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert a.connected.wait(5)
+        assert a.connected.wait(DEADLINE_S)
         admin.deactivate_device("dev-a")
-        wait_for(lambda: not a.client.is_connected(), "the kick", 5)
-        wait_for(lambda: "Not authorized" in a.results, "the refused reconnect", 5)
+        wait_for(lambda: not a.client.is_connected(), "the kick", DEADLINE_S)
+        wait_for(lambda: "Not authorized" in a.results, "the refused reconnect", DEADLINE_S)
     finally:
         a.close()
 
@@ -131,8 +135,8 @@ def test_rotation_refuses_old_password(broker: tuple[AmqttBroker, AmqttAdmin]) -
     old = Peer(b.port, "dev-b", "b-pw")
     new = Peer(b.port, "dev-b", "b-new")
     try:
-        assert new.connected.wait(5)
-        wait_for(lambda: old.results, "a CONNACK", 5)
+        assert new.connected.wait(DEADLINE_S)
+        wait_for(lambda: old.results, "a CONNACK", DEADLINE_S)
         assert old.results[0] == "Not authorized"
     finally:
         old.close()
