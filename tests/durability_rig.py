@@ -397,9 +397,14 @@ class Rig:
             self.kill_agent(signal.SIGTERM)
         if not self.cloud.bridge_running:
             self.cloud.start_bridge()
-        self.start_agent(self.config("drain.toml", sampling=86_400))
+        before = self.counts().produced
+        self.start_agent(self.config("drain.toml", sampling=86_400))  # samples once, at its start
         try:
-            wait_for(lambda: (c := self.counts()).depth == 0 and c.produced > 0, "buffer drained", timeout)
+            wait_for(
+                lambda: (c := self.counts()).depth == 0 and c.produced > before,
+                "buffer drained, the drain agent's own sample included",
+                timeout,
+            )
         finally:
             self.kill_agent(signal.SIGTERM)
 
