@@ -163,13 +163,12 @@ def test_receipts_delete_and_missing_receipts_resend_identical_bytes(
     from cryptography.hazmat.primitives import serialization
 
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    seqs = {open_batch(p, topic_device=DEVICE, public_key=raw).seq for p in cloud.on(tele)}
-    cloud.publish(cloud.topics.receipts(DEVICE), encode(Receipt(stored=tuple(sorted(seqs)))))
+    seen = {p: 0 for p in cloud.on(tele)}  # one snapshot: more batches may arrive meanwhile, unreceipted
+    batches = {(b := open_batch(p, topic_device=DEVICE, public_key=raw)).seq: len(b.readings) for p in seen}
+    cloud.publish(cloud.topics.receipts(DEVICE), encode(Receipt(stored=tuple(sorted(batches)))))
     st = wait_for(lambda: (s := agent.pipeline.buffer.stats()).stored > 0 and s, "receipt applied")
     assert st.batches <= agent.settings.max_inflight_batches
-    assert st.stored == sum(
-        len(open_batch(p, topic_device=DEVICE, public_key=raw).readings) for p in {p: 0 for p in cloud.on(tele)}
-    )
+    assert st.stored == sum(batches.values())
     health = decode_health(wait_for(lambda: cloud.on(cloud.topics.health(DEVICE)), "health")[-1])
     assert health.firmware.startswith("edu-agent/") and health.produced >= health.buffer_depth
 
