@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field, SQLModel
 
 from ..models import utcnow
@@ -21,9 +21,12 @@ class AnomalyPublic(SQLModel):
     sensor_type: str = Field(default="", max_length=64)
     detector: str = Field(max_length=32, description="robust_z | stuck | forest")
     status: str = Field(default="open", max_length=8, index=True, description="open | closed")
-    start_ms: int = Field(index=True, description="First anomalous reading (ms since the epoch, UTC).")
-    end_ms: int = Field(description="Last anomalous reading so far (ms).")
-    peak_ms: int
+    # BIGINT: milliseconds since the epoch overflow PostgreSQL's 32-bit INTEGER (every insert failed)
+    start_ms: int = Field(
+        index=True, sa_type=BigInteger, description="First anomalous reading (ms since the epoch, UTC)."
+    )
+    end_ms: int = Field(sa_type=BigInteger, description="Last anomalous reading so far (ms).")
+    peak_ms: int = Field(sa_type=BigInteger)
     peak_score: float = Field(description="Highest score in the episode; >= 1 is over the threshold.")
     count: int = Field(default=1, description="Anomalous readings in the episode.")
     values: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
