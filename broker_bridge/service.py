@@ -207,4 +207,7 @@ def run_bridge(settings: BridgeSettings, *, stop: threading.Event | None = None)
     with Bridge(settings):
         if settings.gc_threshold is not None:
             gc.freeze()  # what startup built (modules, engine, registry) is never scanned again
-        stop.wait()
+        # Short waits: Python runs a signal handler only in the main thread, when it next runs bytecode,
+        # and the kernel may hand SIGTERM to any thread; a main thread blocked in stop.wait() never woke.
+        while not stop.wait(1.0):
+            pass

@@ -849,7 +849,10 @@ class Agent:
             signal.signal(sig, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._check_identity.set())
         self.start()
-        while not self._stop.wait(3600):
+        # Short waits: Python runs a signal handler only in the main thread, when it next runs bytecode. The
+        # kernel may hand SIGTERM to another thread (the sampler forking a command sensor), and then a
+        # main thread blocked in a long wait would not see it for up to that long.
+        while not self._stop.wait(1.0):
             pass
         self.stop()
 

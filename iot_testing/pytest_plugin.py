@@ -10,8 +10,10 @@ Debian package to install.
     mosquitto_factory   function: make(dynsec=False, **conf) -> private started MosquittoServer
     postgres            session: PostgresServer (.url, .create_database(), .psql())
     pg_url              function: URL of a fresh empty database, "postgresql://postgres@127.0.0.1:P/test_..."
+    postgres_factory    function: make() -> private started PostgresServer (for outage tests)
     redis_server        session: RedisServer (.url, .command())
     redis_url           function: "redis://127.0.0.1:P/0", flushed before the test
+    redis_factory       function: make(appendonly=False) -> private started RedisServer (for outage tests)
     influxdb            session: InfluxServer (.http_url .host .port, .query(), .write())
     influx_url          function: "influxdb://127.0.0.1:P/test_...", a fresh database
     influx_factory      function: make() -> private started InfluxServer
@@ -47,6 +49,8 @@ __all__ = [
     "mosquitto_factory",
     "pg_url",
     "postgres",
+    "postgres_factory",
+    "redis_factory",
     "redis_server",
     "redis_url",
     "soak_scale",
@@ -138,6 +142,42 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
     finally:
         with contextlib.suppress(Exception):
             postgres.drop_database(name)
+
+
+@pytest.fixture
+def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
+    """``make()``: a private started PostgreSQL (for outage tests), stopped and removed after the test."""
+    made: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        server = _start(PostgresServer)
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            with contextlib.suppress(Exception):
+                server.close()
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """``make(appendonly=False)``: a private started redis-server (for outage tests), removed after the test."""
+    made: list[RedisServer] = []
+
+    def make(appendonly: bool = False) -> RedisServer:
+        server = _start(lambda: RedisServer(appendonly=appendonly))
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            with contextlib.suppress(Exception):
+                server.close()
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,7 @@ __all__ = [
     "ServerBinaryMissing",
     "ServerError",
     "ServerStartError",
+    "find_binary",
     "free_port",
     "soak_scale",
     "unique_name",
@@ -103,15 +104,28 @@ def soak_scale(default: float = 1.0) -> float:
         return default
     if raw in _SOAK_WORDS:
         return _SOAK_WORDS[raw]
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(f"SOAK_SCALE must be positive, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"SOAK_SCALE must be a positive number, 'ci' or 'full', got {raw!r}")
     return value
 
 
 def unique_name(prefix: str = "t") -> str:
     """A short unique identifier usable as a database name or topic segment: ``prefix_<12 hex>``."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def find_binary(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
+    """The path of a server or client binary: on PATH, else in the sbin/bin directories a non-root PATH
+    lacks (Debian puts ``mosquitto`` in /usr/sbin).
+
+    Raises:
+        ServerBinaryMissing: not installed (the message names the Debian package).
+    """
+    return _which(name, package, extra_dirs)
 
 
 def _which(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,10 @@ import pytest
 
 from cloud_core.broker.amqtt_broker import AmqttAdmin, AmqttBroker
 from iot_testing import wait_for
+
+# Deadlines for events (a CONNACK, a SUBACK, a message, the kick), never sleeps: generous, because the
+# broker runs in this process and a busy machine can hold its loop for seconds; a pass costs no more.
+DEADLINE_S = 20.0
 
 
 def _free_port() -> int:
@@ -38,10 +41,12 @@ class Peer:
         self.results: list[str] = []
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
+        self.subacks: dict[int, list[int]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username)
         self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -49,6 +54,14 @@ class Peer:
         self.results.append(str(rc))
         if str(rc) == "Success":
             self.connected.set()
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, reasons: list, _p: object) -> None:
+        self.subacks[mid] = [int(r.value) for r in reasons]
+
+    def subscribe(self, topic: str) -> list[int]:
+        """Subscribe at QoS 1 and wait for the SUBACK; returns its return codes (1 granted, 128 refused)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        return wait_for(lambda: self.subacks.get(mid), f"SUBACK for {topic}", DEADLINE_S)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -60,14 +73,14 @@ def test_device_publishes_only_its_own_telemetry(broker: tuple[AmqttBroker, Amqt
     cloud = Peer(b.port, "cloud", "cloud-pw")
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert cloud.connected.wait(5) and a.connected.wait(5)
-        cloud.client.subscribe("edu/devices/+/telemetry", qos=1)
-        time.sleep(0.3)
-        a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(5)
-        a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(5)
-        wait_for(lambda: len(cloud.messages) >= 1, "the honest message", 5)
-        time.sleep(0.3)
-        assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest")]
+        assert cloud.connected.wait(DEADLINE_S) and a.connected.wait(DEADLINE_S)
+        assert cloud.subscribe("edu/devices/+/telemetry") == [1]
+        a.client.publish("edu/devices/dev-b/telemetry", b"forged", qos=1).wait_for_publish(DEADLINE_S)
+        a.client.publish("edu/devices/dev-a/telemetry", b"honest", qos=1).wait_for_publish(DEADLINE_S)
+        a.client.publish("edu/devices/dev-a/telemetry", b"last", qos=1).wait_for_publish(DEADLINE_S)
+        # one publisher, one subscriber, in order: once "last" is here, a forwarded forgery would be too
+        wait_for(lambda: len(cloud.messages) >= 2, "the honest messages", DEADLINE_S)
+        assert cloud.messages == [("edu/devices/dev-a/telemetry", b"honest"), ("edu/devices/dev-a/telemetry", b"last")]
     finally:
         cloud.close()
         a.close()
@@ -78,15 +91,15 @@ def test_device_cannot_read_another_devices_config(broker: tuple[AmqttBroker, Am
     cloud = Peer(b.port, "cloud", "cloud-pw")
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert cloud.connected.wait(5) and a.connected.wait(5)
-        a.client.subscribe("edu/devices/dev-b/config/desired", qos=1)
-        a.client.subscribe("edu/devices/dev-a/config/desired", qos=1)
-        time.sleep(0.3)
-        cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(5)
-        cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(5)
-        wait_for(lambda: len(a.messages) >= 1, "dev-a's own config", 5)
-        time.sleep(0.3)
+        assert cloud.connected.wait(DEADLINE_S) and a.connected.wait(DEADLINE_S)
+        refused = a.subscribe("edu/devices/dev-b/config/desired")
+        assert a.subscribe("edu/devices/dev-a/config/desired") == [1]
+        cloud.client.publish("edu/devices/dev-b/config/desired", b"for-b", qos=1).wait_for_publish(DEADLINE_S)
+        cloud.client.publish("edu/devices/dev-a/config/desired", b"for-a", qos=1).wait_for_publish(DEADLINE_S)
+        # one publisher, one subscriber, in order: once "for-a" is here, "for-b" would be too
+        wait_for(lambda: a.messages, "dev-a's own config", DEADLINE_S)
         assert a.messages == [("edu/devices/dev-a/config/desired", b"for-a")]
+        assert refused == [128]  # the broker says so in the SUBACK, too
     finally:
         cloud.close()
         a.close()
@@ -96,7 +109,7 @@ def test_wrong_password_and_anonymous_are_refused(broker: tuple[AmqttBroker, Amq
     b, _ = broker
     wrong = Peer(b.port, "dev-a", "nope")
     try:
-        wait_for(lambda: wrong.results, "a CONNACK", 5)
+        wait_for(lambda: wrong.results, "a CONNACK", DEADLINE_S)
         assert wrong.results[0] == "Not authorized"
     finally:
         wrong.close()
@@ -108,10 +121,10 @@ def test_deactivate_cuts_live_connection_and_refuses_reconnect(
     b, admin = broker
     a = Peer(b.port, "dev-a", "a-pw")
     try:
-        assert a.connected.wait(5)
+        assert a.connected.wait(DEADLINE_S)
         admin.deactivate_device("dev-a")
-        wait_for(lambda: not a.client.is_connected(), "the kick", 5)
-        wait_for(lambda: "Not authorized" in a.results, "the refused reconnect", 5)
+        wait_for(lambda: not a.client.is_connected(), "the kick", DEADLINE_S)
+        wait_for(lambda: "Not authorized" in a.results, "the refused reconnect", DEADLINE_S)
     finally:
         a.close()
 
@@ -122,8 +135,8 @@ def test_rotation_refuses_old_password(broker: tuple[AmqttBroker, AmqttAdmin]) -
     old = Peer(b.port, "dev-b", "b-pw")
     new = Peer(b.port, "dev-b", "b-new")
     try:
-        assert new.connected.wait(5)
-        wait_for(lambda: old.results, "a CONNACK", 5)
+        assert new.connected.wait(DEADLINE_S)
+        wait_for(lambda: old.results, "a CONNACK", DEADLINE_S)
         assert old.results[0] == "Not authorized"
     finally:
         old.close()
@@ -139,25 +152,26 @@ def test_a_reader_account_receives_only_its_roles_devices_and_cannot_publish(
     cloud = Peer(b.port, "cloud", "cloud-pw")
     ann = Peer(b.port, "user:ann", "ann-pw")
     try:
-        assert cloud.connected.wait(5) and ann.connected.wait(5)
-        ann.client.subscribe("edu/devices/dev-a/#", qos=1)
-        ann.client.subscribe("edu/devices/dev-b/#", qos=1)
-        ann.client.subscribe("edu/devices/#", qos=1)
-        cloud.client.subscribe("edu/devices/+/telemetry", qos=1)
-        time.sleep(0.3)
-        ann.client.publish("edu/devices/dev-a/telemetry", b"from a reader", qos=1).wait_for_publish(5)
-        cloud.client.publish("edu/devices/dev-b/telemetry", b"b", qos=1).wait_for_publish(5)
-        cloud.client.publish("edu/devices/dev-a/telemetry", b"a", qos=1).wait_for_publish(5)
-        wait_for(lambda: ("edu/devices/dev-a/telemetry", b"a") in ann.messages, "dev-a's telemetry", 5)
-        time.sleep(0.3)
+        assert cloud.connected.wait(DEADLINE_S) and ann.connected.wait(DEADLINE_S)
+        assert ann.subscribe("edu/devices/dev-a/#") == [1]
+        assert ann.subscribe("edu/devices/dev-b/#") == [128]  # not its device
+        assert ann.subscribe("edu/devices/#") == [128]
+        assert cloud.subscribe("edu/devices/+/telemetry") == [1]
+        # acknowledged, so the broker has decided it before the cloud's messages below
+        ann.client.publish("edu/devices/dev-a/telemetry", b"from a reader", qos=1).wait_for_publish(DEADLINE_S)
+        cloud.client.publish("edu/devices/dev-b/telemetry", b"b", qos=1).wait_for_publish(DEADLINE_S)
+        cloud.client.publish("edu/devices/dev-a/telemetry", b"a", qos=1).wait_for_publish(DEADLINE_S)
+        # "a" is the cloud's last message: in order after "b" for ann, after the reader's for the cloud
+        wait_for(lambda: ("edu/devices/dev-a/telemetry", b"a") in ann.messages, "dev-a's telemetry", DEADLINE_S)
+        wait_for(lambda: ("edu/devices/dev-a/telemetry", b"a") in cloud.messages, "the cloud's own", DEADLINE_S)
         assert set(ann.messages) == {("edu/devices/dev-a/telemetry", b"a")}
-        assert (("edu/devices/dev-a/telemetry", b"from a reader")) not in cloud.messages
+        assert ("edu/devices/dev-a/telemetry", b"from a reader") not in cloud.messages
         # The role changes: the account now reads dev-b; disabling it refuses it.
         admin.set_reader_role("edu-edu-user-1", ["edu/devices/dev-b/#"])
         assert b.accounts.allowed("user:ann", "edu/devices/dev-b/telemetry", publish=False)
         assert not b.accounts.allowed("user:ann", "edu/devices/dev-a/telemetry", publish=False)
         admin.disable_reader_account("user:ann")
-        wait_for(lambda: not ann.client.is_connected(), "the kick", 5)
+        wait_for(lambda: not ann.client.is_connected(), "the kick", DEADLINE_S)
     finally:
         cloud.close()
         ann.close()

@@ -2,7 +2,8 @@
 down, everything arrives when it is back, and a replica stopped during the outage hands its
 unacknowledged messages to its successor through the broker's persistent session.
 
-The outage lasts BRIDGE_OUTAGE_S seconds (default 3); the soak variant holds it for 30 s.
+The outage lasts BRIDGE_OUTAGE_S seconds (default 3); the soak variant holds it for 30 s times
+``SOAK_SCALE`` (``iot_testing.soak_scale``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, regis
 from cloud_core.core.db import make_engine
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import Topics
+from iot_testing import soak_scale
 
 pytestmark = pytest.mark.integration
+
+SCALE = soak_scale()
 
 BRIDGE_BROKER_LIMITS = {"max_queued_messages": 1_000_000, "max_inflight_messages": 1000}
 
@@ -107,8 +111,9 @@ def test_influx_outage_nothing_acked_then_everything_arrives(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(int(300 * max(1.0, SCALE)))
 def test_influx_outage_30s(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix) -> None:
-    _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix, 30.0)
+    _outage(mosquitto_factory, influx_factory, pg_url, redis_url, topic_prefix, 30.0 * SCALE)
 
 
 def test_broker_restart_mid_stream_exact_counts(mosquitto_factory, pg_url, influx_url, topic_prefix) -> None:

@@ -5,6 +5,7 @@ is down they are held and go out once it is back."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from sqlmodel import Session, func, select
 
@@ -31,7 +32,31 @@ def _settings(broker, db_url: str, tsdb_url: str, cache_url: str, prefix: str) -
     )  # fmt: skip
 
 
+class StreamReader:
+    """Reads the analytics stream through its own consumer group: every reading (as the worker parses
+    it) and every batch seq the entries name, accumulated over calls."""
+
+    def __init__(self, cache, stream: str = "edu:readings") -> None:
+        self.cache, self.stream = cache, stream
+        self.readings: list = []
+        self.seqs: list[int] = []
+        cache.ensure_group(stream, "check", start="0")
+
+    def read(self) -> StreamReader:
+        from cloud_core.analytics.worker import parse_entry
+
+        while entries := self.cache.stream_read_group(self.stream, "check", "c", count=1000):
+            for _, fields in entries:
+                self.readings.extend(parse_entry(fields))
+                self.seqs.extend(orjson.loads(fields["seqs"]))
+        return self
+
+
 def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url, influx_url, topic_prefix) -> None:
+    """Every batch arrives while Redis is down; once it is back, each reading's side effects are there
+    exactly: the latest value is the newest reading's, and the stream holds every reading once. A last
+    batch sent after the outage marks the end: side effects are flushed oldest first, so once its
+    readings are on the stream, anything the outage could have duplicated or lost would show."""
     broker = mosquitto_factory(**LIMITS)
     redis = RedisServer()
     redis.start()
@@ -40,19 +65,34 @@ def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url
         keys = register_devices(engine, ["a"])
         topics = Topics(topic_prefix)
         store = open_tsdb(influx_url)
+        batches = [
+            make_batch("a", seq, 5, values={"temperature": 20.0 + seq, "humidity": 40.0}) for seq in range(1, 12)
+        ]
         with Bridge(_settings(broker, pg_url, influx_url, redis.url, topic_prefix)) as bridge:
             bridge.wait_ready()
             redis.stop()
             with Publisher(broker.host, broker.port) as pub:
-                for seq in range(1, 11):
-                    pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
+                for b in batches[:10]:
+                    pub.publish(topics.telemetry("a"), sealed(b, keys["a"]))
                 pub.wait_acked()
-            wait_for(lambda: store.count() == 50, 20, what="50 points while Redis is down")
-            wait_for(lambda: not bridge.effects.cache_ok, 10, what="cache failure noticed")
-            redis.start()
+                wait_for(lambda: store.count() == 50, 20, what="50 points while Redis is down")
+                wait_for(lambda: not bridge.effects.cache_ok, 10, what="cache failure noticed")
+                redis.start()
+                pub.publish(topics.telemetry("a"), sealed(batches[10], keys["a"]))
+                pub.wait_acked()
             cache = open_cache(redis.url)
-            wait_for(lambda: cache.hgetall(LATEST_KEY.format(device_id="a")), 20, what="latest cache caught up")
-            wait_for(lambda: cache.stream_len("edu:readings") >= 1, 20, what="stream caught up")
+            stream = StreamReader(cache)
+            wait_for(lambda: 11 in stream.read().seqs, 20, what="the last batch's readings on the stream")
+            newest = batches[-1].readings[-1]
+            latest = cache.hgetall(LATEST_KEY.format(device_id="a"))
+            assert int(latest["ts"]) == newest.ts and latest["sensor_type"] == newest.sensor_type
+            assert orjson.loads(latest["values"]) == {**newest.values, "quality_score": newest.quality}
+            assert sorted(stream.seqs) == list(range(1, 12))
+            assert sorted(stream.readings) == sorted(
+                ("a", r.sensor_type, r.ts, {**r.values, "quality_score": r.quality})
+                for b in batches
+                for r in b.readings
+            )
             cache.close()
         store.close()
         engine.dispose()

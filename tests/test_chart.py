@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -378,20 +377,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(
-    shutil.which("mosquitto") is None or shutil.which("mosquitto_ctrl") is None, reason="mosquitto not installed"
-)
+def _binary(name: str, package: str) -> str:
+    """Where the server fixtures find it (a non-root PATH lacks /usr/sbin); missing is a failure, as for
+    the fixtures: scripts/test installs it."""
+    from iot_testing import ServerBinaryMissing, find_binary
+
+    try:
+        return find_binary(name, package)
+    except ServerBinaryMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path: Path) -> None:
     """The ConfigMap's mosquitto.conf and the init container's `mosquitto_ctrl dynsec init` work together:
     the broker starts, refuses anonymous clients and accepts the admin."""
     from cloud_core.broker.mosquitto_process import BrokerBinaryMissing, find_dynsec_plugin
 
+    mosquitto = _binary("mosquitto", "mosquitto")
+    mosquitto_ctrl = _binary("mosquitto_ctrl", "mosquitto-clients")
+    mosquitto_pub = _binary("mosquitto_pub", "mosquitto-clients")
     values = _values()
     values["mosquitto"]["port"] = port = _free_port()
     try:
         values["mosquitto"]["dynsecPluginPath"] = str(find_dynsec_plugin())
-    except BrokerBinaryMissing:
-        pytest.skip("dynamic security plugin not found")
+    except BrokerBinaryMissing as exc:
+        pytest.fail(f"dynamic security plugin not found: {exc}", pytrace=False)
     conf = _render_mosquitto_conf(values, tls=False).replace("/mosquitto/data/", f"{tmp_path}/")
     if os.geteuid() == 0:  # in the pod it runs as uid 1883 already; as root here, do not drop to `mosquitto`
         conf += "user root\n"
@@ -401,14 +411,16 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
     out = helm.Chart.load(str(CHART)).render(REQUIRED_VALUES, name="edu-platform", namespace="iot")
     pod = yaml.safe_load(out["edu-platform/templates/mosquitto-statefulset.yaml"])["spec"]["template"]["spec"]
     init_script = pod["initContainers"][0]["command"][-1].replace("/mosquitto/data", str(tmp_path))
-    env = {**os.environ, "DYNSEC_ADMIN_USERNAME": "admin", "DYNSEC_ADMIN_PASSWORD": "pw"}
+    # the pod's image has them on PATH; here they may be in /usr/sbin (found like the fixtures do)
+    path = os.pathsep.join([str(Path(mosquitto_ctrl).parent), str(Path(mosquitto).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "DYNSEC_ADMIN_USERNAME": "admin", "DYNSEC_ADMIN_PASSWORD": "pw"}
     subprocess.run(["sh", "-c", init_script], check=True, capture_output=True, env=env)
     dynsec = tmp_path / "dynamic-security.json"
     assert dynsec.stat().st_mode & 0o777 == 0o600
     subprocess.run(["sh", "-c", init_script], check=True, capture_output=True, env=env)  # kept, not overwritten
     main = pod["containers"][0]["command"]
     main[-1] = main[-1].replace("/mosquitto/config/mosquitto.conf", str(tmp_path / "mosquitto.conf"))
-    proc = subprocess.Popen(main, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(main, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -421,7 +433,7 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
                 time.sleep(0.05)
         ok = subprocess.run(
             [
-                "mosquitto_ctrl",
+                mosquitto_ctrl,
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -441,7 +453,7 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
         # the plugin rewrites the file on every change (a device enrolled): it stays 0600 (umask 077)
         before = dynsec.stat().st_ino, dynsec.read_bytes()
         made = subprocess.run(
-            ["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(port), "-u", "admin", "-P", "pw",
+            [mosquitto_ctrl, "-h", "127.0.0.1", "-p", str(port), "-u", "admin", "-P", "pw",
              "dynsec", "createClient", "dev-1", "-p", "x"],
             capture_output=True, text=True, timeout=10,
         )  # fmt: skip
@@ -449,7 +461,7 @@ def test_rendered_broker_config_starts_with_the_init_steps_dynsec_file(tmp_path:
         assert (dynsec.stat().st_ino, dynsec.read_bytes()) != before and "dev-1" in dynsec.read_text()
         assert dynsec.stat().st_mode & 0o777 == 0o600
         anon = subprocess.run(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "x", "-m", "y"],
+            [mosquitto_pub, "-h", "127.0.0.1", "-p", str(port), "-t", "x", "-m", "y"],
             capture_output=True,
             text=True,
             timeout=10,

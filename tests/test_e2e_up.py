@@ -19,8 +19,11 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 import iot_protocol as p
+from iot_testing import wait_for
 from iotctl.platform import Platform, PlatformSettings
 
 pytestmark = pytest.mark.integration
@@ -96,10 +99,8 @@ def run_and_compare(settings: PlatformSettings, seconds: float) -> tuple[Platfor
         sniffer = WireSniffer(platform)  # subscribed before the first device publishes
         platform.start_devices()
         try:
-            deadline = time.monotonic() + 30
-            while platform.stats().readings_stored < 10 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(seconds)
+            wait_for(lambda: platform.stats().readings_stored >= 10, "10 readings stored", 30)
+            time.sleep(seconds)  # let the fleet run: more batches, more chances to lose one
             platform.stop_devices(timeout_s=40)  # devices drain: every batch receipted
             sent = sniffer.readings()
         finally:
@@ -156,31 +157,129 @@ def test_real_servers_store_exactly_what_was_sent(
     assert rows == {key: values["temperature"] for key, values in sent.items()}
 
 
-def test_iotctl_up_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """The real command: starts, stores readings, and on SIGINT stops everything, data kept."""
-    state = tmp_path / "state"
+class SessionSniffer:
+    """A telemetry sniffer with a persistent MQTT session on the broker `iotctl up` runs: subscribed once
+    (while no device runs), it is sent every batch published afterwards, connected or not, because the
+    broker queues QoS 1 messages for it and saves its session across restarts."""
+
+    def __init__(self, state: Path, prefix: str = "edu") -> None:
+        self.state = state
+        self.topic = p.Topics(prefix).all_devices(p.Kind.TELEMETRY)
+        self.batches: dict[tuple[str, int], p.Batch] = {}
+        self.client: mqtt.Client | None = None
+
+    def connect(self, *, subscribe: bool = False) -> None:
+        url = urlsplit((self.state / "mqtt.url").read_text().strip())
+        assert url.hostname is not None and url.port is not None
+        subscribed = threading.Event()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-session-sniffer", protocol=mqtt.MQTTv5)
+        c.username_pw_set("edu-cloud", (self.state / "mqtt-service.secret").read_text().strip())
+        c.on_message = self._on_message
+        c.on_subscribe = lambda *a: subscribed.set()
+        if subscribe:
+            c.on_connect = lambda cl, *a: cl.subscribe(self.topic, qos=1)
+        connected = threading.Event()
+        if not subscribe:
+            c.on_connect = lambda *a: connected.set()
+        c.connect(url.hostname, url.port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        assert (subscribed if subscribe else connected).wait(15), "the sniffer could not connect/subscribe"
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        batch = p.decode_batch(p.jws.decode(bytes(msg.payload)).payload)
+        self.batches[(batch.device_id, batch.seq)] = batch
+
+    def readings(self) -> dict[Key, dict[str, float]]:
+        return {
+            (b.device_id, r.ts): {**r.values, "quality_score": r.quality}
+            for b in list(self.batches.values())
+            for r in b.readings
+        }
+
+    def disconnect(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def start_up(state: Path, *args: str) -> subprocess.Popen[str]:
+    """`iotctl up` as a user runs it (no live view), waited for until its broker and API answer."""
+    (state / "mqtt.url").unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [*IOTCTL, "up", "--state-dir", str(state), "--devices", "2", "--interval", "0.5",
-         "--mqtt-port", "0", "--api-port", "0", "--no-view"],
+        [*IOTCTL, "up", "--state-dir", str(state), "--mqtt-port", "0", "--api-port", "0", "--no-view", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and len(rows) < 5:
-            time.sleep(1)
-            if (state / "readings.db").exists():
-                rows = query_cli(f"sqlite:///{state / 'readings.db'}")
-        assert len(rows) >= 5, "iotctl up stored nothing within 60 s"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        wait_for(lambda: proc.poll() is not None or (state / "mqtt.url").exists(), "iotctl up starting", 90)
+    except BaseException:
+        proc.kill()
+        raise
+    assert proc.poll() is None, proc.communicate()[1]
+    return proc
+
+
+def stop_up(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C, then the exit: code 0, no traceback, the closing line. Returns stderr."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped." in err
-    assert len(query_cli(f"sqlite:///{state / 'readings.db'}")) >= len(rows)
+    return err
+
+
+def test_iotctl_up_stores_exactly_what_its_devices_sent_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """The real command, compared exactly: every reading its simulated devices published (seen on the
+    wire by a sniffer with a persistent session) is what `iotctl query` returns, once, with the same
+    values; Ctrl-C stops everything and the data stays. Three runs on one state directory: the first
+    only subscribes the sniffer, the second runs the devices, the third (no devices) delivers whatever
+    the second left queued for the bridge or the sniffer when it stopped."""
+    state = tmp_path / "state"
+    sniffer = SessionSniffer(state)
+    first = start_up(state, "--devices", "0")
+    try:
+        sniffer.connect(subscribe=True)
+        sniffer.disconnect()  # the broker keeps the session and queues telemetry for it
+    finally:
+        stop_up(first)
+
+    second = start_up(state, "--devices", "2", "--interval", "0.5")
+    try:
+        sniffer.connect()
+        wait_for(lambda: len(sniffer.readings()) >= 20, "the devices sending 20 readings", 90)
+    finally:
+        err = stop_up(second)
+        sniffer.disconnect()
+    assert "readings stored this run" in err
+
+    tsdb = f"sqlite:///{state / 'readings.db'}"
+    third = start_up(state, "--devices", "0")
+    try:
+        sniffer.connect()
+        sent = sniffer.readings()
+        assert {d for d, _ in sent} == {"sim-000", "sim-001"}
+
+        def stored_is_sent() -> bool:
+            nonlocal sent
+            sent = sniffer.readings()
+            return stored_by_key(query_cli(tsdb)) == sent
+
+        wait_for(stored_is_sent, "storage to hold exactly the readings the devices sent", 60, interval=1.0)
+    finally:
+        sniffer.disconnect()
+        stop_up(third)
+    stored = stored_by_key(query_cli(tsdb))
+    assert stored.keys() == sent.keys() and len(sent) >= 20
+    for key, values in sent.items():
+        assert stored[key] == pytest.approx(values, rel=1e-12), key
 
 
 @pytest.mark.parametrize(

@@ -372,7 +372,9 @@ def test_config_versions_are_signed_retained_and_only_the_newest_reaches_a_retur
     device = cloud.device(creds)
     device.subscribe(cloud.topics.config_desired(device_id))
     wait_for(lambda: device.messages, "the retained desired config")
-    time.sleep(0.3)  # a second (older) retained message would arrive right behind the first
+    # The broker answers one SUBSCRIBE (SUBACK, then its retained messages) before the next: once this
+    # SUBACK is in, a second (older) retained config would have arrived too.
+    assert device.subscribe(cloud.topics.receipts(device_id)) == ["Granted QoS 1"]
     assert len(device.messages) == 1 and device.messages[0].retain
     doc = open_config(
         device.messages[0].payload,

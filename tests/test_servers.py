@@ -405,21 +405,46 @@ def test_dynsec_admin_password_mismatch_is_a_clear_error(tmp_path: Path) -> None
         assert mqtt_connect_probe(again.host, again.port, username="admin", password=password) == 0
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"), [("", 1.0), ("ci", 1.0), ("CI", 1.0), ("full", 10.0), ("0.5", 0.5)]
-)
-def test_soak_scale_reads_numbers_and_words(
-    monkeypatch: pytest.MonkeyPatch, raw: str, expected: float
-) -> None:
+@pytest.mark.parametrize(("raw", "expected"), [("", 1.0), ("ci", 1.0), ("CI", 1.0), ("full", 10.0), ("0.5", 0.5)])
+def test_soak_scale_reads_numbers_and_words(monkeypatch: pytest.MonkeyPatch, raw: str, expected: float) -> None:
     from iot_testing import soak_scale
 
     monkeypatch.setenv("SOAK_SCALE", raw)
     assert soak_scale() == expected
 
 
-def test_soak_scale_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("raw", ["-1", "0", "lots", "nan", "inf"])
+def test_soak_scale_rejects_nonsense(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     from iot_testing import soak_scale
 
-    monkeypatch.setenv("SOAK_SCALE", "-1")
-    with pytest.raises(ValueError, match="positive"):
+    monkeypatch.setenv("SOAK_SCALE", raw)
+    with pytest.raises(ValueError, match="SOAK_SCALE must be a positive number, 'ci' or 'full'"):
         soak_scale()
+
+
+def test_every_soak_test_collects_with_soak_scale_ci() -> None:
+    """The documented values work wherever soak sizes are read (SOAK_SCALE=ci once crashed collection)."""
+    tests = Path(__file__).parent
+    users = sorted(str(p) for p in tests.glob("test_*.py") if "soak" in p.read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "soak", "-p", "no:cacheprovider", *users],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SOAK_SCALE": "ci"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "soak" in done.stdout
+
+
+def test_find_binary_looks_beyond_a_non_root_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian installs mosquitto in /usr/sbin, which a non-root PATH lacks: tests must still find it
+    (test_chart.py once skipped itself there), and a binary that is missing names its package."""
+    from iot_testing import ServerBinaryMissing, find_binary
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    found = Path(find_binary("mosquitto", "mosquitto"))
+    assert found.name == "mosquitto" and os.access(found, os.X_OK)
+    with pytest.raises(ServerBinaryMissing, match="apt-get install -y no-such-package"):
+        find_binary("no-such-binary-here", "no-such-package")

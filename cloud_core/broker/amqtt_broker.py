@@ -241,6 +241,11 @@ class AmqttBroker:
                     with contextlib.suppress(Exception):
                         # What the broker does when the socket drops: end the session's message loop.
                         await handler.handle_connection_closed()
+                    with contextlib.suppress(Exception):
+                        # ...which misses a connection whose loop has not started yet (CONNACK sent, the
+                        # loop a moment away: seen under load), so drop the socket too.
+                        if handler.writer is not None:
+                            await handler.writer.close()
 
         asyncio.run_coroutine_threadsafe(_kick(), self._loop).result(timeout=5)
 
