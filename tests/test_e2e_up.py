@@ -265,7 +265,7 @@ def test_iotctl_up_stores_exactly_what_its_devices_sent_and_stops_cleanly_on_ctr
     try:
         sniffer.connect()
         sent = sniffer.readings()
-        assert {d for d, _ in sent} == {"sim-000", "sim-001"}
+        assert {d for d, _ in sent} == {"up-000", "up-001"}  # iotctl up's own fleet
 
         def stored_is_sent() -> bool:
             nonlocal sent
