@@ -11,10 +11,10 @@ import mimetypes
 import secrets
 import threading
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
@@ -33,7 +33,7 @@ from .simulator import RunAccess, RunStatus, Simulator, SimulatorRefused, score_
 
 __all__ = ["STATIC_DIR", "router"]
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = FilePath(__file__).parent / "static"
 # Same origin only: no inline script, nothing from elsewhere (the page loads no asset from the internet).
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -78,13 +78,12 @@ def console_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
 
-@router.get("/console/static/{path:path}", dependencies=Static, response_class=FileResponse)
-def console_asset(path: str) -> Response:
-    """The page's scripts, styles and vendored chart library."""
-    root_dir = STATIC_DIR.resolve()
-    target = (STATIC_DIR / path).resolve()
-    if not target.is_relative_to(root_dir) or not target.is_file() or target.name.startswith("."):
-        raise NotVisible(f"no console file {path!r}")
+@router.get("/console/static/{name}", dependencies=Static, response_class=FileResponse)
+def console_asset(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$", max_length=64)]) -> Response:
+    """The page's scripts, styles and the vendored chart library (one flat folder)."""
+    target = STATIC_DIR / name
+    if not target.is_file():
+        raise NotVisible(f"no console file {name!r}")
     return FileResponse(target, headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
 

@@ -1,4 +1,4 @@
-// One chart per reading field, on the vendored uPlot (static/vendor/uplot, MIT): live points are
+// One chart per reading field, on the vendored uPlot (static/uPlot.iife.min.js, MIT: static/uPlot.LICENSE): live points are
 // appended and the oldest dropped beyond a fixed capacity and time span, so a chart fed 10 readings/s
 // for hours holds the same memory; redraws are coalesced to one per animation frame. Anomaly episodes
 // are drawn as shaded bands over the plot.

@@ -2,9 +2,9 @@
 // reported), readings per second, recent rejections and the ledger verdict; search and filters; for
 // teachers, the devices grouped by class. One request (GET /v1/console/fleet), refreshed every 10 s.
 
-import {get} from '../api.js';
-import {badge, clear, errorNotice, h, notice} from '../dom.js';
-import {ago, num} from '../format.js';
+import {get} from './api.js';
+import {badge, clear, errorNotice, h, notice} from './dom.js';
+import {ago, num} from './format.js';
 
 export const title = 'Fleet';
 const REFRESH_MS = 10000;

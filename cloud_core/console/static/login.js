@@ -2,9 +2,9 @@
 // admin's admin.token (POST /v1/console/session). Both leave an HttpOnly cookie; nothing is kept in
 // the page's storage.
 
-import {api} from '../api.js';
-import {h} from '../dom.js';
-import {signedIn} from '../main.js';
+import {api} from './api.js';
+import {h} from './dom.js';
+import {signedIn} from './main.js';
 
 export const title = 'Sign in';
 

@@ -3,10 +3,10 @@
 // on the charts, config desired vs reported with a form to change it, the loss ledger with missing seq
 // ranges, recent dead letters, and rotate / deactivate with a confirmation.
 
-import {get, post, put, refresh} from '../api.js';
-import {FieldChart} from '../chart.js';
-import {badge, clear, confirmAction, errorNotice, h, notice} from '../dom.js';
-import {ago, isoTime, num, time} from '../format.js';
+import {get, post, put, refresh} from './api.js';
+import {FieldChart} from './chart.js';
+import {badge, clear, confirmAction, errorNotice, h, notice} from './dom.js';
+import {ago, isoTime, num, time} from './format.js';
 
 export const title = 'Device';
 const FIELD_ORDER = ['temperature', 'humidity', 'pressure', 'battery_level', 'signal_strength', 'quality_score'];

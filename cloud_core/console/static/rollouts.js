@@ -1,9 +1,9 @@
 // Rollouts: each rollout's waves with their counts per state, its health gates, why it stopped, and its
 // events; pause, resume and abort (with a confirmation) for those who may change the whole fleet.
 
-import {get, post} from '../api.js';
-import {badge, clear, confirmAction, errorNotice, h, notice} from '../dom.js';
-import {isoTime, num} from '../format.js';
+import {get, post} from './api.js';
+import {badge, clear, confirmAction, errorNotice, h, notice} from './dom.js';
+import {isoTime, num} from './format.js';
 
 export const title = 'Rollouts';
 

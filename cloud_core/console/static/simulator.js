@@ -2,9 +2,9 @@
 // it run (each device's live page), then put the ground truth (what the simulator injected) next to
 // the detector's alerts, with precision and recall.
 
-import {get, post} from '../api.js';
-import {badge, clear, errorNotice, h, notice} from '../dom.js';
-import {duration, num, pct, time} from '../format.js';
+import {get, post} from './api.js';
+import {badge, clear, errorNotice, h, notice} from './dom.js';
+import {duration, num, pct, time} from './format.js';
 
 export const title = 'Simulator';
 

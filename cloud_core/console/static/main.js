@@ -4,12 +4,12 @@
 
 import {api, ApiError} from './api.js';
 import {clear, h, notice} from './dom.js';
-import * as fleet from './pages/fleet.js';
-import * as device from './pages/device.js';
-import * as alerts from './pages/alerts.js';
-import * as rollouts from './pages/rollouts.js';
-import * as simulator from './pages/simulator.js';
-import * as login from './pages/login.js';
+import * as fleet from './fleet.js';
+import * as device from './device.js';
+import * as alerts from './alerts.js';
+import * as rollouts from './rollouts.js';
+import * as simulator from './simulator.js';
+import * as login from './login.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');

@@ -3,9 +3,9 @@
 // operational alerts read off the fleet: devices offline or stale, configs refused, ledgers that do
 // not balance, rejected messages.
 
-import {get, post} from '../api.js';
-import {badge, clear, errorNotice, h, notice} from '../dom.js';
-import {ago, num, time} from '../format.js';
+import {get, post} from './api.js';
+import {badge, clear, errorNotice, h, notice} from './dom.js';
+import {ago, num, time} from './format.js';
 
 export const title = 'Alerts';
 
