@@ -344,15 +344,15 @@ SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
     ),
     ("GET", "/v1/console/scenarios"): (None, lambda w, who, t: ("/v1/console/scenarios", {}, 200)),
     ("GET", "/v1/console/simulations"): (None, lambda w, who, t: ("/v1/console/simulations", {}, 200)),
-    # no simulator in this API (only `iotctl up` runs one): the rule is checked first, then 503
+    # no simulator in this API (only `iotctl up` runs one): the rule is checked first, then 409 / no such run
     ("POST", "/v1/console/simulations"): (
         None,
-        lambda w, who, t: ("/v1/console/simulations", {"json": {"scenario": "first_alert"}}, 503),
+        lambda w, who, t: ("/v1/console/simulations", {"json": {"scenario": "first_alert"}}, 409),
     ),
-    ("GET", "/v1/console/simulations/{run_id}"): (None, lambda w, who, t: ("/v1/console/simulations/1", {}, 503)),
+    ("GET", "/v1/console/simulations/{run_id}"): (None, lambda w, who, t: ("/v1/console/simulations/1", {}, 404)),
     ("POST", "/v1/console/simulations/{run_id}/stop"): (
         None,
-        lambda w, who, t: ("/v1/console/simulations/1/stop", {}, 503),
+        lambda w, who, t: ("/v1/console/simulations/1/stop", {}, 404),
     ),
     ("GET", "/v1/devices/{device_id}/ledger"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/ledger", {}, 200)),
     ("GET", "/v1/devices/{device_id}/dead-letters"): (

@@ -193,8 +193,8 @@ def test_without_a_simulator_the_simulator_says_so(api: RunningApi) -> None:
     assert api.admin("GET", "/v1/console/scenarios").json() == {"available": False, "scenarios": []}
     assert api.admin("GET", "/v1/console/simulations").json() == []
     r = api.admin("POST", "/v1/console/simulations", json={"scenario": "first_alert"})
-    assert r.status_code == 503 and "iotctl up" in r.json()["detail"]
-    assert api.admin("GET", "/v1/console/simulations/1").status_code == 503
+    assert r.status_code == 409 and "iotctl up" in r.json()["detail"]
+    assert api.admin("GET", "/v1/console/simulations/1").status_code == 404
 
 
 def test_a_runs_score_puts_ground_truth_next_to_the_episodes() -> None:

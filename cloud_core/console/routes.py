@@ -25,7 +25,7 @@ from ..auth.access import Principal
 from ..auth.credentials import authenticate_key, create_api_key, revoke_api_key
 from ..auth.errors import NotAuthenticated, NotVisible
 from ..auth.users import get_user
-from ..services.errors import InvalidInput, Unavailable
+from ..services.errors import Conflict, InvalidInput
 from .fleet import FleetView, fleet_view
 from .live import live_events
 from .settings import ConsoleSettings
@@ -231,8 +231,8 @@ def _mine(p: Principal, run: RunStatus) -> bool:
 
 def _need(request: Request) -> Simulator:
     sim = _simulator(request)
-    if sim is None:
-        raise Unavailable("this platform runs no simulator: 'iotctl up' does (or use 'iotctl sim run')")
+    if sim is None:  # for good, not for now: 409, not 503
+        raise Conflict("this platform runs no simulator: 'iotctl up' does (or use 'iotctl sim run')")
     return sim
 
 
@@ -291,8 +291,8 @@ def list_simulations(request: Request, p: Annotated[Principal, Depends(require(P
 
 
 def _run(request: Request, p: Principal, run_id: int) -> RunStatus:
-    sim = _need(request)
-    run = next((r for r in sim.runs() if r.id == run_id), None)
+    sim = _simulator(request)
+    run = next((r for r in sim.runs() if r.id == run_id), None) if sim is not None else None
     if run is None or not _mine(p, run):
         raise NotVisible(f"no simulation run {run_id}")
     return run
