@@ -32,7 +32,7 @@ SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "firmware_sim" / "scena
 
 def _description(path: Path) -> str:
     """The scenario file's opening comment, up to its first blank comment line or command."""
-    lines = []
+    lines: list[str] = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break

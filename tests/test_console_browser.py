@@ -110,6 +110,31 @@ def test_admin_signs_in_with_the_key_and_sees_devices_come_online(console: Conso
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1
     console.shot(phone, "fleet-phone")
     phone.context.close()
+    # enrolling a new device: register it (after a confirmation), get its one-time token and command
+    page.click("text=Enroll a new device")
+    page.fill("#register-id", "lab-pi")
+    page.click("text=Register…")
+    page.click("#confirm-ok")
+    result = page.wait_for_selector("#register-result .notice-ok").inner_text()
+    assert "Registered lab-pi" in result and f"--api {console.url}" in result
+    page.context.close()
+    assert console.errors == []
+
+
+def test_an_unreachable_platform_and_an_empty_fleet_say_so(console: Console) -> None:
+    page = console.page(allow=("net::ERR_FAILED",))  # the aborted request itself
+    console.sign_in_with_key(page)
+    page.wait_for_selector('tr[data-device="up-000"]')
+    page.route("**/v1/console/fleet", lambda route: route.abort())
+    page.reload()
+    assert "unreachable" in page.wait_for_selector(".notice-error").inner_text()
+    page.unroute("**/v1/console/fleet")
+    page.route("**/v1/console/fleet", lambda route: route.fulfill(json={
+        "devices": [], "classes": [], "rate_window_s": 60, "rejections_window_s": 3600,
+        "store_error": None, "generated_at": "2026-01-01T00:00:00Z",
+    }))  # fmt: skip
+    page.reload()
+    assert "No devices yet" in page.wait_for_selector(".notice-empty").inner_text()
     page.context.close()
     assert console.errors == []
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from iot_protocol import public_key_from_b64
@@ -260,7 +260,8 @@ def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> D
 
 
 # Per device (v.d): sum the rows of its current epoch (v.cur NULL: every row; else rows of that key,
-# and rows of other keys below v.floor) that the health message covers (seq <= v.upto).
+# and rows of other keys below v.floor) that the health message covers (seq <= v.upto). Built with the
+# driver's own placeholders: 4 values per device, no SQL text to parse on every call.
 _VERDICT_SQL = """
 WITH v(d, cur, floor_seq, upto) AS (VALUES {values})
 SELECT b.device_id,
@@ -273,6 +274,7 @@ FROM batch_ledger b JOIN v ON b.device_id = v.d
 WHERE v.cur IS NULL OR b.key_id = v.cur OR ((b.key_id IS NULL OR b.key_id <> v.cur) AND b.seq < v.floor_seq)
 GROUP BY b.device_id
 """
+_ROW = "(CAST({p} AS VARCHAR(64)), CAST({p} AS VARCHAR(16)), CAST({p} AS BIGINT), CAST({p} AS BIGINT))"
 
 
 def ledger_verdicts(session: Session, devices: Sequence[Device]) -> dict[str, DeviceLedger]:
@@ -280,35 +282,30 @@ def ledger_verdicts(session: Session, devices: Sequence[Device]) -> dict[str, De
     that ``missing`` is left empty (naming gaps needs every seq; ask :func:`compute_ledger` for one
     device). Two grouped queries per chunk of devices, whatever the number of stored batches."""
     out: dict[str, DeviceLedger] = {}
+    conn = session.connection()
+    placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     for i in range(0, len(devices), _CHUNK):
         chunk = list(devices[i : i + _CHUNK])
         ids = [d.id for d in chunk]
         # the first seq stored under each key: where the current epoch's floor lies
         firsts: dict[tuple[str, str | None], int] = {
             (d, k): int(s)
-            for d, k, s in session.exec(
+            for d, k, s in conn.execute(
                 select(BatchLedger.device_id, BatchLedger.key_id, func.min(BatchLedger.seq))
                 .where(col(BatchLedger.device_id).in_(ids))
                 .group_by(col(BatchLedger.device_id), col(BatchLedger.key_id))
             )
         }
         healths = {d.id: _Health.of(d) for d in chunk}
-        params: dict[str, Any] = {}
-        values = []
-        for n, d in enumerate(chunk):
+        params: list[Any] = []
+        for d in chunk:
             h = healths[d.id]
             cur = current_key_id(d)
             floor = firsts.get((d.id, cur), h.last_seq + 1) if cur is not None else 0
-            params.update({f"d{n}": d.id, f"c{n}": cur, f"f{n}": floor,
-                           f"u{n}": h.last_seq if h.present else _NO_HEALTH_UPTO})  # fmt: skip
-            values.append(
-                f"(CAST(:d{n} AS VARCHAR(64)), CAST(:c{n} AS VARCHAR(16)), CAST(:f{n} AS BIGINT), "
-                f"CAST(:u{n} AS BIGINT))"
-            )
-        sums = {
-            row[0]: row[1:]
-            for row in session.connection().execute(text(_VERDICT_SQL.format(values=", ".join(values))), params)
-        }
+            params += [d.id, cur, floor, h.last_seq if h.present else _NO_HEALTH_UPTO]
+        row_sql = _ROW.format(p=placeholder)
+        sql = _VERDICT_SQL.format(values=", ".join([row_sql] * len(chunk)))
+        sums = {row[0]: row[1:] for row in conn.exec_driver_sql(sql, tuple(params))}
         for d in chunk:
             h = healths[d.id]
             stored, rejected_rows, batches, after, max_seq = sums.get(d.id, (0, 0, 0, 0, None))

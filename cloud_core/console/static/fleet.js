@@ -2,8 +2,8 @@
 // reported), readings per second, recent rejections and the ledger verdict; search and filters; for
 // teachers, the devices grouped by class. One request (GET /v1/console/fleet), refreshed every 10 s.
 
-import {get} from './api.js';
-import {badge, clear, errorNotice, h, notice} from './dom.js';
+import {get, post} from './api.js';
+import {badge, clear, confirmAction, errorNotice, h, notice} from './dom.js';
 import {ago, num} from './format.js';
 
 export const title = 'Fleet';
@@ -49,6 +49,27 @@ function table(devices, caption) {
       body));
 }
 
+// Enrolling a new device: register it (owned by you, in your class), then run the printed command
+// on the device with its one-time token.
+function registerForm() {
+  const out = h('div', {id: 'register-result', 'aria-live': 'polite'});
+  const id = h('input', {id: 'register-id', required: true, maxlength: '64', placeholder: 'greenhouse-01'});
+  const type = h('input', {id: 'register-type', value: 'environment', required: true});
+  const place = h('input', {id: 'register-location', value: 'unknown', required: true});
+  return h('details', {class: 'panel'}, h('summary', {}, 'Enroll a new device'),
+    h('form', {class: 'inline-form', onsubmit: async (event) => {
+      event.preventDefault();
+      if (!await confirmAction(`Register ${id.value}?`, 'It is yours (in your class), and it gets a one-time enrollment token, shown once.', 'Register')) return;
+      try {
+        const r = await post('/v1/devices/register', {id: id.value, device_type: type.value, location: place.value});
+        clear(out).append(notice('ok', `Registered ${r.device.id}`, 'On the device, enroll it with this one-time token (shown once):',
+          h('pre', {}, `iotctl agent enroll --api ${location.origin} --token ${r.enrollment_token} --dir /var/lib/edu-agent/identity`)));
+      } catch (err) { clear(out).append(errorNotice(err, 'this registration')); }
+    }}, h('label', {for: 'register-id'}, 'Id'), id, h('label', {for: 'register-type'}, 'Type'), type,
+    h('label', {for: 'register-location'}, 'Location'), place, h('button', {type: 'submit', class: 'primary'}, 'Register…')),
+    out);
+}
+
 export async function render(main, _params, session) {
   const t0 = performance.now();
   const search = h('input', {type: 'search', id: 'fleet-search', placeholder: 'id, type, location, owner', 'aria-label': 'Search devices'});
@@ -62,6 +83,9 @@ export async function render(main, _params, session) {
   const results = h('div', {id: 'fleet-results'});
   main.append(h('h1', {}, 'Fleet'),
     h('div', {class: 'toolbar', role: 'search'}, search, state, verdict, view), summary, results);
+  if (session.me.permissions.includes('write_devices') && session.me.key_devices === null) {
+    main.append(registerForm());
+  }
 
   let data = null;
   let timer = 0;
@@ -122,7 +146,7 @@ export async function render(main, _params, session) {
       draw();
       const f2 = performance.now();
       window.__consoleTimings = {...(window.__consoleTimings || {}),
-        fleet: {rows: data.devices.length, fetch_ms: f1 - f0, render_ms: f2 - f1, total_ms: f2 - t0}};
+        fleet: {rows: data.devices.length, fetch_ms: f1 - f0, render_ms: f2 - f1, total_ms: f2 - t0, since_navigation_ms: f2}};
     } catch (err) {
       if (stopped) return;
       clear(results);
