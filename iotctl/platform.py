@@ -278,7 +278,16 @@ class Platform:
         app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings(), simulator=self.simulator)
         tls_kwargs = self.tls.uvicorn if self.tls is not None else {}
         server = uvicorn.Server(
-            uvicorn.Config(app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on", **tls_kwargs)
+            # open live streams (the console's server-sent events) must not hold the shutdown up
+            uvicorn.Config(
+                app,
+                host=self.s.bind_host,
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+                **tls_kwargs,
+            )
         )
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()

@@ -46,7 +46,9 @@ def api(
         tls = {}
         if settings.api_tls_cert_file is not None:  # HTTPS: devices enroll over it
             tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)}
-        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None, **tls)  # type: ignore[arg-type]
+        # timeout_graceful_shutdown: open live streams (the console's server-sent events) end at shutdown
+        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None,  # type: ignore[arg-type]
+                    timeout_graceful_shutdown=5, **tls)  # fmt: skip
     except (BrokerAdminError, SchemaError) as exc:
         raise CliError(f"cannot start the API: {exc}") from None
 
