@@ -278,7 +278,7 @@ class Platform:
         app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings(), simulator=self.simulator)
         tls_kwargs = self.tls.uvicorn if self.tls is not None else {}
         server = uvicorn.Server(
-            # open live streams (the console's server-sent events) must not hold the shutdown up
+            # a request still running 5 s into the shutdown is cancelled
             uvicorn.Config(
                 app,
                 host=self.s.bind_host,
@@ -298,6 +298,7 @@ class Platform:
             verify = client_context(self.ca_file)
 
         def stop_api() -> None:
+            app.state.stopping.set()  # open live streams (the console's) end by themselves first
             server.should_exit = True
             thread.join(timeout=10)
 

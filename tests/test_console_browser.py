@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from iot_testing import wait_for
 from iot_testing.browser import chromium
 from iot_testing.up import UpProcess
 
@@ -39,6 +40,7 @@ class Console:
     http: httpx.Client
     browser: Any
     shots: Path
+    up: UpProcess
     errors: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
 
@@ -86,11 +88,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     shots.mkdir(parents=True, exist_ok=True)
     up = UpProcess(state, "--devices", "2", "--interval", "0.25", "--mqtt-port", "0", "--api-port", "0")
     with up:
-        assert "console http://" in up.stderr, up.stderr  # iotctl up prints the console's URL
+        # iotctl up prints the console's URL (its banner follows the lock's record: wait for it)
+        wait_for(lambda: "console http://" in up.stderr, "the console's URL in the banner", timeout=30)
         url = up.platform.api_url
         token = (state / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, timeout=30) as http, chromium() as browser:
-            yield Console(url, token, http, browser, shots)
+            yield Console(url, token, http, browser, shots, up)
 
 
 def test_admin_signs_in_with_the_key_and_sees_devices_come_online(console: Console) -> None:
@@ -275,3 +278,15 @@ def test_alerts_and_rollouts_pages(console: Console) -> None:
     console.shot(page, "rollouts", full_page=True)
     page.context.close()
     assert console.errors == []
+
+
+def test_ctrl_c_with_a_live_page_open_stops_cleanly(console: Console) -> None:
+    """Last: an open live stream used to hold uvicorn's shutdown until it was cancelled, with a
+    traceback in the terminal; now the stream ends when the platform stops."""
+    page = console.page()
+    console.sign_in_with_key(page)
+    page.goto(f"{console.url}/console/#/device/up-000")
+    until(page, "Number(document.querySelector('#live-status')?.dataset.received || 0) > 0")
+    assert console.up.stop() == 0
+    assert "Traceback" not in console.up.stderr and "stopped." in console.up.stderr, console.up.stderr
+    page.context.close()

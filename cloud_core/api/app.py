@@ -125,6 +125,8 @@ def create_app(
     app = FastAPI(title="edu-platform cloud API", version="1", lifespan=lifespan)
     app.state.console = console if console is not None else ConsoleSettings()
     app.state.simulator = simulator
+    # Set by whoever stops the server, before it drains connections: open live streams end by themselves.
+    app.state.stopping = threading.Event()
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -16,6 +16,7 @@ resend) is not sent live; the history view shows it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -45,8 +46,10 @@ async def live_events(
     after_ms: int | None,
     duration_s: float | None,
     disconnected: Callable[[], Awaitable[bool]],
+    stopping: threading.Event | None = None,
 ) -> AsyncIterator[bytes]:
-    """The event stream's bytes until the client leaves (or ``duration_s`` passed)."""
+    """The event stream's bytes until the client leaves, ``duration_s`` passed, or ``stopping`` is
+    set (the server is shutting down: the stream ends instead of holding the shutdown up)."""
     started = time.monotonic()
     last_sent = time.monotonic()
     cursor = after_ms
@@ -82,5 +85,5 @@ async def live_events(
             yield b": idle\n\n"
             last_sent = time.monotonic()
         await asyncio.sleep(settings.live_poll_s)
-        if await disconnected():
+        if await disconnected() or (stopping is not None and stopping.is_set()):
             return

@@ -153,6 +153,7 @@ async def live(
     events = live_events(
         request.app.state.tsdb, device_id, _settings(request), fields=field, after_ms=after_ms,
         duration_s=duration_s, disconnected=request.is_disconnected,
+        stopping=getattr(request.app.state, "stopping", None),
     )  # fmt: skip
     return StreamingResponse(
         events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
