@@ -5,7 +5,8 @@ and loss accounting.
 query, remembers recent answers in memory, and records new rows in bulk (insert-or-ignore, so
 replicas racing on a redelivered batch are harmless). :func:`compute_ledger` balances a device's
 books: produced = stored + rejected + buffered + dropped + quarantined + in flight, naming missing
-seq ranges.
+seq ranges (the books themselves are computed in :mod:`cloud_core.services.ledger`, which the API
+uses too; re-exported here).
 
 Seq epochs: each row records the id of the key that signed the batch (``key_id``, see
 :func:`pipeline.key_id_of`). A device that re-enrolls or is rotated signs with a new key and may
@@ -34,10 +35,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from cloud_core.models import BatchLedger, Device
-from iot_protocol import public_key_from_b64
-
-from .pipeline import key_id_of
+from cloud_core.models import BatchLedger
+from cloud_core.services.ledger import DeviceLedger, compute_ledger, current_key_id, missing_ranges
 
 __all__ = [
     "DeviceLedger",
@@ -282,155 +281,6 @@ class Ledger:
         )
         with self._engine.begin() as conn:
             conn.execute(stmt, values)
-
-
-def missing_ranges(seqs: Iterable[int], *, first: int, last: int) -> list[tuple[int, int]]:
-    """Inclusive ranges of [first, last] not in ``seqs``."""
-    have = sorted({s for s in seqs if first <= s <= last})
-    out: list[tuple[int, int]] = []
-    expect = first
-    for s in have:
-        if s > expect:
-            out.append((expect, s - 1))
-        expect = s + 1
-    if expect <= last:
-        out.append((expect, last))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceLedger:
-    """A device's books as of its last health message, like with like: the device's counts at that
-    moment against the batches it had sealed by then (seqs up to its ``last_seq``), however late they
-    were stored. See :func:`compute_ledger`.
-
-    produced = stored + rejected + buffered + dropped + in_flight holds exactly; no term is negative.
-    """
-
-    device_id: str
-    produced: int
-    stored: int  # readings stored in batches up to last_seq
-    rejected: int  # invalid readings of stored batches, plus readings of batches rejected whole
-    buffered: int  # on the device at the health message and not stored (yet)
-    dropped: int
-    in_flight: int  # none of the above: deleted by the device yet not stored (lost unless a resend comes)
-    stored_batches: int
-    last_seq: int
-    missing: tuple[tuple[int, int], ...]  # seqs up to last_seq without a stored batch
-    health_at: int | None  # the health message's own time (the device's clock)
-    awaiting_receipt: int = 0  # in the device's buffer at the health message but already stored
-    excess: int = 0  # stored beyond what the device accounts for (another writer under its id?)
-    lost: int = 0  # receipted as stored by the device, absent from the ledger
-    stored_after: int = 0  # batches sealed after the health message and already stored (not counted)
-    health_received_at: datetime | None = None  # when the cloud received that health message
-    quarantined: int = 0  # readings the device set aside in batches the cloud never answered
-
-    @property
-    def balanced(self) -> bool:
-        """Nothing unaccounted, lost or in excess. Seqs still on the device, or rejected whole, may be
-        missing from the ledger of a balanced device."""
-        return self.in_flight == 0 and self.excess == 0 and self.lost == 0
-
-
-def current_key_id(device: Device) -> str | None:
-    """The key id of the device's registered public key (None when it has none or it is unreadable)."""
-    if not device.public_key:
-        return None
-    try:
-        return key_id_of(public_key_from_b64(device.public_key))
-    except Exception:  # a corrupt registry entry: no epoch can be told
-        return None
-
-
-def compute_ledger(session: Session, device_id: str, *, first_seq: int = 1) -> DeviceLedger:
-    """Balance ``device_id``'s books for its current seq epoch from the BatchLedger and its last
-    Health (Device.health), comparing like with like.
-
-    The health message is a snapshot at one moment of the device's clock; the ledger keeps growing.
-    So only batches the device had sealed by then count (seq <= the message's ``last_seq``), however
-    late they were stored, and nothing sealed after it: a healthy device balances at any moment.
-    A batch stored before its receipt reached the device is in both the ledger and the device's
-    buffer; it is counted once, as stored (``awaiting_receipt`` says how many readings).
-
-    produced = stored + rejected + buffered + dropped + quarantined + in flight, in readings, every
-    term >= 0 (quarantined: batches the cloud never answered, set aside on the device).
-    ``in_flight`` > 0 means readings the device no longer holds that were never stored;
-    ``lost`` > 0 that the device was told they were stored (its ``extra.stored`` counter) and the ledger
-    lacks them; ``excess`` > 0 more stored than the device accounts for. Any of them: not balanced.
-    ``missing`` names seq ranges up to ``last_seq`` without a stored batch (on the device still, or
-    rejected whole: a rejected batch leaves no ledger row).
-
-    The current epoch is the rows signed by the device's registered key, plus rows of earlier keys
-    below the first seq stored under it (a device that kept its buffer across a rotation continues its
-    seqs and counters; one that restarted with a fresh buffer restarted both). With no row under the
-    current key yet, earlier rows up to the health message's ``last_seq`` count. A device without a
-    readable key counts every row.
-
-    Raises:
-        KeyError: no such device.
-    """
-    device = session.get(Device, device_id)
-    if device is None:
-        raise KeyError(device_id)
-    health = device.health or {}
-    extra = health.get("extra") if isinstance(health.get("extra"), dict) else {}
-    produced = int(health.get("produced", 0) or 0)
-    buffered = int(health.get("buffer_depth", 0) or 0)
-    dropped = int(health.get("dropped", 0) or 0)
-    quarantined = int(health.get("quarantined", 0) or 0)
-    health_last = int(health.get("last_seq", 0) or 0)
-    dev_stored = extra.get("stored") if isinstance(extra.get("stored"), int) else None
-    dev_rejected = extra.get("rejected") if isinstance(extra.get("rejected"), int) else None
-    rows: list[tuple[int, int, int, str | None]] = [
-        (int(seq), int(n), int(rej), kid)
-        for seq, n, rej, kid in session.exec(
-            select(BatchLedger.seq, BatchLedger.readings, BatchLedger.rejected_readings, BatchLedger.key_id).where(
-                BatchLedger.device_id == device_id
-            )
-        )
-    ]
-    cur = current_key_id(device)
-    if cur is not None:
-        mine = [r for r in rows if r[3] == cur]
-        floor = min(r[0] for r in mine) if mine else health_last + 1
-        rows = mine + [r for r in rows if r[3] != cur and r[0] < floor]
-    if device.health is None:  # nothing to compare with: show everything stored
-        upto, after = rows, []
-        last_seq = max((r[0] for r in rows), default=0)
-    else:
-        upto = [r for r in rows if r[0] <= health_last]
-        after = [r for r in rows if r[0] > health_last]
-        last_seq = health_last
-    stored = sum(r[1] for r in upto)
-    # Rejected readings (whole batches and single readings) are counted as the device counts them when
-    # it reports: a rejection whose receipt is still on its way is in ``buffered`` then, not here.
-    rejected = dev_rejected if dev_rejected is not None else sum(r[2] for r in upto)
-    gap = produced - stored - rejected - buffered - dropped - quarantined
-    in_flight = max(0, gap)
-    awaiting = min(buffered, max(0, -gap))
-    excess = max(0, -gap - buffered)
-    lost = max(0, dev_stored - stored) if dev_stored is not None else 0
-    missing = missing_ranges([r[0] for r in upto], first=first_seq, last=last_seq)
-    at = health.get("at")
-    return DeviceLedger(
-        device_id=device_id,
-        produced=produced,
-        stored=stored,
-        rejected=rejected,
-        buffered=buffered - awaiting,
-        dropped=dropped,
-        in_flight=in_flight,
-        stored_batches=sum(1 for r in upto if r[1] > 0),
-        last_seq=last_seq,
-        missing=tuple(missing),
-        health_at=int(at) if isinstance(at, int) else None,
-        awaiting_receipt=awaiting,
-        excess=excess,
-        lost=lost,
-        stored_after=len(after),
-        health_received_at=device.last_health_at,
-        quarantined=quarantined,
-    )
 
 
 def utc_ms(ms: int) -> datetime:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from cloud_core.services.ledger import key_id_of
 from cloud_core.tsdb.base import Point
 from iot_protocol import (
     Batch,
@@ -57,12 +58,6 @@ DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 QUOTA_EXCEEDED = "quota_exceeded"
 #: Refused for volume, not content: the same disposition (broker_bridge.dispositions: a retry receipt).
 THROTTLED = frozenset({RATE_LIMITED, QUOTA_EXCEEDED})
-
-
-def key_id_of(public_key: bytes) -> str:
-    """The id of a signing key: the first 16 hex digits of the SHA-256 of its 32 raw bytes. A seq
-    belongs to the key that signed it (a re-enrolled or rotated device starts a new seq epoch)."""
-    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

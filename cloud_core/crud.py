@@ -4,9 +4,11 @@ owns the transaction (commit or roll back)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import and_
 from sqlmodel import Session, col, select
 
 from .models import Device, DeviceConfig, DeviceCreate, EnrollmentToken, utcnow
@@ -15,6 +17,7 @@ __all__ = [
     "create_config",
     "create_device",
     "create_enrollment_token",
+    "desired_settings",
     "get_config",
     "get_device",
     "get_enrollment_token",
@@ -84,6 +87,18 @@ def latest_config(session: Session, *, device_id: str) -> DeviceConfig | None:
         .where(DeviceConfig.device_id == device_id)
         .order_by(col(DeviceConfig.version).desc())
     ).first()
+
+
+def desired_settings(session: Session, *, device_ids: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each device's current desired settings (its ``desired_config_version``), in one query."""
+    current = and_(
+        col(Device.id) == col(DeviceConfig.device_id),
+        col(Device.desired_config_version) == col(DeviceConfig.version),
+    )
+    stmt = select(DeviceConfig.device_id, DeviceConfig.settings).join(Device, current)
+    if device_ids is not None:
+        stmt = stmt.where(col(DeviceConfig.device_id).in_(list(device_ids)))
+    return {d: dict(s or {}) for d, s in session.exec(stmt)}
 
 
 def get_config(session: Session, *, device_id: str, version: int) -> DeviceConfig | None:

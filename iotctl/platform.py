@@ -167,6 +167,7 @@ class Platform:
         self.api_port = 0
         self.tls: Any = None  # cloud_core.pki.UpTls when binding beyond loopback
         self.ca_file: Path | None = None  # the embedded CA devices pin (with TLS)
+        self.simulator: Any = None  # the console's simulator (iotctl.simulations.PlatformSimulator)
 
     # ---- parts, in start order -------------------------------------------------------------------
     def _start_broker(self) -> tuple[str | None, str | None, Any]:
@@ -265,10 +266,28 @@ class Platform:
             api_host=self.s.bind_host,
             api_port=port,
         )
-        app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings())
+        from .simulations import PlatformSimulator
+
+        # The console's simulator: scenarios run here, on devices of the person who starts them.
+        self.simulator = PlatformSimulator(
+            api_url=self.api_url,
+            mqtt_url=Endpoint(MQTTS_SCHEME, "127.0.0.1", self.mqtts_port).url if self.tls else self.mqtt_url,
+            topic_prefix=self.s.topic_prefix,
+            ca_file=self.ca_file,
+        )
+        app = create_app(self.cloud, broker_admin=broker_admin, analytics=AnalyticsSettings(), simulator=self.simulator)
         tls_kwargs = self.tls.uvicorn if self.tls is not None else {}
         server = uvicorn.Server(
-            uvicorn.Config(app, host=self.s.bind_host, port=port, log_level="warning", lifespan="on", **tls_kwargs)
+            # a request still running 5 s into the shutdown is cancelled
+            uvicorn.Config(
+                app,
+                host=self.s.bind_host,
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+                **tls_kwargs,
+            )
         )
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()
@@ -279,10 +298,12 @@ class Platform:
             verify = client_context(self.ca_file)
 
         def stop_api() -> None:
+            app.state.stopping.set()  # open live streams (the console's) end by themselves first
             server.should_exit = True
             thread.join(timeout=10)
 
         self._stack.callback(stop_api)
+        self._stack.callback(self.simulator.close)  # runs first: its devices drain while the API still answers
         deadline = time.monotonic() + 30
         last = "no answer"
         while time.monotonic() < deadline:

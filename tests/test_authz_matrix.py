@@ -329,6 +329,36 @@ SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
         lambda w, who, t: (f"/v1/analytics/anomalies/{w.anomalies[t]}/label", {"json": {"true_alarm": False}}, 200),
     ),
     ("GET", "/v1/analytics/feedback"): (None, lambda w, who, t: ("/v1/analytics/feedback", {}, 200)),
+    # The web console (cloud_core/console): its page and files are public (no data); the rest as the REST API.
+    ("GET", "/"): (None, lambda w, who, t: ("/", {"follow_redirects": False}, 307)),
+    ("GET", "/console/"): (None, lambda w, who, t: ("/console/", {}, 200)),
+    ("GET", "/console/static/{name}"): (None, lambda w, who, t: ("/console/static/main.js", {}, 200)),
+    ("POST", "/v1/console/session"): (
+        None,
+        lambda w, who, t: ("/v1/console/session", {"json": {"token": "edu_nope1234"}}, 401),
+    ),
+    ("GET", "/v1/console/fleet"): (None, lambda w, who, t: ("/v1/console/fleet", {}, 200)),
+    ("GET", "/v1/console/devices/{device_id}/live"): (
+        D,
+        lambda w, who, t: (f"/v1/console/devices/{w.devices[t]}/live", {"params": {"duration_s": 0}}, 200),
+    ),
+    ("GET", "/v1/console/scenarios"): (None, lambda w, who, t: ("/v1/console/scenarios", {}, 200)),
+    ("GET", "/v1/console/simulations"): (None, lambda w, who, t: ("/v1/console/simulations", {}, 200)),
+    # no simulator in this API (only `iotctl up` runs one): the rule is checked first, then 409 / no such run
+    ("POST", "/v1/console/simulations"): (
+        None,
+        lambda w, who, t: ("/v1/console/simulations", {"json": {"scenario": "first_alert"}}, 409),
+    ),
+    ("GET", "/v1/console/simulations/{run_id}"): (None, lambda w, who, t: ("/v1/console/simulations/1", {}, 404)),
+    ("POST", "/v1/console/simulations/{run_id}/stop"): (
+        None,
+        lambda w, who, t: ("/v1/console/simulations/1/stop", {}, 404),
+    ),
+    ("GET", "/v1/devices/{device_id}/ledger"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/ledger", {}, 200)),
+    ("GET", "/v1/devices/{device_id}/dead-letters"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/dead-letters", {}, 200),
+    ),
     ("POST", "/v1/devices/{device_id}/rotate"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/rotate", {}, 200)),
     # Last: a deactivated device refuses new configs.
     ("POST", "/v1/devices/{device_id}/deactivate"): (

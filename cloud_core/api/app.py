@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,12 +22,16 @@ from ..analytics.settings import AnalyticsSettings
 from ..auth.errors import AuthError, NotAuthenticated, TooManyAttempts
 from ..broker.admin import BrokerAdmin, BrokerAdminError
 from ..cache import Cache
+from ..console.settings import ConsoleSettings
 from ..core.config import CloudSettings
 from ..rollouts import RolloutSettings
 from ..services.errors import ServiceError
 from ..tsdb import open_tsdb
 from .context import AppContext, Metrics
 from .deps import public, undeclared_routes
+
+if TYPE_CHECKING:
+    from ..console.simulator import Simulator
 
 __all__ = ["ERROR_RESPONSES", "AppContext", "ErrorBody", "Metrics", "create_app"]
 
@@ -63,6 +67,8 @@ def create_app(
     broker_admin: BrokerAdmin | None = None,
     analytics: AnalyticsSettings | None = None,
     rollouts: RolloutSettings | None = None,
+    console: ConsoleSettings | None = None,
+    simulator: Simulator | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -74,6 +80,9 @@ def create_app(
         analytics: when given, also run one analytics worker in this process (embedded mode); in
             production analytics workers are their own processes in the consumer group.
         rollouts: rollout and release settings; default: from the environment (``EDU_ROLLOUT_*``).
+        console: the web console's settings; default: from the environment (``EDU_CONSOLE_*``).
+        simulator: runs the console's simulator scenarios (``iotctl up`` gives one); None: the
+            simulator page says this platform has none.
     """
     settings = settings if settings is not None else CloudSettings()
     metrics = Metrics()
@@ -114,6 +123,10 @@ def create_app(
             ctx.close()
 
     app = FastAPI(title="edu-platform cloud API", version="1", lifespan=lifespan)
+    app.state.console = console if console is not None else ConsoleSettings()
+    app.state.simulator = simulator
+    # Set by whoever stops the server, before it drains connections: open live streams end by themselves.
+    app.state.stopping = threading.Event()
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -180,15 +193,18 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     from ..analytics import routes as analytics_routes
-    from .routes import audit, auth, classes, config, devices, ingest, keys, readings, users
+    from .routes import audit, auth, classes, config, devices, ingest, keys, ledger, readings, users
 
-    for module in (auth, users, keys, classes, audit, devices, ingest, config, readings):
+    for module in (auth, users, keys, classes, audit, devices, ingest, config, readings, ledger):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(analytics_routes.router, responses=ERROR_RESPONSES)
     from ..rollouts.routes import routers as rollout_routers
 
     for router in rollout_routers:
         app.include_router(router, responses=ERROR_RESPONSES)
+    from ..console import router as console_router
+
+    app.include_router(console_router, responses=ERROR_RESPONSES)
     missing = undeclared_routes(app)
     if missing:  # tests/test_authz_matrix.py fails on these; say so at start too
         log.error("routes without a declared access rule (use deps.require or deps.public): %s", ", ".join(missing))

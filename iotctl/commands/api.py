@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,7 +46,17 @@ def api(
         tls = {}
         if settings.api_tls_cert_file is not None:  # HTTPS: devices enroll over it
             tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)}
-        uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_config=None, **tls)  # type: ignore[arg-type]
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                app_.state.stopping.set()  # open live streams (the console's) end by themselves first
+                super().handle_exit(sig, frame)
+
+        # what still runs 5 s after the signal (a stream that did not end) is cancelled
+        config = uvicorn.Config(
+            app_, host=settings.api_host, port=settings.api_port, log_config=None, timeout_graceful_shutdown=5, **tls
+        )
+        Server(config).run()
     except (BrokerAdminError, SchemaError) as exc:
         raise CliError(f"cannot start the API: {exc}") from None
 

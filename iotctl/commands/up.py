@@ -49,6 +49,7 @@ def _view(platform, started: float, rate: float):  # type: ignore[no-untyped-def
     table.add_row("devices connect to", f"{platform.public_mqtt_url}   (enroll with --api {platform.public_api_url})")
     table.add_row("API", platform.api_url if platform.api_url == platform.public_api_url
                   else f"{platform.api_url}  (network: {platform.public_api_url})")  # fmt: skip
+    table.add_row("console", f"{platform.public_api_url}/console/")
     table.add_row("state dir", str(platform.state_dir))
     table.add_row("devices", f"{st.devices_registered} registered: {st.devices_online} online, "
                   f"{st.devices_stale} stale, {st.devices_offline} offline")  # fmt: skip
@@ -190,6 +191,7 @@ def up(
         cli = _cli()
         flag = "" if state == default_state_dir() else f" --state-dir {state}"
         print(
+            f"console {platform.public_api_url}/console/  (sign in with the key in {state / 'admin.token'})\n"
             f"API {platform.public_api_url}  broker {platform.public_mqtt_url}  (devices enroll with "
             f"--api {platform.public_api_url})\n"
             f"  in another terminal: {cli} devices list{flag}  |  {cli} query --since 5m{flag}  |  "
