@@ -117,6 +117,7 @@ class Credentials:
     cloud_public_key: bytes | None = None
     mqtt_url: str | None = None  # the broker enrollment named (the platform's advertised URL)
     release_public_key: bytes | None = None  # verifies firmware manifests (firmware_sim/ota.py)
+    mqtt_ca_pem: str | None = field(default=None, repr=False)  # the broker's CA for mqtts://, when sent
 
 
 @dataclass(slots=True)

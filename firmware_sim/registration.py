@@ -158,6 +158,7 @@ def enroll_via_api(
                 cloud_public_key=public_key_from_b64(cloud_key) if cloud_key else None,
                 mqtt_url=info.get("mqtt_url"),
                 release_public_key=public_key_from_b64(release_key) if release_key else None,
+                mqtt_ca_pem=info.get("mqtt_ca_pem") or None,
             )
     return out
 

@@ -524,3 +524,46 @@ def test_live_view_counts_every_device_and_batches_by_outcome(tmp_path: Path) ->
         assert f"(future_timestamp {rejected})" in text
     finally:
         platform.stop()
+
+
+def test_a_student_signs_in_from_another_laptop_and_simulates_against_up_over_tls(tmp_path: Path) -> None:
+    """The README's class walk-through: the teacher runs ``iotctl up --bind 0.0.0.0`` (TLS with the
+    platform's own CA) and adds a student; the student, on a laptop with its own state dir and only the
+    copied CA file, signs in and runs a simulation as themselves: every reading stored, the devices
+    theirs (they see them, and only them)."""
+    teacher_state = tmp_path / "teacher"
+    student_env = {
+        "EDU_STATE_DIR": str(tmp_path / "student-state"),  # no platform runs there: the profile is the way in
+        "IOTCTL_CONFIG": str(tmp_path / "student-profiles.json"),
+    }
+    mqtt_port, mqtts_port, api_port = free_port("0.0.0.0"), free_port("0.0.0.0"), free_port("0.0.0.0")
+    up_args = ("--bind", "0.0.0.0", "--advertise", "127.0.0.1", "--mqtt-port", str(mqtt_port),
+               "--mqtts-port", str(mqtts_port), "--api-port", str(api_port), "--devices", "0")  # fmt: skip
+    with UpProcess(teacher_state, *up_args) as up:
+        api = up.platform.public_api_url
+        assert api == f"https://127.0.0.1:{api_port}"
+        ca = tmp_path / "copied-ca.crt"  # what the teacher hands out
+        ca.write_bytes((teacher_state / "pki" / "ca.crt").read_bytes())
+        added = iotctl("users", "add", "ana", "--state-dir", str(teacher_state))
+        assert added.returncode == 0, added.stderr
+        password = re.search(r"password \(shown once\): (\S+)", added.stdout)
+        assert password, added.stdout
+        login = subprocess.run(
+            [IOTCTL, "login", "--api", api, "-u", "ana", "--password-stdin"],
+            input=password.group(1) + "\n", capture_output=True, text=True, timeout=60,
+            env={**os.environ, **student_env, "IOTCTL_CA": str(ca)},
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        sim = iotctl(
+            "sim", "run", "--fleet", "ana", "--devices", "3", "--speed", "60", "--duration", "2m", "--ca", str(ca),
+            env=student_env, timeout=300,
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stdout + sim.stderr
+        assert "as ana" in sim.stderr and "-> mqtts://127.0.0.1:" in sim.stderr
+        summary = dict(re.findall(r"^(\w[\w ]*?)\s{2,}(.*)$", sim.stdout, re.M))
+        produced = int(summary["produced"].split()[0].replace(",", ""))
+        assert produced == 3 * 12 and summary["stored"] == f"{produced:,}"
+        assert _count(teacher_state, "ana-") == produced
+        mine = iotctl("devices", "list", "--json", env={**student_env, "IOTCTL_CA": str(ca)})
+        assert mine.returncode == 0, mine.stderr
+        assert sorted(d["id"] for d in json.loads(mine.stdout)) == ["ana-000", "ana-001", "ana-002"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -15,8 +16,11 @@ from typing import Any
 
 import typer
 
+from iotctl.apiclient import resolve_token
 from iotctl.errors import CliError
+from iotctl.profiles import current_profile
 from iotctl.statedir import StateDirOption, require_platform
+from iotctl.statedir import state_dir as state_dir_path
 
 app = typer.Typer(
     no_args_is_help=True, help="Simulate fleets of devices with faults, attacks and ground truth."
@@ -42,6 +46,27 @@ def _fleet_ids(data: dict[str, Any], fleet: str, *, from_devices: bool) -> None:
                 event["device"] = f"{fleet}-{event['device']}"
         for event in data.get("random_events", []):
             event["devices"] = f"{fleet}-{event.get('devices', '*')}"
+
+
+def _platform_ca(api: str | None) -> Path | None:
+    """The CA of the platform's own PKI (``iotctl up`` beyond loopback) for an https:// API, when this
+    machine has it in the state dir."""
+    if api is None or not api.startswith("https://"):
+        return None
+    path = state_dir_path() / "pki" / "ca.crt"
+    return path if path.is_file() else None
+
+
+def _pinned_ca_file(pem: str) -> Path:
+    """The broker CA enrollment sent, in a file for the TLS context (removed at exit)."""
+    import atexit
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="edu-sim-ca-", suffix=".crt")
+    with os.fdopen(fd, "w") as f:
+        f.write(pem)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    return Path(name)
 
 
 def _iso(ms: int) -> str:
@@ -94,7 +119,20 @@ def run(
         None, "--api", help="Register and enroll each device through this API (default: the running 'iotctl up')."
     ),
     admin_token: str | None = typer.Option(
-        None, "--admin-token", envvar="EDU_ADMIN_TOKEN", help="Bearer token for --api."
+        None,
+        "--token",
+        "--admin-token",
+        envvar=["IOTCTL_TOKEN", "EDU_ADMIN_TOKEN"],
+        help="Bearer token or API key that may register devices (default: your 'iotctl login' profile, else the "
+        "running platform's admin token).",
+        show_default=False,
+    ),
+    ca: Path | None = typer.Option(
+        None,
+        "--ca",
+        envvar="IOTCTL_CA",
+        help="CA certificate of an https:// API (default: the platform's own CA in the state dir, if any).",
+        show_default=False,
     ),
     db: str | None = typer.Option(None, "--db", help="Without --api: register devices directly in this DB."),
     buffer_dir: Path | None = typer.Option(
@@ -124,8 +162,12 @@ def run(
         fleet_name = f"sim-{secrets.token_hex(2)}"
     elif not _FLEET_RE.match(fleet_name):
         raise CliError(f"bad --fleet {fleet_name!r}: use 1-32 of A-Z a-z 0-9 _ -")
+    profile = current_profile()
+    if api is None and db is None and broker is None and profile is not None:
+        api = profile.api  # signed in ('iotctl login'): that platform, as you
+        print(f"using your 'iotctl login' profile {profile.name!r}: API {api} as {profile.username}", file=sys.stderr)
     if api is None and db is None and broker is None:
-        found = require_platform("or pass --api URL --admin-token T (another machine's platform) or --broker URL")
+        found = require_platform("or pass --api URL --token T (another machine's platform) or --broker URL")
         api = found.api_url
         if not admin_token:
             try:
@@ -133,8 +175,11 @@ def run(
             except OSError as exc:
                 raise CliError(f"cannot read the admin token in {found.state_dir}: {exc.strerror}") from None
         print(f"using the platform 'iotctl up' runs (pid {found.pid}): API {api}", file=sys.stderr)
+    if api is not None and not admin_token and profile is not None:
+        admin_token = resolve_token(None, api)  # the profile's access token (refreshed), when it is for this API
     if api is not None and not admin_token:
-        raise CliError("--api needs --admin-token (or EDU_ADMIN_TOKEN) to register devices")
+        raise CliError("--api needs --token (or IOTCTL_TOKEN), or 'iotctl login --api URL' first, to register devices")
+    ca_file = ca if ca is not None else _platform_ca(api)
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -174,11 +219,15 @@ def run(
         credentials = None
         if api is not None:
             assert admin_token is not None
-            credentials = enroll_via_api(api, admin_token, plan.devices, keys, take_over=take_over)
+            credentials = enroll_via_api(api, admin_token, plan.devices, keys, take_over=take_over, ca_file=ca_file)
         elif db is not None:
             register_in_db(db, plan.devices, keys, take_over=take_over)
         enrolled_broker = next((c.mqtt_url for c in (credentials or {}).values() if c.mqtt_url), None)
+        # mqtts://: trust the CA enrollment pinned, as a real device does (else --ca, else the system's CAs)
+        pinned = next((c.mqtt_ca_pem for c in (credentials or {}).values() if c.mqtt_ca_pem), None)
+        broker_ca = _pinned_ca_file(pinned) if pinned and not broker else ca_file
         settings = FleetSettings(
+            tls_ca_file=broker_ca,
             mqtt_url=broker or enrolled_broker or sc.simulation.broker or "mqtt://127.0.0.1:1883",
             topic_prefix=prefix or sc.simulation.topic_prefix,
             buffer_dir=buffer_dir,
