@@ -186,7 +186,7 @@ def test_one_iotctl_up_per_state_dir_and_clients_do_not_guess(tmp_path: Path) ->
     assert sim.returncode == 2
     assert sim.stderr.strip() == (
         f"error: no platform is running with state dir {state}: start 'iotctl up' (with the same --state-dir), "
-        "or pass --api URL --admin-token T (another machine's platform) or --broker URL"
+        "or pass --api URL --token T (another machine's platform) or --broker URL"
     )
     # a crashed run's leftovers do not count either: the lock dies with the process
     (state / "api.url").write_text("http://127.0.0.1:9\n")

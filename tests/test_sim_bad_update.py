@@ -44,8 +44,8 @@ def test_the_bad_update_scenario_shows_the_catch(mosquitto: Any, topic_prefix: s
             stdout=sim_log, stderr=sim_log, env=cli_env,
         )  # fmt: skip
         try:
-            ids = [f"yard-{i:03d}" for i in range(20)]
             wait_until(lambda: len(env.ok("GET", "/v1/devices")) == 20, "the scenario's devices enrolled", 120)
+            ids = sorted(d["id"] for d in env.ok("GET", "/v1/devices"))  # the fleet's own names
             env.wait_online(ids, timeout=120)
             build = tmp_path / "build.bin"
             build.write_bytes(os.urandom(200_000))

@@ -205,7 +205,7 @@ def _anomaly_device(session: Session, raw: Any) -> str:
         raise AuthInvalid(f"anomaly_id must be an integer, not {raw!r}") from None
     row = session.get(Anomaly, anomaly_id) if 1 <= anomaly_id <= MAX_ID else None
     if row is None:
-        raise NotVisible(f"no anomaly {anomaly_id}")
+        raise NotVisible(f"no anomaly with id {anomaly_id}: see 'iotctl anomalies list'")
     return row.device_id
 
 
