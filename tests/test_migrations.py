@@ -17,7 +17,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
@@ -54,34 +54,44 @@ def _fill_first_revision(engine: Engine) -> None:
     """Rows as the code before migrations wrote them (revision 0001's tables)."""
     rows: list[tuple[str, dict[str, object]]] = []
     for i, (name, role) in enumerate((("ada", "admin"), ("otto", "operator"), ("vic", "viewer")), start=1):
-        rows.append((
-            "INSERT INTO users (id, username, password_hash, role, is_active, created_at) "
-            "VALUES (:id, :u, :h, :r, :a, :t)",
-            {"id": i, "u": name, "h": hash_password("old scrypt password"), "r": role, "a": True, "t": NOW},
-        ))
-        rows.append((
-            "INSERT INTO api_tokens (token_hash, user_id, name, created_at) VALUES (:h, :u, 'cli', :t)",
-            {"h": hash_token(TOKENS[name]), "u": i, "t": NOW},
-        ))
+        rows.append(
+            (
+                "INSERT INTO users (id, username, password_hash, role, is_active, created_at) "
+                "VALUES (:id, :u, :h, :r, :a, :t)",
+                {"id": i, "u": name, "h": hash_password("old scrypt password"), "r": role, "a": True, "t": NOW},
+            )
+        )
+        rows.append(
+            (
+                "INSERT INTO api_tokens (token_hash, user_id, name, created_at) VALUES (:h, :u, 'cli', :t)",
+                {"h": hash_token(TOKENS[name]), "u": i, "t": NOW},
+            )
+        )
     for d in ("dev-a", "dev-b"):
-        rows.append((
-            "INSERT INTO devices (id, device_type, location, status, public_key, key_version, created_at, "
-            "desired_config_version, reported_config_version, health) VALUES "
-            "(:id, 'environment', 'lab', 'active', 'pk', 2, :t, 3, 3, :health)",
-            {"id": d, "t": NOW, "health": '{"battery": 90}'},
-        ))
+        rows.append(
+            (
+                "INSERT INTO devices (id, device_type, location, status, public_key, key_version, created_at, "
+                "desired_config_version, reported_config_version, health) VALUES "
+                "(:id, 'environment', 'lab', 'active', 'pk', 2, :t, 3, 3, :health)",
+                {"id": d, "t": NOW, "health": '{"battery": 90}'},
+            )
+        )
         for v in (1, 2, 3):
-            rows.append((
-                "INSERT INTO device_configs (device_id, version, settings, token, created_at) "
-                "VALUES (:d, :v, :s, 'jws', :t)",
-                {"d": d, "v": v, "s": f'{{"sampling_interval_s": {v}}}', "t": NOW},
-            ))
+            rows.append(
+                (
+                    "INSERT INTO device_configs (device_id, version, settings, token, created_at) "
+                    "VALUES (:d, :v, :s, 'jws', :t)",
+                    {"d": d, "v": v, "s": f'{{"sampling_interval_s": {v}}}', "t": NOW},
+                )
+            )
         for seq in range(1, 6):
-            rows.append((
-                "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, "
-                "rejected_readings, stored_at, key_id) VALUES (:d, :s, :b, 'h', 50, 0, :t, 'k1')",
-                {"d": d, "s": seq, "b": f"b{seq}", "t": NOW},
-            ))
+            rows.append(
+                (
+                    "INSERT INTO batch_ledger (device_id, seq, batch_id, payload_sha256, readings, "
+                    "rejected_readings, stored_at, key_id) VALUES (:d, :s, :b, 'h', 50, 0, :t, 'k1')",
+                    {"d": d, "s": seq, "b": f"b{seq}", "t": NOW},
+                )
+            )
     rows += [
         (
             "INSERT INTO enrollment_tokens (token_hash, device_id, created_at, expires_at) "
@@ -221,13 +231,97 @@ def test_a_schema_newer_than_the_code_is_refused_everywhere(engine: Engine, tmp_
         assert last.startswith("error: ") and "f00d" in last, out.stderr
 
 
-def test_models_and_migrations_agree(engine: Engine) -> None:
-    """A model changed without a migration (or the other way round) fails here: write the revision."""
-    migrate.upgrade(engine)
+def _iotctl_db(engine: Engine, tmp_path: Path, *args: str) -> str:
+    """``iotctl db ARGS`` as an operator runs it; its one line of output."""
+    url = engine.url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://")
+    env = {"IOTCTL_DB": url, "PATH": "/usr/bin:/bin", "EDU_STATE_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "iotctl", "db", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out
+    return out.stdout.strip()
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+ROLLOUT_TABLES = {
+    "anomaly_explanations",
+    "anomaly_feedback",
+    "device_tags",
+    "engine_leases",
+    "firmware_events",
+    "releases",
+    "rollout_devices",
+    "rollout_events",
+    "rollout_locks",
+    "rollouts",
+}
+
+
+def test_revision_0005_keeps_the_tables_services_created_directly_and_the_cli_walks_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Services before revision 0005 created the rollout and anomaly-feedback tables themselves
+    (no revision had them): the upgrade keeps those tables and their rows, adds what is missing
+    (here one table and one index), and ``iotctl db downgrade`` / ``upgrade`` take them away and back."""
+    _at(engine, "0004")
+    register_models()
+    with engine.begin() as conn:
+        SQLModel.metadata.create_all(conn)  # what migrate._create_unmigrated did at 0004
+        conn.execute(text("DROP TABLE anomaly_feedback"))
+        conn.execute(text("DROP INDEX ix_rollouts_status"))
+        conn.execute(
+            text(
+                "INSERT INTO devices (id, device_type, location, status, key_version, created_at, "
+                "desired_config_version, reported_config_version, shared_with_class) "
+                "VALUES ('dev-a', 'environment', 'lab', 'active', 0, :t, 0, 0, :f)"
+            ),
+            {"t": NOW, "f": False},
+        )
+        conn.execute(text("INSERT INTO device_tags (device_id, tag) VALUES ('dev-a', 'pilot')"))
+        conn.execute(
+            text(
+                "INSERT INTO releases (version, size, sha256, device_types, notes, manifest, status, created_at) "
+                "VALUES ('1.2.0', 3, 'h', '[]', '', 'jws', 'ready', :t)"
+            ),
+            {"t": NOW},
+        )
+    assert "schema revision 0004 (newest is" in _iotctl_db(engine, tmp_path, "current")
+
+    assert _iotctl_db(engine, tmp_path, "upgrade").endswith(f"schema revision {migrate.head_revision()} (newest)")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT device_id, tag FROM device_tags")).one() == ("dev-a", "pilot")
+        assert conn.execute(text("SELECT version FROM releases")).scalar_one() == "1.2.0"
+        indexes = {ix["name"] for ix in inspect(conn).get_indexes("rollouts")}
+        assert "ix_rollouts_status" in indexes
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    assert diff == []
+
+    head = migrate.head_revision()
+    assert _iotctl_db(engine, tmp_path, "downgrade", "0004").endswith(f"schema revision 0004 (newest is {head})")
+    assert not _tables(engine) & ROLLOUT_TABLES
+    assert "devices" in _tables(engine)
+    assert "schema revision 0005 (" in _iotctl_db(engine, tmp_path, "upgrade", "0005")
+    assert _tables(engine) >= ROLLOUT_TABLES
+
+
+def test_models_and_migrations_agree(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A model changed without a migration (or the other way round) fails here: write the revision.
+
+    The revisions alone are compared with the models: ``migrate.upgrade`` also creates the tables
+    no revision has yet (so a service keeps running), which hid exactly that drift from this test."""
+    _at(engine, "head")
     register_models()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
-    assert diff == []
+    assert diff == [], "models and migrations differ (write the revision):\n" + "\n".join(map(str, diff))
+    # What a service runs at start finds nothing left to create outside the migrations.
+    with caplog.at_level("WARNING", logger="cloud_core.core.migrate"):
+        create_all(engine)
+    assert "without a migration" not in caplog.text
 
 
 def test_the_audit_log_is_append_only(engine: Engine) -> None:

@@ -3,8 +3,8 @@ the device as a whole: field ``*``; open while the episode lasts, closed with it
 and values), ``anomaly_explanations`` (why it fired, :mod:`.explain`) and ``anomaly_feedback``
 (a person's verdict: a true or a false alarm).
 
-The explanation and the feedback are tables of their own, keyed by the episode, so that a
-database created before them gains them with ``create_all`` (no column is added to ``anomalies``).
+The explanation and the feedback are tables of their own, keyed by the episode, so that adding them
+(revision 0005) added no column to ``anomalies``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 releases, each device's firmware events, and the engine's lease.
 
 Plain SQLModel tables with explicit names, types and indexes, so that an Alembic autogenerate
-against ``SQLModel.metadata`` produces their migration as it stands (``cloud_core.core.db.create_all``
-creates them until migrations take over).
+against ``SQLModel.metadata`` produces their migration as it stands (revision 0005 creates them; a
+change here needs a new revision: tests/test_migrations.py fails until it exists).
 """
 
 from __future__ import annotations
