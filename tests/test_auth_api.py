@@ -282,6 +282,25 @@ def test_api_keys_are_scoped_shown_once_and_revocable(api: RunningApi) -> None:
     assert api.request("GET", "/v1/auth/me", token=key).status_code == 401
 
 
+def test_a_key_limited_to_some_devices_registers_no_new_one_whoever_owns_it(api: RunningApi) -> None:
+    """A key limited to some devices acts on those only: no new device through it, for a student's key
+    too (the class path skipped the check: a student's key for one device registered more)."""
+    class_id = api.admin("POST", "/v1/classes", json={"name": "keys"}).json()["id"]
+    r = api.admin("POST", f"/v1/classes/{class_id}/members", json={"username": "kit", "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    api.add_user("ops", PASSWORD, fleet_access="write")
+    for who, device_id in (("kit", "dev-kit"), ("ops", "dev-ops")):
+        token = api.login(who, PASSWORD)
+        assert api.request("POST", "/v1/devices/register", token=token, json={"id": device_id}).status_code == 201
+        made = api.request("POST", "/v1/keys", token=token, json={"role": "user", "device_ids": [device_id]})
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        r = api.request("POST", "/v1/devices/register", token=key, json={"id": f"{device_id}-2"})
+        assert r.status_code == 403 and "limited to some devices" in r.json()["detail"], (who, r.text)
+        assert api.request("GET", f"/v1/devices/{device_id}-2", token=token).status_code == 404
+        assert api.request("GET", f"/v1/devices/{device_id}", token=key).status_code == 200
+
+
 def test_passwords_are_argon2_and_old_scrypt_hashes_are_upgraded_at_login(api: RunningApi) -> None:
     api.add_user("jo", PASSWORD)
     engine = make_engine(api.settings.db_url)

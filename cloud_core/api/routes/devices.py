@@ -13,7 +13,7 @@ from sqlmodel import Session
 from ... import crud
 from ...auth import audit
 from ...auth.access import Principal, authorize_class, visible_device_ids
-from ...auth.errors import AuthInvalid
+from ...auth.errors import Forbidden
 from ...auth.quotas import check_device_quota
 from ...liveness import liveness
 from ...models import Device, DeviceCreate, DevicePublic
@@ -84,14 +84,14 @@ def register_device(
 ) -> Registration:
     """Create a device (owned by you, in your class) and its one-time enrollment token (shown once).
     Refused with ``quota_exceeded`` when the class or the student has all the devices allowed."""
+    if p.key_devices is not None:  # whoever owns it, in a class or not
+        raise Forbidden("an API key limited to some devices cannot register new ones")
     class_id = device_in.class_id
     if class_id is None and len(p.student_of) == 1 and not p.teacher_of:
         class_id = next(iter(p.student_of))
     if class_id is not None:
         classroom = authorize_class(session, p, class_id, teacher=False)
         check_device_quota(session, classroom=classroom, owner_id=p.user_id, is_student=class_id in p.student_of)
-    elif p.key_devices is not None:
-        raise AuthInvalid("an API key limited to some devices cannot register new ones")
     audit.stage(
         session,
         actor=p,
@@ -143,9 +143,7 @@ def list_devices(
     now = datetime.now(UTC)
     visible = visible_device_ids(session, p)
     return [
-        _status(ctx, d, now)
-        for d in crud.list_devices(session, status=status)
-        if visible is None or d.id in visible
+        _status(ctx, d, now) for d in crud.list_devices(session, status=status) if visible is None or d.id in visible
     ]
 
 
