@@ -1,6 +1,8 @@
 """The authorisation matrix, generated from the app's route table: every route x every kind of principal
 x own device / a classmate's device / another class's device (or own class / another class), each
 asserting the exact status, through the real API (uvicorn, real Mosquitto with dynamic security).
+Fleet-wide routes (rollouts, releases) are for those who reach every device: the admin, and users
+with fleet access at the level the route needs.
 
 The expected answers come from hand-written tables below (who reaches which device at which level,
 which role holds which permission, who is in which class), combined with each route's *declared*
@@ -10,6 +12,7 @@ a new route cannot skip it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from cloud_core.analytics.models import Anomaly
 from cloud_core.api.deps import Requirement, api_routes, declared_requirement
 from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
+from cloud_core.rollouts import RolloutSettings
 from cloud_core.testing import RunningApi, running_api
 from iot_protocol import generate_private_key, public_key_b64
 
@@ -36,7 +40,8 @@ ROLE_PERMS = {
     "device": {"read_devices", "write_data"},
     "readonly": {"read_devices", "read_data"},
 }
-# principal -> role. "devkey" is an API key of student1 with role device, limited to dev1.
+# principal -> role. "devkey" is an API key of student1 with role device, limited to dev1; "opkey" one
+# of the operator's with role user, limited to dev1.
 ROLES = {
     "anonymous": None,
     "admin": "admin",
@@ -45,10 +50,13 @@ ROLES = {
     "student2": "user",
     "student3": "user",
     "readonly": "readonly",
+    "operator": "user",
     "devkey": "device",
+    "opkey": "user",
 }
 # Who reaches which device at which level: dev1 is student1's, dev2 student2's (shared with class A),
-# dev3 student3's (class B). The teacher teaches class A; readonly reads every device (an old viewer).
+# dev3 student3's (class B). The teacher teaches class A; readonly reads every device (an old viewer);
+# operator writes every device (a user with fleet access "write", an old operator).
 REACH = {
     "admin": {"dev1": "W", "dev2": "W", "dev3": "W"},
     "teacher": {"dev1": "W", "dev2": "W"},
@@ -56,8 +64,13 @@ REACH = {
     "student2": {"dev2": "W"},
     "student3": {"dev3": "W"},
     "readonly": {"dev1": "R", "dev2": "R", "dev3": "R"},
+    "operator": {"dev1": "W", "dev2": "W", "dev3": "W"},
     "devkey": {"dev1": "W"},
+    "opkey": {"dev1": "W"},
 }
+# Who reaches every device (fleet-wide routes), at which level. Not devkey or opkey: a key limited to
+# some devices never acts on the fleet, whatever its owner may do.
+FLEET = {"admin": "W", "operator": "W", "readonly": "R"}
 # Class membership: A = the teacher's class (students 1 and 2), B = student3's.
 MEMBER = {
     "admin": {"A": "admin", "B": "admin"},
@@ -78,6 +91,8 @@ class World:
     classes: dict[str, int]  # A, B -> id
     users: dict[str, int]
     anomalies: dict[str, int]  # dev1.. -> the id of an anomaly episode of that device
+    release: str  # a firmware release with its artifact
+    rollout: int  # a running rollout (of a device of its own)
     counter: Iterator[int] = field(default_factory=itertools.count)
 
     def unique(self, stem: str) -> str:
@@ -103,10 +118,12 @@ def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[
         password_time_cost=1,
         password_memory_kib=8192,
     )
-    with running_api(settings) as api:
+    # No rollout engine: the rollouts the samples make stay in the state they were made in.
+    with running_api(settings, rollouts=RolloutSettings(engine=False)) as api:
         p = topic_prefix
         users = {"teacher": api.add_user(f"teacher-{p}", PASSWORD, is_teacher=True)}
         users["readonly"] = api.add_user(f"readonly-{p}", PASSWORD, role="readonly", fleet_access="read")
+        users["operator"] = api.add_user(f"operator-{p}", PASSWORD, fleet_access="write")
         teacher = api.login(f"teacher-{p}", PASSWORD)
         class_a = api.request("POST", "/v1/classes", token=teacher, json={"name": "A"}).json()["id"]
         class_b = api.admin("POST", "/v1/classes", json={"name": "B"}).json()["id"]
@@ -117,6 +134,7 @@ def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[
             users[name] = r.json()["user_id"]
             tokens[name] = api.login(f"{name}-{p}", PASSWORD)
         tokens["readonly"] = api.login(f"readonly-{p}", PASSWORD)
+        tokens["operator"] = api.login(f"operator-{p}", PASSWORD)
         devices = {}
         for dev, owner in (("dev1", "student1"), ("dev2", "student2"), ("dev3", "student3")):
             devices[dev] = f"{dev}-{p}"
@@ -131,6 +149,11 @@ def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[
         )
         assert key.status_code == 201, key.text
         tokens["devkey"] = key.json()["key"]
+        key = api.request(
+            "POST", "/v1/keys", token=tokens["operator"], json={"role": "user", "device_ids": [devices["dev1"]]}
+        )
+        assert key.status_code == 201, key.text
+        tokens["opkey"] = key.json()["key"]
         anomalies = {}
         engine = make_engine(settings.db_url)
         with Session(engine) as session:  # what the analytics worker writes: one episode per device
@@ -144,7 +167,10 @@ def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[
                 assert row.id is not None
                 anomalies[dev] = row.id
         engine.dispose()
-        yield World(api, tokens, devices, {"A": class_a, "B": class_b}, users, anomalies)
+        w = World(api, tokens, devices, {"A": class_a, "B": class_b}, users, anomalies, release="", rollout=0)
+        w.release = _release(w, upload=True)
+        w.rollout = _rollout(w)
+        yield w
 
 
 # ---- sample requests: (method, path) -> build(world, principal, target) -> (path, kwargs, success status) ----
@@ -185,6 +211,78 @@ def _granted_user(w: World) -> int:
     uid = _throwaway_user(w)
     w.api.admin("PUT", f"/v1/users/{uid}/grants", json={"permission": "read", "device_id": w.devices["dev3"]})
     return uid
+
+
+ARTIFACT = b"firmware image of the matrix\n" * 40
+
+
+def _release(w: World, *, upload: bool = False) -> str:
+    """A new release (signed by the API's release key, as the admin); with its artifact if ``upload``."""
+    version = f"1.{next(w.counter)}.0"
+    spec = {
+        "version": version,
+        "size": len(ARTIFACT),
+        "sha256": hashlib.sha256(ARTIFACT).hexdigest(),
+        "device_types": ["environment"],
+    }
+    r = w.api.admin("POST", "/v1/releases", json={"manifest": _manifest(w, spec)})
+    assert r.status_code == 201, r.text
+    if upload:
+        r = w.api.admin("PUT", f"/v1/releases/{version}/artifact", content=ARTIFACT)
+        assert r.status_code == 200, r.text
+    return version
+
+
+def _manifest(w: World, spec: dict[str, Any]) -> str:
+    r = w.api.admin("POST", "/v1/releases/sign", json=spec)
+    assert r.status_code == 200, r.text
+    return str(r.json()["manifest"])
+
+
+def _new_manifest(w: World) -> str:
+    """A signed manifest of a version no release has yet."""
+    return _manifest(
+        w,
+        {
+            "version": f"2.{next(w.counter)}.0",
+            "size": len(ARTIFACT),
+            "sha256": hashlib.sha256(ARTIFACT).hexdigest(),
+            "device_types": ["environment"],
+        },
+    )
+
+
+def _enrolled_device(w: World) -> str:
+    """A device of the admin's, enrolled (rollouts take active devices only), in no other rollout."""
+    device_id = w.unique(f"fleet-{w.api.settings.topic_prefix}")
+    r = w.api.admin("POST", "/v1/devices/register", json={"id": device_id})
+    assert r.status_code == 201, r.text
+    body = {"token": r.json()["enrollment_token"], "public_key": public_key_b64(generate_private_key())}
+    r = w.api.request("POST", "/v1/enroll", json=body)
+    assert r.status_code == 200, r.text
+    return device_id
+
+
+def _rollout_body(w: World) -> dict[str, Any]:
+    return {"settings": {"sampling_interval_s": 7}, "target": {"devices": [_enrolled_device(w)]}}
+
+
+def _rollout(w: World, *, paused: bool = False) -> int:
+    """A new running (or paused) config rollout of a device of its own."""
+    r = w.api.admin("POST", "/v1/rollouts", json=_rollout_body(w))
+    assert r.status_code == 201, r.text
+    rollout_id = int(r.json()["id"])
+    if paused:
+        r = w.api.admin("POST", f"/v1/rollouts/{rollout_id}/pause")
+        assert r.status_code == 200, r.text
+    return rollout_id
+
+
+def _fleet_reader(who: str) -> int:
+    """What the artifact download (a public route: it checks a bearer token itself) answers ``who``."""
+    if ROLES[who] is None:
+        return 401
+    return 200 if who in FLEET else 403
 
 
 D = "device"
@@ -288,7 +386,7 @@ SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
         lambda w, who, t: (
             "/v1/devices/register",
             {"json": {"id": w.unique(f"new-{w.api.settings.topic_prefix}")}},
-            201,
+            403 if who == "opkey" else 201,  # a key limited to some devices registers none (devkey: its role)
         ),
     ),
     ("GET", "/v1/devices"): (None, lambda w, who, t: ("/v1/devices", {}, 200)),
@@ -360,6 +458,68 @@ SAMPLES: dict[tuple[str, str], tuple[str | None, Sample]] = {
         lambda w, who, t: (f"/v1/devices/{w.devices[t]}/dead-letters", {}, 200),
     ),
     ("POST", "/v1/devices/{device_id}/rotate"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/rotate", {}, 200)),
+    ("PUT", "/v1/devices/{device_id}/tags"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/tags", {"json": {"tags": ["pilot", f"room-{t}"]}}, 200),
+    ),
+    ("GET", "/v1/devices/{device_id}/tags"): (D, lambda w, who, t: (f"/v1/devices/{w.devices[t]}/tags", {}, 200)),
+    ("GET", "/v1/devices/{device_id}/history"): (
+        D,
+        lambda w, who, t: (f"/v1/devices/{w.devices[t]}/history", {}, 200),
+    ),
+    # Rollouts and releases: fleet-wide (FLEET); each write acts on a rollout or release of its own.
+    ("GET", "/v1/rollouts"): (None, lambda w, who, t: ("/v1/rollouts", {}, 200)),
+    ("POST", "/v1/rollouts"): (None, lambda w, who, t: ("/v1/rollouts", {"json": _rollout_body(w)}, 201)),
+    ("GET", "/v1/rollouts/{rollout_id}"): (None, lambda w, who, t: (f"/v1/rollouts/{w.rollout}", {}, 200)),
+    ("GET", "/v1/rollouts/{rollout_id}/devices"): (
+        None,
+        lambda w, who, t: (f"/v1/rollouts/{w.rollout}/devices", {}, 200),
+    ),
+    ("GET", "/v1/rollouts/{rollout_id}/events"): (
+        None,
+        lambda w, who, t: (f"/v1/rollouts/{w.rollout}/events", {}, 200),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/pause"): (
+        None,
+        lambda w, who, t: (f"/v1/rollouts/{_rollout(w)}/pause", {}, 200),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/resume"): (
+        None,
+        lambda w, who, t: (f"/v1/rollouts/{_rollout(w, paused=True)}/resume", {}, 200),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/abort"): (
+        None,
+        lambda w, who, t: (f"/v1/rollouts/{_rollout(w)}/abort", {"json": {"reason": "matrix"}}, 200),
+    ),
+    ("GET", "/v1/releases"): (None, lambda w, who, t: ("/v1/releases", {}, 200)),
+    ("GET", "/v1/releases/{version}"): (None, lambda w, who, t: (f"/v1/releases/{w.release}", {}, 200)),
+    ("POST", "/v1/releases"): (
+        None,
+        lambda w, who, t: ("/v1/releases", {"json": {"manifest": _new_manifest(w)}}, 201),
+    ),
+    ("POST", "/v1/releases/sign"): (
+        None,
+        lambda w, who, t: (
+            "/v1/releases/sign",
+            {
+                "json": {
+                    "version": "3.0.0",
+                    "size": len(ARTIFACT),
+                    "sha256": hashlib.sha256(ARTIFACT).hexdigest(),
+                    "device_types": ["environment"],
+                }
+            },
+            200,
+        ),
+    ),
+    ("PUT", "/v1/releases/{version}/artifact"): (
+        None,
+        lambda w, who, t: (f"/v1/releases/{_release(w)}/artifact", {"content": ARTIFACT}, 200),
+    ),
+    ("GET", "/v1/releases/{version}/artifact"): (
+        None,
+        lambda w, who, t: (f"/v1/releases/{w.release}/artifact", {}, _fleet_reader(who)),
+    ),
     # Last: a deactivated device refuses new configs.
     ("POST", "/v1/devices/{device_id}/deactivate"): (
         D,
@@ -378,6 +538,10 @@ def expected(req: Requirement, who: str, scope: str | None, target: str, success
     need = req.permission.value
     if need not in ROLE_PERMS[role]:
         return 403
+    if req.fleet:
+        level = FLEET.get(who)
+        if level is None or (need in WRITE and level == "R"):
+            return 403
     if scope == D:
         level = REACH.get(who, {}).get(target)
         if level is None:
