@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import BigInteger, Integer, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
@@ -266,13 +267,16 @@ def test_revision_0005_keeps_the_tables_services_created_directly_and_the_cli_wa
 ) -> None:
     """Services before revision 0005 created the rollout and anomaly-feedback tables themselves
     (no revision had them): the upgrade keeps those tables and their rows, adds what is missing
-    (here one table and one index), and ``iotctl db downgrade`` / ``upgrade`` take them away and back."""
+    (here one table and one index), widens ``releases.size`` to BIGINT (a 2 GiB release overflowed
+    PostgreSQL's INTEGER), and ``iotctl db downgrade`` / ``upgrade`` take them away and back."""
     _at(engine, "0004")
     register_models()
     with engine.begin() as conn:
         SQLModel.metadata.create_all(conn)  # what migrate._create_unmigrated did at 0004
         conn.execute(text("DROP TABLE anomaly_feedback"))
         conn.execute(text("DROP INDEX ix_rollouts_status"))
+        with Operations.context(MigrationContext.configure(conn)) as op, op.batch_alter_table("releases") as batch:
+            batch.alter_column("size", existing_type=BigInteger(), type_=Integer(), existing_nullable=False)
         conn.execute(
             text(
                 "INSERT INTO devices (id, device_type, location, status, key_version, created_at, "
@@ -297,6 +301,9 @@ def test_revision_0005_keeps_the_tables_services_created_directly_and_the_cli_wa
         assert conn.execute(text("SELECT version FROM releases")).scalar_one() == "1.2.0"
         indexes = {ix["name"] for ix in inspect(conn).get_indexes("rollouts")}
         assert "ix_rollouts_status" in indexes
+        conn.execute(text("UPDATE releases SET size = :s"), {"s": 2**31})  # iot_protocol's MAX_ARTIFACT_BYTES
+        assert conn.execute(text("SELECT size FROM releases")).scalar_one() == 2**31
+        conn.rollback()
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
     assert diff == []
 

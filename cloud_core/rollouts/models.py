@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text
+from sqlalchemy import JSON, BigInteger, Column, Text
 from sqlmodel import Field, SQLModel
 
 from ..models import utcnow
@@ -121,7 +121,9 @@ class Release(SQLModel, table=True):
     __tablename__ = "releases"
 
     version: str = Field(primary_key=True, max_length=32)
-    size: int
+    # BIGINT: a manifest may claim up to 2 GiB (iot_protocol.firmware.MAX_ARTIFACT_BYTES = 2^31), one
+    # more than PostgreSQL's INTEGER holds.
+    size: int = Field(sa_type=BigInteger)
     sha256: str = Field(max_length=64)
     device_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     min_version: str | None = Field(default=None, max_length=32)

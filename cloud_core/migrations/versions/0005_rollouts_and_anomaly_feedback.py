@@ -1,12 +1,13 @@
 """Rollouts and firmware releases (issue 17) and anomaly explanations and feedback (issue 19):
 ``rollouts``, ``rollout_devices``, ``rollout_events``, ``rollout_locks``, ``releases``,
 ``firmware_events``, ``engine_leases``, ``device_tags``, ``anomaly_explanations`` and
-``anomaly_feedback``, with their indexes.
+``anomaly_feedback``, with their indexes. ``releases.size`` is BIGINT: a manifest may claim 2 GiB
+(2^31 bytes), one more than PostgreSQL's INTEGER holds.
 
 Services of the releases that added these models created the tables themselves at start
 (``cloud_core.core.migrate._create_unmigrated``, logged as "tables without a migration were created
-directly"), so each table and each index is created only when missing; tables found are kept with
-their rows.
+directly"), so each table and each index is created only when missing, and a ``releases.size``
+created as INTEGER then becomes BIGINT; tables found are kept with their rows.
 
 Revision ID: 0005
 Revises: 0004
@@ -104,7 +105,7 @@ def _rollout_locks() -> list[SchemaItem]:
 def _releases() -> list[SchemaItem]:
     return [
         sa.Column("version", _String(length=32), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("sha256", _String(length=64), nullable=False),
         sa.Column("device_types", sa.JSON(), nullable=False),
         sa.Column("min_version", _String(length=32), nullable=True),
@@ -189,6 +190,10 @@ _TABLES: list[tuple[str, Callable[[], list[SchemaItem]], tuple[str, ...]]] = [
 ]
 
 
+# Columns the first services created as INTEGER (before the model said BIGINT).
+_BIGINT = {"releases": ("size",)}
+
+
 def upgrade() -> None:
     inspector = sa.inspect(op.get_bind())
     have = set(inspector.get_table_names())
@@ -198,6 +203,14 @@ def upgrade() -> None:
             indexes: set[str | None] = set()
         else:
             indexes = {ix["name"] for ix in inspector.get_indexes(table)}
+            types = {c["name"]: c["type"] for c in inspector.get_columns(table)}
+            narrow = [c for c in _BIGINT.get(table, ()) if not isinstance(types[c], sa.BigInteger)]
+            if narrow:
+                with op.batch_alter_table(table, schema=None) as batch_op:
+                    for column in narrow:
+                        batch_op.alter_column(
+                            column, existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False
+                        )
         missing = [column for column in indexed if f"ix_{table}_{column}" not in indexes]
         if missing:
             with op.batch_alter_table(table, schema=None) as batch_op:
