@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, or_, select
 
+from iot_protocol.topics import DEVICE_ID_RE
+
 from ..models import Device
 from .errors import Forbidden, NotVisible
 from .models import ClassMember, Classroom, DevicePermission, GroupPermission
@@ -167,7 +169,9 @@ def authorize_device(session: Session, p: Principal, device_id: str, need: Permi
         NotVisible: no such device, or not one ``p`` can see.
     """
     require_permission(p, need)
-    device = session.get(Device, device_id)
+    # What cannot be a device id is no device, without asking the database (PostgreSQL refuses a NUL
+    # byte in text with an error, not an empty answer).
+    device = session.get(Device, device_id) if DEVICE_ID_RE.match(device_id) else None
     level = device_level(session, p, device) if device is not None else None
     if device is None or level is None:
         raise NotVisible(f"no device {device_id!r}")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -18,17 +18,17 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from iot_protocol import ProtocolError
-from iot_protocol.firmware import parse_version
+from iot_protocol.firmware import MAX_ARTIFACT_BYTES, parse_version
 
 from .. import crud
-from ..api.deps import ContextDep, SessionDep, authenticate, public
+from ..api.deps import ContextDep, Id, SessionDep, authenticate, public
 from ..auth.access import Principal, require_fleet, require_permission
 from ..auth.permissions import Permission
 from ..models import DeviceConfig, DeviceTag
 from ..services.errors import NotFound
 from . import history
 from .errors import RolloutInvalid, RolloutNotFound
-from .models import FirmwareEvent, Release
+from .models import DEVICE_STATES, STATUSES, FirmwareEvent, Release
 from .permissions import rule
 from .releases import DownloadRefused, ReleaseService, ReleaseSpec
 from .service import DeviceView, RolloutCreate, RolloutService, RolloutView
@@ -42,6 +42,19 @@ ReleasesWrite = Annotated[Principal, rule("releases:write")]
 ReleasesSign = Annotated[Principal, rule("releases:sign")]
 DevicesTag = Annotated[Principal, rule("devices:tag")]
 DeviceRead = Annotated[Principal, rule("devices:read")]
+
+# What reaches the database is bounded here: ids to 1..2^31-1 (deps.Id), filters to the values that
+# exist, versions to what a release may have (a 500 otherwise: out of range, or a NUL byte on PostgreSQL).
+StatusFilter = Annotated[
+    str | None, Query(pattern=f"^({'|'.join(STATUSES)})$", description="Only rollouts in this status.")
+]
+StateFilter = Annotated[
+    str | None, Query(pattern=f"^({'|'.join(DEVICE_STATES)})$", description="Only devices in this state.")
+]
+Version = Annotated[
+    str,
+    Path(max_length=32, pattern=r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$", description="A release version, e.g. 1.2.0."),
+]
 
 rollouts_router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
 releases_router = APIRouter(prefix="/v1/releases", tags=["releases"])
@@ -81,26 +94,26 @@ def create_rollout(body: RolloutCreate, session: SessionDep, ctx: ContextDep, us
 
 @rollouts_router.get("", response_model=list[RolloutView])
 def list_rollouts(
-    session: SessionDep, ctx: ContextDep, _user: RolloutsRead, status: str | None = None, limit: int = 100
+    session: SessionDep, ctx: ContextDep, _user: RolloutsRead, status: StatusFilter = None, limit: int = 100
 ) -> list[RolloutView]:
     return _service(ctx).list(session, status=status, limit=max(1, min(limit, 1000)))
 
 
 @rollouts_router.get("/{rollout_id}", response_model=RolloutView)
-def get_rollout(rollout_id: int, session: SessionDep, ctx: ContextDep, _user: RolloutsRead) -> RolloutView:
+def get_rollout(rollout_id: Id, session: SessionDep, ctx: ContextDep, _user: RolloutsRead) -> RolloutView:
     """Status, counts per device state and per wave, and the abort reason if it stopped."""
     return _service(ctx).view(session, rollout_id)
 
 
 @rollouts_router.get("/{rollout_id}/devices", response_model=list[DeviceView])
 def rollout_devices(
-    rollout_id: int, session: SessionDep, ctx: ContextDep, _user: RolloutsRead, state: str | None = None
+    rollout_id: Id, session: SessionDep, ctx: ContextDep, _user: RolloutsRead, state: StateFilter = None
 ) -> list[DeviceView]:
     return _service(ctx).devices(session, rollout_id=rollout_id, state=state)
 
 
 @rollouts_router.get("/{rollout_id}/events", response_model=list[EventPublic])
-def rollout_events(rollout_id: int, session: SessionDep, ctx: ContextDep, _user: RolloutsRead) -> list[Any]:
+def rollout_events(rollout_id: Id, session: SessionDep, ctx: ContextDep, _user: RolloutsRead) -> list[Any]:
     return [
         EventPublic.model_validate(e, from_attributes=True)
         for e in _service(ctx).events(session, rollout_id=rollout_id)
@@ -108,23 +121,21 @@ def rollout_events(rollout_id: int, session: SessionDep, ctx: ContextDep, _user:
 
 
 @rollouts_router.post("/{rollout_id}/pause", response_model=RolloutView)
-def pause_rollout(rollout_id: int, session: SessionDep, ctx: ContextDep, user: RolloutsWrite) -> RolloutView:
+def pause_rollout(rollout_id: Id, session: SessionDep, ctx: ContextDep, user: RolloutsWrite) -> RolloutView:
     return _service(ctx).pause(session, rollout_id=rollout_id, actor=user.actor)
 
 
 @rollouts_router.post("/{rollout_id}/resume", response_model=RolloutView)
-def resume_rollout(rollout_id: int, session: SessionDep, ctx: ContextDep, user: RolloutsWrite) -> RolloutView:
+def resume_rollout(rollout_id: Id, session: SessionDep, ctx: ContextDep, user: RolloutsWrite) -> RolloutView:
     return _service(ctx).resume(session, rollout_id=rollout_id, actor=user.actor)
 
 
 @rollouts_router.post("/{rollout_id}/abort", response_model=RolloutView)
 def abort_rollout(
-    rollout_id: int, session: SessionDep, ctx: ContextDep, user: RolloutsWrite, body: AbortRequest | None = None
+    rollout_id: Id, session: SessionDep, ctx: ContextDep, user: RolloutsWrite, body: AbortRequest | None = None
 ) -> RolloutView:
     """Stop, and roll every device the rollout touched back to its previous version."""
-    return _service(ctx).abort(
-        session, rollout_id=rollout_id, actor=user.actor, reason=(body or AbortRequest()).reason
-    )
+    return _service(ctx).abort(session, rollout_id=rollout_id, actor=user.actor, reason=(body or AbortRequest()).reason)
 
 
 # ---- releases ------------------------------------------------------------------------------------
@@ -150,7 +161,7 @@ class ReleaseCreate(BaseModel):
 
 class SignRequest(BaseModel):
     version: str = Field(max_length=32)
-    size: int = Field(gt=0)
+    size: int = Field(gt=0, le=MAX_ARTIFACT_BYTES)
     sha256: str = Field(min_length=64, max_length=64)
     device_types: list[str] = Field(min_length=1)
     min_version: str | None = Field(default=None, max_length=32)
@@ -191,7 +202,7 @@ def list_releases(session: SessionDep, ctx: ContextDep, _user: ReleasesRead) -> 
 
 
 @releases_router.get("/{version}", response_model=ReleasePublic)
-def get_release(version: str, session: SessionDep, ctx: ContextDep, _user: ReleasesRead) -> ReleasePublic:
+def get_release(version: Version, session: SessionDep, ctx: ContextDep, _user: ReleasesRead) -> ReleasePublic:
     return _public(_releases(ctx).get(session, version))
 
 
@@ -203,7 +214,7 @@ def _check_version(version: str) -> None:
 
 
 @releases_router.put("/{version}/artifact", response_model=ReleasePublic)
-async def upload_artifact(version: str, request: Request, ctx: ContextDep, user: ReleasesWrite) -> ReleasePublic:
+async def upload_artifact(version: Version, request: Request, ctx: ContextDep, user: ReleasesWrite) -> ReleasePublic:
     """The artifact's bytes as the request body; kept only if its size and SHA-256 are the manifest's."""
     _check_version(version)
     releases = _releases(ctx)
@@ -214,7 +225,7 @@ async def upload_artifact(version: str, request: Request, ctx: ContextDep, user:
             releases.get(s, version)
 
     await run_in_threadpool(_exists)
-    temp: Path = releases.store.temp_path(f"release-{version}")
+    temp: FilePath = releases.store.temp_path(f"release-{version}")
     size = 0
     try:
         with open(temp, "wb") as f:
@@ -264,7 +275,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     dependencies=[Depends(public("a device's request signed by its key, or a fleet reader's bearer token"))],
 )
 def download_artifact(
-    version: str,
+    version: Version,
     request: Request,
     session: SessionDep,
     ctx: ContextDep,

@@ -55,7 +55,9 @@ class RolloutCreate(BaseModel):
         "not counted) or fail (it counts as failed after device_deadline_s).",
     )
     device_deadline_s: float = Field(default=3600.0, gt=0)
-    max_bytes_per_s: int | None = Field(default=None, ge=1024, description="Firmware download bandwidth cap.")
+    max_bytes_per_s: int | None = Field(
+        default=None, ge=1024, le=2**31 - 1, description="Firmware download bandwidth cap (an INTEGER column)."
+    )
 
 
 class WaveView(BaseModel):
