@@ -172,9 +172,13 @@ class Meter(importlib.abc.MetaPathFinder):
         except (AttributeError, TypeError):
             pass
         return spec
+mods = json.loads(sys.stdin.read())
+for lib in ("ssl", "_ssl", "_hashlib"):  # what the agent refused to load (edge_agent.agent._paho)
+    if lib not in mods:
+        sys.modules[lib] = None
 base = rss()
 sys.meta_path.insert(0, Meter())
-for m in json.loads(sys.stdin.read()):
+for m in mods:
     if m in sys.modules:
         continue
     try:

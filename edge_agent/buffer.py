@@ -44,7 +44,7 @@ from iot_protocol.signing import seal_batch
 from .errors import BufferError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from iot_protocol.keys import SigningKey
 
 __all__ = ["Buffer", "BufferStats", "PendingBatch", "reading_from_body"]
 
@@ -218,7 +218,7 @@ class Buffer:
     def next_batch(
         self,
         device_id: str,
-        key: Ed25519PrivateKey,
+        key: SigningKey,
         *,
         max_readings: int,
         now_ms: int,
@@ -277,7 +277,7 @@ class Buffer:
             self._save_counters("last_seq", "quarantined")
         return PendingBatch(seq, batch.batch_id, token, len(rows))
 
-    def reseal(self, key: Ed25519PrivateKey) -> int:
+    def reseal(self, key: SigningKey) -> int:
         """Sign every sealed, unreceipted batch again with ``key`` (after a rotation or re-enrollment):
         the same payload bytes (seq, batch id, readings), a new signature, in one transaction.
         Returns how many batches were re-sealed. Their readings are honest; only the key changed."""
