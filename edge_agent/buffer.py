@@ -105,7 +105,10 @@ class BufferStats:
 
 
 class Buffer:
-    """The buffer at ``path`` (created if missing). See the module docstring for the guarantees."""
+    """The buffer at ``path`` (created if missing). See the module docstring for the guarantees.
+
+    ``lean`` trades a little CPU per statement for memory (no prepared-statement cache, 1 KiB pages
+    in a new database): for the simulator's thousands of in-memory buffers, not for the agent."""
 
     def __init__(
         self,
@@ -117,6 +120,7 @@ class Buffer:
         synchronous: str = "full",
         keep_produced_log: bool = False,
         readonly: bool = False,
+        lean: bool = False,
     ) -> None:
         if overflow not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"overflow must be drop_oldest or drop_newest, not {overflow!r}")
@@ -133,7 +137,14 @@ class Buffer:
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                # lean: no prepared-statement cache and 1 KiB pages (a fresh database only): 160 -> 70 KB
+                # for a small in-memory buffer, what thousands of simulated devices in one process need
+                cache = {"cached_statements": 0} if lean else {}
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30, **cache
+                )
+                if lean:
+                    self._db.execute("PRAGMA page_size=1024")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
                 self._db.execute("PRAGMA cache_size=-512")  # 512 KiB page cache: the device's RAM is small
