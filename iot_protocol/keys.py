@@ -11,7 +11,7 @@ from .errors import ValidationError
 from .jws import b64url_decode, b64url_encode
 
 if TYPE_CHECKING:  # imported where used: the agent signs with PyNaCl and never loads cryptography (~7 MB)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
     "LightEd25519Key",
@@ -66,6 +66,13 @@ class LightEd25519Key:
 
     def public_bytes_raw(self) -> bytes:
         return bytes(self._pk)
+
+    def public_key(self) -> Ed25519PublicKey:
+        """cryptography's public key object, for callers written against ``Ed25519PrivateKey``
+        (imports cryptography: the agent itself never calls it)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(bytes(self._pk))
 
     def __repr__(self) -> str:  # never the seed
         return f"LightEd25519Key(public={b64url_encode(self._pk).decode()})"

@@ -512,3 +512,12 @@ def test_load_signing_key_hands_other_pem_to_cryptography(tmp_path: Path) -> Non
         load_signing_key(path)
     p.save_private_key(key, path)
     assert isinstance(load_signing_key(path), LightEd25519Key)
+
+
+def test_the_light_key_hands_out_cryptographys_public_key_when_asked() -> None:
+    from iot_protocol.keys import LightEd25519Key
+
+    seed = bytes(range(32))
+    light, ref = LightEd25519Key(seed), p.private_key_from_seed(seed)
+    light.public_key().verify(light.sign(b"m"), b"m")  # raises if it does not verify
+    assert p.public_key_raw(ref) == light.public_bytes_raw()
