@@ -12,6 +12,7 @@ credentials). The simulator drives many pipelines without any of these threads.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -471,13 +472,13 @@ def _paho(*, tls: bool) -> Any:
     fallback would fail there on the first ``BlockingIOError``). When a later identity or setting asks
     for mqtts, paho gets the real module (it looks ``ssl`` up when it connects).
     """
-    mod = sys.modules.get("paho.mqtt.client")
+    mod: Any = sys.modules.get("paho.mqtt.client")
     if mod is None:
         hide = [] if tls else [m for m in ("ssl", "_hashlib") if m not in sys.modules]
         for name in hide:
             sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
         try:
-            import paho.mqtt.client as mod
+            mod = importlib.import_module("paho.mqtt.client")
         finally:
             for name in hide:
                 del sys.modules[name]

@@ -139,9 +139,12 @@ class Buffer:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # lean: no prepared-statement cache and 1 KiB pages (a fresh database only): 160 -> 70 KB
                 # for a small in-memory buffer, what thousands of simulated devices in one process need
-                cache = {"cached_statements": 0} if lean else {}
                 self._db = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=30, **cache
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30,
+                    cached_statements=0 if lean else 128,  # 128: sqlite3's default
                 )
                 if lean:
                     self._db.execute("PRAGMA page_size=1024")

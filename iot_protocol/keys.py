@@ -96,7 +96,9 @@ def public_key_raw(key: SigningKey) -> bytes:
         return key.public_bytes_raw()
     from cryptography.hazmat.primitives import serialization
 
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # type: ignore[attr-defined]
+    pub = key.public_key()  # type: ignore[attr-defined]
+    raw: bytes = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw
 
 
 def public_key_b64(key: SigningKey) -> str:
