@@ -17,6 +17,7 @@ simulator process's own (the broker and the bridge run in other processes on the
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from firmware_sim.fleet import Fleet, FleetSettings, device_key, raise_fd_limit
@@ -45,12 +47,37 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def trace_report(devices: int) -> None:
+    """The Python heap (tracemalloc) per device, by allocating line: what C libraries (SQLite, the
+    allocator's slack) hold does not show here, only in RSS."""
+    snap = tracemalloc.take_snapshot()
+    stats = snap.statistics("lineno")
+    total = sum(s.size for s in stats)
+    print(f"tracemalloc: {total / devices / 1024:.1f} KB of Python heap per device; largest lines:", file=sys.stderr)
+    for s in stats[:20]:
+        fr = s.traceback[0]
+        print(
+            f"  {s.size / devices / 1024:6.2f} KB  {fr.filename.split('/site-packages/')[-1]}:{fr.lineno}",
+            file=sys.stderr,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=5000)
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between readings per device")
     ap.add_argument("--steady", type=float, default=60.0, help="seconds measured after all devices connected")
     ap.add_argument("--no-bridge", action="store_true", help="no receipts (devices stall at their inflight cap)")
+    ap.add_argument(
+        "--trace", action="store_true", help="tracemalloc: print where the Python heap per device goes (slower)"
+    )
     args = ap.parse_args()
 
     raise_fd_limit(65536)
@@ -92,7 +119,12 @@ def main() -> None:
             )  # fmt: skip
             time.sleep(2.0)
         settings = FleetSettings(mqtt_url=broker.url, topic_prefix=prefix, connects_per_tick=200, drain_timeout_s=5)
+        gc.collect()
+        rss_before = rss_now_mb()  # the process before any device: interpreter, pydantic, SQLAlchemy, plan, keys
+        if args.trace:
+            tracemalloc.start(1)
         fleet = Fleet(plan, settings, keys=keys)
+        rss_built = rss_now_mb()
         state: dict[str, float] = {}
 
         def tick(f: Fleet) -> None:
@@ -105,6 +137,9 @@ def main() -> None:
                 state.update(t_all=now, m0=f.report.mqtt_messages, c0=cpu_seconds())
             if "t_all" in state and "t_end" not in state and now - state["t_all"] >= args.steady:
                 state.update(t_end=now, m1=f.report.mqtt_messages, c1=cpu_seconds(), conn=f.connected)
+                state["rss_steady"] = rss_now_mb()
+                if args.trace:
+                    trace_report(args.devices)
                 f.stop()
             if int(now - t_start) % 10 == 0:
                 print(f"  t={now - t_start:5.1f}s connected={f.connected} msgs={f.report.mqtt_messages}",
@@ -124,12 +159,14 @@ def main() -> None:
     msgs_per_s = (state["m1"] - state["m0"]) / window if window > 0 else 0.0
     cpu_share = (state["c1"] - state["c0"]) / window if window > 0 else 0.0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    per_device_kb = (rss_mb - rss_before) * 1024 / args.devices
     expected = args.devices / args.interval
     print(f"devices connected   {int(state['conn'])} / {args.devices}")
     print(f"message rate        {msgs_per_s:.0f} msg/s (telemetry target {expected:.0f}/s + heartbeats)")
     print(f"readings stored     {report.stored} receipted of {report.produced} produced")
     print(f"simulator CPU       {cpu_share:.2f} of one core over {window:.0f}s")
-    print(f"simulator RSS peak  {rss_mb:.0f} MB")
+    print(f"simulator RSS peak  {rss_mb:.0f} MB ({rss_before:.0f} MB before the fleet, {rss_built:.0f} MB once built)")
+    print(f"per device          {per_device_kb:.0f} KB (peak less the process before the fleet; target < 100)")
     print(
         json.dumps(
             {
@@ -138,6 +175,15 @@ def main() -> None:
                 "msgs_per_s": round(msgs_per_s, 1),
                 "target_readings_per_s": round(expected, 1),
                 "rss_mb_peak": round(rss_mb, 1),
+                "rss_mb_before_fleet": round(rss_before, 1),
+                "rss_mb_fleet_built": round(rss_built, 1),
+                "rss_mb_steady": round(state.get("rss_steady", 0.0), 1),
+                "kb_per_device": round(per_device_kb, 1),
+                "targets": {"kb_per_device": "< 100", "rss_mb_peak_at_10000_devices": "< 1024"},
+                "meets_targets": int(state["conn"]) == args.devices
+                and per_device_kb < 100
+                and (args.devices < 10_000 or rss_mb < 1024),
+                "at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "cpu_share_one_core": round(cpu_share, 3),
                 "window_s": round(window, 1),
                 "receipted_readings": report.stored,

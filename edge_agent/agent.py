@@ -12,7 +12,7 @@ credentials). The simulator drives many pipelines without any of these threads.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import importlib
 import json
 import logging
 import os
@@ -41,7 +41,7 @@ from .errors import SensorSetupError, SettingsError
 from .sensors.base import Sensor, SensorError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from iot_protocol.keys import SigningKey
 
     from .config import AgentSettings
     from .identity import Identity
@@ -133,7 +133,7 @@ class Pipeline:
         self,
         *,
         device_id: str,
-        key: Ed25519PrivateKey,
+        key: SigningKey,
         buffer: Buffer,
         sensors: Sequence[Sensor],
         runtime: Runtime | None = None,
@@ -253,7 +253,7 @@ class Pipeline:
                 self._inflight[b.seq] = (b, float("-inf"))
         return due + new
 
-    def rekey(self, key: Ed25519PrivateKey, cloud_public_key: bytes | None = None) -> int:
+    def rekey(self, key: SigningKey, cloud_public_key: bytes | None = None) -> int:
         """Adopt a new identity's signing key (rotation or re-enrollment). Every sealed batch still
         waiting for its receipt is re-signed under it (same seq, batch id and readings: the readings are
         honest, only the old key is no longer accepted) and goes out again at the next cycle; readings
@@ -325,6 +325,8 @@ class Pipeline:
                 log.warning("reading rejected by the cloud", extra={"seq": o.seq, "index": x.index, "reason": x.reason})
         with self._lock:
             if receipt.unread:
+                import hashlib  # rare (a receipt naming unreadable tokens): _hashlib maps libcrypto, ~3.5 MB
+
                 unread = {u.sha256: u.reason for u in receipt.unread}
                 for seq, (b, _) in self._inflight.items():
                     reason = unread.get(hashlib.sha256(b.token).hexdigest())
@@ -455,6 +457,45 @@ def wifi_signal_dbm() -> float | None:
         return None
 
 
+class _NoTlsError(Exception):
+    """Never raised: stands for ``ssl``'s exceptions in paho while the agent runs without TLS."""
+
+
+def _paho(*, tls: bool) -> Any:
+    """``paho.mqtt.client``, imported without ``ssl`` while the agent speaks plain MQTT.
+
+    paho imports ``ssl`` and ``hashlib`` (for websockets) at the top whether or not they are used,
+    and ``_ssl`` and ``_hashlib`` map libssl and libcrypto: about 4.5 MB of the agent's RSS. So on
+    plain MQTT paho is imported with ``import ssl`` and ``import _hashlib`` refused: hashlib then
+    uses CPython's built-in hashes (its documented fallback), and paho's ``ssl`` is a stand-in holding
+    only the exception classes its socket code names in ``except`` clauses (paho's own ``ssl = None``
+    fallback would fail there on the first ``BlockingIOError``). When a later identity or setting asks
+    for mqtts, paho gets the real module (it looks ``ssl`` up when it connects).
+    """
+    mod: Any = sys.modules.get("paho.mqtt.client")
+    if mod is None:
+        hide = [] if tls else [m for m in ("ssl", "_hashlib") if m not in sys.modules]
+        for name in hide:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
+        try:
+            mod = importlib.import_module("paho.mqtt.client")
+        finally:
+            for name in hide:
+                del sys.modules[name]
+        if mod.ssl is None:
+            import types
+
+            stand_in = types.ModuleType("ssl", "no TLS: paho's except clauses only")
+            for name in ("SSLWantReadError", "SSLWantWriteError", "SSLError", "CertificateError"):
+                setattr(stand_in, name, _NoTlsError)
+            mod.ssl = stand_in
+    if tls and not hasattr(mod.ssl, "SSLContext"):
+        import ssl
+
+        mod.ssl = ssl
+    return mod
+
+
 def _identity_stamp(directory: Path) -> tuple[int, int, int] | None:
     """What changes when ``iotctl agent enroll`` writes the identity dir again: its credentials file,
     replaced (a new inode) after the key and the cloud key."""
@@ -544,16 +585,16 @@ class Agent:
 
     # -- MQTT client
     def _make_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         url = urlsplit(self.settings.mqtt_url or self.identity.mqtt_url)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
             raise SettingsError(
                 f"mqtt_url {url.geturl()!r} must be mqtt://host:port or mqtts://host:port", field="mqtt_url"
             )
+        mqtt = _paho(tls=url.scheme == "mqtts")
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         self._host = url.hostname
         self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
         client = mqtt.Client(

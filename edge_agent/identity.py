@@ -19,9 +19,6 @@ with the device image), else with the system's trusted CAs.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import EnrollmentError, IdentityError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from iot_protocol.keys import SigningKey
 
 __all__ = ["CREDENTIALS_FILE", "Identity", "enroll", "load_identity", "write_identity"]
 
@@ -60,11 +57,11 @@ class Identity:
     topic_prefix: str
     cloud_public_key: bytes
     key_version: int
-    key: Ed25519PrivateKey = field(repr=False)
+    key: SigningKey = field(repr=False)
     ca_file: Path | None = None  # the pinned CA of the broker's certificate (ca.crt), if the cloud sent one
 
 
-def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str, Any]) -> Identity:
+def write_identity(directory: Path | str, key: SigningKey, info: dict[str, Any]) -> Identity:
     """Store ``key`` and the enrollment response ``info`` in ``directory`` (files 0600); return it loaded."""
     from iot_protocol.keys import save_private_key, write_private_file
 
@@ -96,13 +93,13 @@ def write_identity(directory: Path | str, key: Ed25519PrivateKey, info: dict[str
 
 def load_identity(directory: Path | str) -> Identity:
     """Read the identity directory. Raises IdentityError naming the missing or bad file."""
-    from iot_protocol.keys import load_private_key, public_key_from_b64
+    from iot_protocol.keys import load_signing_key, public_key_from_b64
 
     d = Path(directory)
     try:
         creds = json.loads((d / CREDENTIALS_FILE).read_text())
         cloud_key = public_key_from_b64((d / CLOUD_KEY_FILE).read_text().strip())
-        key = load_private_key(d / KEY_FILE)
+        key = load_signing_key(d / KEY_FILE)
     except FileNotFoundError as exc:
         raise IdentityError(
             f"identity file {exc.filename} is missing: run `iotctl agent enroll --api URL --token T --dir {d}`"
@@ -138,6 +135,10 @@ def enroll(
         EnrollmentError: the API refused (its ``detail``, one line: used or expired token) or is down.
         IdentityError: the response lacks a field.
     """
+    import urllib.error  # enrollment only: urllib.request brings http.client and email (~1 MB)
+    import urllib.parse
+    import urllib.request
+
     from iot_protocol.keys import generate_private_key, public_key_b64
 
     key = generate_private_key()

@@ -44,7 +44,7 @@ from .ota_boot import Layout
 from .ota_fetch import fetch
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from iot_protocol.keys import SigningKey
 
     from .config import AgentSettings
 
@@ -132,7 +132,7 @@ class Ota:
         *,
         settings: AgentSettings,
         device_id: str,
-        key: Ed25519PrivateKey,
+        key: SigningKey,
         identity_dir: Path,
         publish: Callable[[ConfigReport], None],
         ready: Callable[[float], bool],

@@ -13,14 +13,15 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._json import count_members, has_duplicates
 from .errors import DecodeError, SignatureError
+
+if TYPE_CHECKING:  # cryptography (about 7 MB of RSS) is imported only where it is used: not by the agent
+    from .keys import SigningKey
 
 __all__ = [
     "ACCEPTED_ALGS",
@@ -115,7 +116,7 @@ class Jws:
         return typ if isinstance(typ, str) else ""
 
 
-def sign(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str) -> bytes:
+def sign(payload: bytes, key: SigningKey, *, kid: str, typ: str) -> bytes:
     """Return the compact JWS of ``payload`` (exact bytes) signed with ``key``."""
     header = orjson.dumps({"alg": ALG, "kid": kid, "typ": typ})
     signing_input = b64url_encode(header) + b"." + b64url_encode(payload)
@@ -177,6 +178,9 @@ def verify(jws: Jws, public_key: bytes) -> None:
         except Exception:  # a malformed point: pynacl raises ValueError/CryptoError
             raise SignatureError("signature does not verify") from None
         return
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(jws.signature, jws.signing_input)
     except (InvalidSignature, ValueError):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import ValidationError
 from .jws import b64url_decode, b64url_encode
 
+if TYPE_CHECKING:  # imported where used: the agent signs with PyNaCl and never loads cryptography (~7 MB)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 __all__ = [
+    "LightEd25519Key",
+    "SigningKey",
     "check_public_key",
     "generate_private_key",
     "load_private_key",
+    "load_signing_key",
     "private_key_from_seed",
     "public_key_b64",
     "public_key_from_b64",
@@ -24,20 +29,79 @@ __all__ = [
 ]
 
 
+class SigningKey(Protocol):
+    """What signing needs of a private key: cryptography's ``Ed25519PrivateKey`` or a LightEd25519Key."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def private_bytes_raw(self) -> bytes: ...
+
+
+# An Ed25519 private key in PKCS#8 (RFC 8410) is this fixed 16-byte DER prefix and the 32-byte seed.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PRIVATE KEY-----\n", b"-----END PRIVATE KEY-----\n"
+
+
+class LightEd25519Key:
+    """An Ed25519 private key that signs with PyNaCl (libsodium): the agent's key, without loading
+    ``cryptography`` (about 7 MB of RSS). Ed25519 signatures are deterministic, so it signs exactly
+    as ``Ed25519PrivateKey`` does with the same seed."""
+
+    __slots__ = ("_pk", "_seed", "_sign", "_sk")
+
+    def __init__(self, seed: bytes) -> None:
+        from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
+
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 private key is a 32-byte seed")
+        self._seed = seed
+        self._pk, self._sk = crypto_sign_seed_keypair(seed)
+        self._sign = crypto_sign
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._sign(data, self._sk)[:64])
+
+    def private_bytes_raw(self) -> bytes:
+        return self._seed
+
+    def public_bytes_raw(self) -> bytes:
+        return bytes(self._pk)
+
+    def public_key(self) -> Ed25519PublicKey:
+        """cryptography's public key object, for callers written against ``Ed25519PrivateKey``
+        (imports cryptography: the agent itself never calls it)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(bytes(self._pk))
+
+    def __repr__(self) -> str:  # never the seed
+        return f"LightEd25519Key(public={b64url_encode(self._pk).decode()})"
+
+
 def generate_private_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def private_key_from_seed(seed: bytes) -> Ed25519PrivateKey:
     """Deterministic key from a 32-byte seed (test vectors and reproducible simulations only)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-def public_key_raw(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def public_key_raw(key: SigningKey) -> bytes:
+    if isinstance(key, LightEd25519Key):
+        return key.public_bytes_raw()
+    from cryptography.hazmat.primitives import serialization
+
+    pub = key.public_key()  # type: ignore[attr-defined]
+    raw: bytes = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw
 
 
-def public_key_b64(key: Ed25519PrivateKey) -> str:
+def public_key_b64(key: SigningKey) -> str:
     """The public key as the registry and the enrollment API carry it: unpadded base64url of 32 bytes."""
     return b64url_encode(public_key_raw(key)).decode("ascii")
 
@@ -63,17 +127,43 @@ def write_private_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+def _pem(seed: bytes) -> bytes:
+    """PKCS#8 PEM of an Ed25519 seed: byte for byte what ``cryptography`` writes."""
+    return _PEM_BEGIN + base64.b64encode(_PKCS8_ED25519 + seed) + b"\n" + _PEM_END
+
+
+def save_private_key(key: SigningKey, path: Path) -> None:
     """Write ``key`` as PKCS#8 PEM with mode 0600."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    write_private_file(path, pem)
+    write_private_file(path, _pem(key.private_bytes_raw()))
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """The key in ``path`` for signing: a LightEd25519Key when PyNaCl is installed and the file is
+    the PKCS#8 PEM that :func:`save_private_key` writes (what enrollment stores), otherwise
+    :func:`load_private_key`'s (which also reads any other PEM form, and says what is wrong)."""
+    data = path.read_bytes()
+    lines = data.strip().split(b"\n")
+    if len(lines) == 3 and lines[0] + b"\n" == _PEM_BEGIN and lines[2] + b"\n" == _PEM_END:
+        try:
+            der = base64.b64decode(lines[1].strip(), validate=True)
+        except ValueError:
+            der = b""
+        if len(der) == 48 and der.startswith(_PKCS8_ED25519):
+            try:
+                return LightEd25519Key(der[16:])
+            except ImportError:
+                pass
+    return load_private_key(path)
 
 
 # ---- public key checks (enrollment) -----------------------------------------------------------------

@@ -4,8 +4,7 @@ the token type, the signer (``kid``) against the topic's device, and the payload
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from . import jws
 from .errors import DecodeError, SignatureError
@@ -18,6 +17,9 @@ from .messages import (
     decode_config_document,
     encode,
 )
+
+if TYPE_CHECKING:
+    from .keys import SigningKey
 
 __all__ = [
     "CLOUD_KID",
@@ -32,7 +34,7 @@ __all__ = [
 CLOUD_KID = "cloud"
 
 
-def seal_batch(batch: Batch, key: Ed25519PrivateKey) -> bytes:
+def seal_batch(batch: Batch, key: SigningKey) -> bytes:
     """The telemetry message for ``batch``: a compact JWS signed by the device, ``kid`` = device id."""
     return jws.sign(encode(batch), key, kid=batch.device_id, typ=TYP_BATCH)
 
@@ -88,7 +90,7 @@ def open_batch(
     return decode_verified_batch(verified, topic_device=topic_device, decode=decode)
 
 
-def seal_config(doc: ConfigDocument, key: Ed25519PrivateKey) -> bytes:
+def seal_config(doc: ConfigDocument, key: SigningKey) -> bytes:
     """The retained desired-config message: a JWS signed by the cloud's config key."""
     return jws.sign(encode(doc), key, kid=CLOUD_KID, typ=TYP_CONFIG)
 

@@ -150,3 +150,30 @@ def test_sigkill_leaves_a_consistent_buffer(tmp_path: Path, run: int) -> None:
         assert all(p.seq <= st.last_seq for p in pend)
         last_seq = st.last_seq
         buf.close()
+
+
+def test_a_lean_buffer_keeps_what_a_default_one_keeps() -> None:
+    # the simulator's in-memory buffers are lean (no statement cache, 1 KiB pages): the same
+    # operations must give the same batches, counters and stats as the agent's default buffer
+    key = generate_private_key()
+    lean, ref = Buffer(":memory:", lean=True, max_rows=25), Buffer(":memory:", max_rows=25)
+    assert lean._db.execute("PRAGMA page_size").fetchone()[0] == 1024
+    for step in range(12):
+        outs = []
+        for buf in (lean, ref):
+            buf.add(readings(1_000 * step, 7))
+            b = buf.next_batch("dev-1", key, max_readings=5, now_ms=1_700_000_000_000)
+            acked = buf.ack([b.seq]) if b is not None and step % 3 else 0
+            outs.append(
+                (
+                    b
+                    and (
+                        b.seq,
+                        b.n,
+                        open_batch(b.token, topic_device="dev-1", public_key=public_key_raw(key)).readings,
+                    ),
+                    acked,
+                    buf.stats(),
+                )
+            )
+        assert outs[0] == outs[1]

@@ -466,3 +466,58 @@ def test_weak_public_keys_are_refused_each_with_its_reason() -> None:
     for _ in range(20):
         p.check_public_key(p.public_key_raw(p.generate_private_key()))
     p.check_public_key(p.public_key_raw(DEVICE_KEY))
+
+
+# ---- the agent's light key (PyNaCl) against cryptography's -------------------------------------------
+@given(seed=st.binary(min_size=32, max_size=32), data=st.binary(max_size=300))
+@settings(max_examples=50, deadline=None)
+def test_the_light_key_signs_writes_and_reads_exactly_as_cryptography(seed: bytes, data: bytes) -> None:
+    import tempfile
+
+    from cryptography.hazmat.primitives import serialization
+
+    from iot_protocol.keys import LightEd25519Key, load_signing_key
+
+    ref = p.private_key_from_seed(seed)
+    light = LightEd25519Key(seed)
+    assert light.sign(data) == ref.sign(data)  # Ed25519 is deterministic: the same bytes
+    assert p.public_key_raw(light) == p.public_key_raw(ref)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.pem"
+        p.save_private_key(light, path)
+        enc = serialization.Encoding.PEM
+        pem = ref.private_bytes(enc, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        assert path.read_bytes() == pem  # what cryptography writes, byte for byte
+        loaded = load_signing_key(path)
+        assert isinstance(loaded, LightEd25519Key)
+        assert loaded.private_bytes_raw() == seed
+        assert p.load_private_key(path).private_bytes_raw() == seed
+
+
+def test_load_signing_key_hands_other_pem_to_cryptography(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from iot_protocol.keys import LightEd25519Key, load_signing_key
+
+    key = p.generate_private_key()
+    path = tmp_path / "k.pem"
+    # the same key in the traditional OpenSSH form: not the PKCS#8 enrollment writes, still readable
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    with pytest.raises(ValueError):  # load_pem_private_key does not read OpenSSH keys: one clear error
+        load_signing_key(path)
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ValueError):
+        load_signing_key(path)
+    p.save_private_key(key, path)
+    assert isinstance(load_signing_key(path), LightEd25519Key)
+
+
+def test_the_light_key_hands_out_cryptographys_public_key_when_asked() -> None:
+    from iot_protocol.keys import LightEd25519Key
+
+    seed = bytes(range(32))
+    light, ref = LightEd25519Key(seed), p.private_key_from_seed(seed)
+    light.public_key().verify(light.sign(b"m"), b"m")  # raises if it does not verify
+    assert p.public_key_raw(ref) == light.public_bytes_raw()
