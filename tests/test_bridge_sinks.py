@@ -1,7 +1,7 @@
 """Side-effect sinks down: readings keep flowing into the store while Redis or PostgreSQL is down,
 and the side effects (latest cache, stream, dead letters, ledger, last_seen) catch up when it is back.
-Receipts wait for the ledger (replay state is durable before a device is told), so while PostgreSQL
-is down they are held and go out once it is back."""
+Receipts depend on the store only: while PostgreSQL is down the batches are receipted and their ledger
+rows queued (up to ``ledger_queue_max``; beyond it receipts are withheld and the devices resend)."""
 
 from __future__ import annotations
 
@@ -100,9 +100,11 @@ def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url
         redis.close()
 
 
-def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
+def test_postgres_down_readings_flow_receipted_and_bookkeeping_catches_up(
     mosquitto_factory, influx_url, topic_prefix
 ) -> None:
+    """Regression: receipts used to wait for their ledger rows, so with PostgreSQL down no device was
+    told anything and its buffer only grew (test_agent_durability_production timed out)."""
     broker = mosquitto_factory(**LIMITS)
     pg = PostgresServer()
     pg.start()
@@ -131,14 +133,14 @@ def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
             wait_for(lambda: store.count() == 55, 30, what="55 points while PostgreSQL is down")
             wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
             wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
-            # stored, acknowledged, but not receipted: the ledger rows (replay state) are not durable yet
-            assert bridge.metrics.receipts_held._value.get() == 10
-            assert rc.stored("a") == {("a", 0)}
+            # stored, acknowledged and receipted; the ledger rows wait in memory for the DB
+            wait_for(lambda: len(rc.stored("a")) == 11, 20, what="receipts while PostgreSQL is down")
+            assert bridge.metrics.ledger_rows_queued._value.get() == 10
+            assert bridge.metrics.receipts_withheld._value.get() == 0
             assert bridge.metrics.sink_up.labels("ledger")._value.get() == 0
             pg.start()
             engine.dispose()
-            wait_for(lambda: len(rc.stored("a")) == 11, 30, what="the held receipts once PostgreSQL is back")
-            assert bridge.metrics.receipts_held._value.get() == 0
+            wait_for(lambda: bridge.metrics.ledger_rows_queued._value.get() == 0, 30, what="queued rows written")
 
             def caught_up() -> bool:
                 with Session(engine) as s:
@@ -155,6 +157,61 @@ def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
             wait_for(lambda: len(rc.stored("a")) == 14, 20, what="receipts after PostgreSQL is back")
             assert bridge.metrics.write_failures.labels("ledger_lookup")._value.get() == failures
             assert store.count() == 70
+            pub.close()
+            rc.close()
+        store.close()
+        engine.dispose()
+    finally:
+        pg.close()
+
+
+def test_postgres_down_full_ledger_queue_withholds_receipts_until_written(
+    mosquitto_factory, influx_url, topic_prefix
+) -> None:
+    """Once ``ledger_queue_max`` rows wait for the DB, receipts are withheld (nothing is forgotten: the
+    device resends those batches); when PostgreSQL is back the queue is written, the resends are
+    receipted, and the ledger holds each batch exactly once."""
+    broker = mosquitto_factory(**LIMITS)
+    pg = PostgresServer()
+    pg.start()
+    try:
+        db_url = pg.create_database("bridge")
+        engine = make_engine(db_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        settings = _settings(broker, db_url, influx_url, "memory://", topic_prefix).model_copy(
+            update={"ledger_queue_max": 5}
+        )
+        batches = {seq: sealed(make_batch("a", seq, 2), keys["a"]) for seq in range(1, 11)}
+        with Bridge(settings) as bridge:
+            bridge.wait_ready()
+            rc = ReceiptCollector(broker.host, broker.port, topics)
+            pub = Publisher(broker.host, broker.port)
+
+            def send(seqs: range) -> None:
+                for seq in seqs:
+                    pub.publish(topics.telemetry("a"), batches[seq])
+                pub.wait_acked()
+
+            pg.stop()
+            send(range(1, 6))
+            wait_for(lambda: len(rc.stored("a")) == 5, 20, what="5 receipts, their rows queued")
+            assert bridge.metrics.ledger_rows_queued._value.get() == 5
+            send(range(6, 11))
+            wait_for(lambda: store.count() == 20, 20, what="all 20 points stored")
+            wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
+            assert bridge.metrics.receipts_withheld._value.get() == 5
+            assert rc.stored("a") == {("a", seq) for seq in range(1, 6)}
+            pg.start()
+            engine.dispose()
+            wait_for(lambda: bridge.metrics.ledger_rows_queued._value.get() == 0, 30, what="queued rows written")
+            send(range(6, 11))  # the device resends what was not receipted
+            wait_for(lambda: len(rc.stored("a")) == 10, 20, what="the resends receipted")
+            with Session(engine) as s:
+                seqs = s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == "a")).all()
+            assert sorted(seqs) == list(range(1, 11))
+            assert store.count() == 20
             pub.close()
             rc.close()
         store.close()
