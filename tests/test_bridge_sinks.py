@@ -218,3 +218,50 @@ def test_postgres_down_full_ledger_queue_withholds_receipts_until_written(
         engine.dispose()
     finally:
         pg.close()
+
+
+def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
+    mosquitto_factory, influx_url, topic_prefix
+) -> None:
+    """Regression: a message from a device the key snapshot does not hold (registered since), arriving
+    while PostgreSQL is down, made the writer retry the registry in a loop with that message's unit in
+    hand, so no device's batches were stored or receipted until the DB was back. Now it is answered
+    with a retry receipt (``registry_unavailable``); the cached device's batches flow; once the DB is
+    back the new device's resend is stored."""
+    broker = mosquitto_factory(**LIMITS)
+    pg = PostgresServer()
+    pg.start()
+    try:
+        db_url = pg.create_database("bridge")
+        engine = make_engine(db_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
+            bridge.wait_ready()
+            keys |= register_devices(engine, ["b"])  # after the snapshot: the bridge has not cached b
+            engine.dispose()
+            rc = ReceiptCollector(broker.host, broker.port, topics)
+            pub = Publisher(broker.host, broker.port)
+            b_batch = sealed(make_batch("b", 1, 3), keys["b"])
+            pg.stop()
+            pub.publish(topics.telemetry("b"), b_batch)
+            for seq in range(1, 6):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 2), keys["a"]))
+            pub.wait_acked()
+            wait_for(lambda: len(rc.stored("a")) == 5, 20, what="a's receipts while PostgreSQL is down")
+            wait_for(lambda: rc.retries(), 20, what="b told to retry")
+            [(device, seq, reason, after_ms)] = rc.retries()
+            assert (device, seq, reason) == ("b", 1, "registry_unavailable") and after_ms > 0
+            assert store.count(device_id="b") == 0 and store.count(device_id="a") == 10
+            pg.start()
+            pub.publish(topics.telemetry("b"), b_batch)  # the device resends after after_ms
+            pub.wait_acked()
+            wait_for(lambda: rc.stored("b") == {("b", 1)}, 30, what="b's resend stored once PostgreSQL is back")
+            assert store.count(device_id="b") == 3
+            pub.close()
+            rc.close()
+        store.close()
+        engine.dispose()
+    finally:
+        pg.close()
