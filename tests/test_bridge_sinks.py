@@ -5,15 +5,19 @@ rows queued (up to ``ledger_queue_max``; beyond it receipts are withheld and the
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session, func, select
 
 from broker_bridge import Bridge, BridgeSettings
-from broker_bridge.effects import LATEST_KEY
+from broker_bridge.deadletter import DeadLetter, DeadLetterQueue
+from broker_bridge.effects import LATEST_KEY, db_alive
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
 from cloud_core.cache import open_cache
-from cloud_core.core.db import make_engine
+from cloud_core.core.db import create_all, make_engine
 from cloud_core.models import BatchLedger, Device, RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import Topics
@@ -265,3 +269,37 @@ def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
         engine.dispose()
     finally:
         pg.close()
+
+
+def test_a_db_starting_up_fails_the_sink_not_the_row(pg_url) -> None:
+    """Regression: a write that failed with "the database system is starting up" (SQLSTATE 57P03), then
+    a liveness probe that succeeded (the server had finished starting meanwhile), made the row "refused
+    for good": a dead letter was dropped as PostgreSQL came back (seen in the outage test above), and a
+    ledger row would have become ``ledger_refused``. A connection-level failure (the driver's
+    OperationalError) is the sink's: the rows stay queued for the next round. A trigger raising that
+    SQLSTATE while the server answers stands in for the race."""
+    engine = make_engine(pg_url)
+    create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION t_starting() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                "'the database system is starting up' USING ERRCODE = 'cannot_connect_now'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER t_starting BEFORE INSERT ON rejected_messages "
+                "FOR EACH ROW EXECUTE FUNCTION t_starting()"
+            )
+        )
+    queue = DeadLetterQueue(engine, max_buffer=10)
+    queue.put(DeadLetter("a", "t/a", "bad_json", None, None, None, datetime.now(UTC), "0" * 64, None))
+    with pytest.raises(Exception, match="starting up"):
+        queue.flush(alive=lambda: db_alive(engine))
+    assert (len(queue), queue.refused) == (1, 0)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER t_starting ON rejected_messages"))
+    assert queue.flush(alive=lambda: db_alive(engine)) == 1
+    assert (len(queue), queue.written, queue.refused) == (0, 1, 0)
+    engine.dispose()
