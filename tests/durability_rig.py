@@ -38,7 +38,7 @@ from broker_bridge import Bridge, BridgeSettings
 from broker_bridge.testing import register_devices
 from cloud_core.broker.mosquitto_process import ChildProcess
 from cloud_core.core.db import make_engine
-from cloud_core.models import RejectedMessage
+from cloud_core.models import BatchLedger, RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from edge_agent.buffer import Buffer
 from edge_agent.identity import write_identity
@@ -380,6 +380,15 @@ class Rig:
             assert key not in out, f"reading {key} stored twice"
             out[key] = {k: v for k, v in r.values.items() if v is not None}
         return out
+
+    def ledger_seqs(self) -> list[int]:
+        """The seqs of the device's batch_ledger rows, in order."""
+        engine = make_engine(self.cloud.db_url)
+        try:
+            with Session(engine) as s:
+                return sorted(s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == DEVICE)).all())
+        finally:
+            engine.dispose()
 
     def dead_letters(self) -> dict[str, int]:
         engine = make_engine(self.cloud.db_url)
