@@ -86,14 +86,14 @@ class Metrics:
             ["sink"],
             registry=r,
         )
-        self.ledger_rows_queued = Gauge(
-            "bridge_ledger_rows_queued",
-            "Ledger rows waiting for the metadata DB (DB down); their receipts have been sent.",
+        self.receipts_held = Gauge(
+            "bridge_receipts_held",
+            "Receipt entries waiting for their ledger rows to be written (metadata DB down).",
             registry=r,
         )
-        self.receipts_withheld = Counter(
-            "bridge_receipts_withheld",
-            "Receipts not sent because the ledger queue was full (metadata DB down long); the devices resend.",
+        self.ledger_rows_dropped = Counter(
+            "bridge_ledger_rows_dropped",
+            "Ledger rows (and their receipts) dropped while the DB was down too long; the devices resend.",
             registry=r,
         )
         self.connection_losses = Counter(

@@ -83,12 +83,12 @@ class BridgeSettings(BaseSettings):
         description="Receipts are cumulative per device: at most one publish per device per this "
         "interval, naming every batch written since (0 = one per device per write).",
     )
-    ledger_queue_max: int = Field(
+    receipts_held_max: int = Field(
         100_000,
         ge=1,
-        description="Ledger rows queued in memory while the metadata DB is down; their batches are stored and "
-        "receipted meanwhile. While this many wait, further receipts are withheld (counted in "
-        "bridge_receipts_withheld_total) until the DB takes the rows: the devices resend those batches.",
+        description="Receipts held while their ledger rows cannot be written (metadata DB down): a receipt "
+        "is sent only once the batch's replay state is durable. Beyond this many, the oldest are dropped "
+        "(counted in bridge_ledger_rows_dropped_total) and their devices resend.",
     )
     sink_unready_after_s: float = Field(
         30.0,

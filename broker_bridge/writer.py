@@ -9,11 +9,11 @@ on a stored key with other values (``duplicate_timestamp``), writes the new poin
 time-series store in one call (retrying every failure with backoff, the messages staying
 unacknowledged), records the unit's ledger rows (the replay state), then publishes one cumulative
 receipt per device and acknowledges the unit's messages in arrival order, and hands dead letters and
-side effects on. Receipts depend on the time-series store only: while the metadata DB is down the
-ledger rows are queued in memory (bounded by ``ledger_queue_max``) and written when it is back, and
-their batches are receipted meanwhile; only a full queue withholds receipts (the devices resend, and
-storage is idempotent). What each rejection is told is decided in one table,
-:mod:`broker_bridge.dispositions`.
+side effects on. A receipt naming a batch is sent only once its ledger row is durable: while the
+metadata DB is down the points are still written and the messages acknowledged, but the receipts are
+held (bounded by ``receipts_held_max``; storage is idempotent, and a device resends what stays
+unreceipted) until the rows are written, so replay state is never lost to a restart after a
+receipt. What each rejection is told is decided in one table, :mod:`broker_bridge.dispositions`.
 
 Verification runs on the network thread on purpose: PyNaCl releases the GIL while it verifies, and
 with a second busy Python thread each release would cost a GIL hand-off (milliseconds under load).
@@ -167,11 +167,12 @@ class Ingest:
         self._schema_ready = False
         self._receipts: dict[str, list[Entry]] = {}
         self._receipts_at = 0.0
-        # Ledger rows the metadata DB has not taken yet (it is down), oldest first; their receipts went.
-        self._queued: list[LedgerRow] = []
-        self._queued_retry_at = 0.0
-        self._queued_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
-        self._withholding = False  # the queue is full: receipts wait until it is written
+        # Receipts waiting for their ledger rows (DB down): [(rows, [(device, entry)])], oldest first.
+        self._held: list[tuple[list[LedgerRow], list[tuple[str, Entry]]]] = []
+        self._held_keys: set[tuple[str, int]] = set()
+        self._held_entries = 0
+        self._held_retry_at = 0.0
+        self._held_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         # device -> newest ts stored (as far as this replica knows): a reading above it cannot land
         # on a stored key, so only readings at or below it are checked against the store.
         self._hw: dict[str, int] = {}
@@ -326,23 +327,17 @@ class Ingest:
                         self._current = Unit()
                         return cur
                 elif self._closing:
-                    self._retry_queued(force=True)
+                    self._retry_held(force=True)
                     self._flush_receipts(force=True)
-                    if self._queued:
-                        log.warning(
-                            "stopping with %d ledger rows unwritten (metadata DB down): their batches are "
-                            "stored and receipted, the books will show their seqs as missing",
-                            len(self._queued),
-                        )
                     return None
                 else:
                     wait = 0.5
                 if self._receipts or self._unacked:
                     wait = min(wait, max(0.0, self._receipts_at + self._s.receipt_interval_s - time.monotonic()))
-                if self._queued:
-                    wait = min(wait, max(0.0, self._queued_retry_at - time.monotonic()))
+                if self._held:
+                    wait = min(wait, max(0.0, self._held_retry_at - time.monotonic()))
                 self._cond.wait(wait)
-            self._retry_queued(force=False)
+            self._retry_held(force=False)
             self._flush_receipts(force=False)
 
     def _write_loop(self) -> None:
@@ -394,10 +389,7 @@ class Ingest:
             return {}, {}
         pairs = list(wanted.values())
         try:
-            if self._queued and time.monotonic() < self._queued_retry_at:  # the DB is down: not once per unit
-                known = self._ledger.known_in_memory(pairs)
-            else:
-                known = self._ledger.known(pairs)
+            known = self._ledger.known(pairs)
         except Exception as exc:  # DB down: decide on what memory knows; storage is idempotent anyway
             log.warning("ledger lookup failed, deciding from memory: %s", exc)
             self._m.write_failures.labels("ledger_lookup").inc()
@@ -670,11 +662,14 @@ class Ingest:
         tied: list[tuple[str, Entry]],
     ) -> None:
         """Receipt a resent batch as it was receipted the first time: with the entry of its first copy
-        when that is in this unit (sent with it), else from what the ledger knows."""
+        when that is in this unit (sent when its row is written), not at all while its row is held (the
+        held receipt names it), else from what the ledger knows."""
         key = (device_id, seq)
         entry = fresh.get(key)
         if entry is not None:
             tied.append((device_id, entry))
+            return
+        if key in self._held_keys:
             return
         k = known.get(key)
         reason, rejections = (k[2], k[3]) if k is not None else (None, None)
@@ -724,50 +719,33 @@ class Ingest:
         if not self._dead.put(letter):
             self._m.deadletters_dropped.inc()
 
-    # ---- ledger rows (queued while the metadata DB is down) ----------------------------------------
+    # ---- ledger rows before receipts -------------------------------------------------------------
     def _db_alive(self) -> bool:
         return db_alive(self._ledger.engine)
 
     def _record(self, rows: list[LedgerRow], tied: list[tuple[str, Entry]]) -> None:
-        """Write ``rows`` and release their receipt entries. While the DB is down the rows are queued
-        (written oldest first when it is back; tried when due, not once per unit: a DB that is away may
-        cost a connect timeout per attempt) and the receipts go anyway: the batches are in the store.
-        Once ``ledger_queue_max`` rows wait, receipts are withheld until the queue is written (the
-        devices resend those batches; a resend is stored again, idempotently, and recorded then)."""
-        if self._queued:
-            self._retry_queued(force=False)
-        if not self._queued and self._write_rows(rows):
-            self._release(tied)
+        """Write ``rows`` and release their receipt entries; while the DB is down, hold both."""
+        if self._held:  # keep the order: older held rows first; retried when due (a DB that is away
+            self._hold(rows, tied)  # may take a connect timeout per attempt: never once per unit)
+            self._retry_held(force=False)
             return
-        if len(self._queued) >= self._s.ledger_queue_max:
-            # Withheld until the whole queue is written (never some later batch answered before an
-            # earlier one of the same device: the device would count the earlier send as unanswered).
-            self._ledger.forget([(r.device_id, r.seq) for r in rows])  # a resend is new again
-            self._m.receipts_withheld.inc(len(tied))
-            if not self._withholding:
-                self._withholding = True
-                log.warning("ledger queue full (%d rows, metadata DB down): receipts withheld", len(self._queued))
-            return
-        if not self._queued:
-            self._queued_retry_at = time.monotonic() + self._queued_backoff.next()
-        self._queued.extend(rows)
-        self._m.ledger_rows_queued.set(len(self._queued))
-        self._release(tied)
-
-    def _release(self, tied: list[tuple[str, Entry]]) -> None:
-        for device_id, entry in tied:
-            self._add_entry(device_id, entry)
+        if self._write_rows(rows):
+            for device_id, entry in tied:
+                self._add_entry(device_id, entry)
+        else:
+            self._hold(rows, tied)
+            self._held_retry_at = time.monotonic() + self._held_backoff.next()
 
     def _write_rows(self, rows: list[LedgerRow]) -> bool:
-        """Record ``rows``; False when the DB is down (nothing lost: the caller queues them). A row the
+        """Record ``rows``; False when the DB is down (nothing lost: the caller holds them). A row the
         DB refuses for good is dead-lettered on its own (its receipt still goes: its seq is known in
-        this replica's memory, and withholding it would make the device resend forever)."""
+        this replica's memory, and holding it would make the device resend forever)."""
         try:
             refused, pending = write_isolating(rows, self._ledger.record, self._db_alive)
         except Exception as exc:
             self._health.failed("ledger", exc)
             self._m.write_failures.labels("ledger").inc()
-            log.warning("ledger rows not written, queued for later: %s", exc)
+            log.warning("ledger rows not written, receipts held: %s", exc)
             return False
         now = datetime.now(UTC)
         for row, exc in refused:
@@ -796,17 +774,35 @@ class Ingest:
         self._health.ok("ledger")
         return True
 
-    def _retry_queued(self, *, force: bool) -> None:
-        """Write the queued ledger rows (when due, or ``force``)."""
-        if not self._queued or (not force and time.monotonic() < self._queued_retry_at):
+    def _hold(self, rows: list[LedgerRow], tied: list[tuple[str, Entry]]) -> None:
+        self._held.append((rows, tied))
+        self._held_keys.update((r.device_id, r.seq) for r in rows)
+        self._held_entries += len(tied)
+        while self._held_entries > self._s.receipts_held_max and len(self._held) > 1:
+            old_rows, old_tied = self._held.pop(0)
+            self._held_entries -= len(old_tied)
+            self._m.ledger_rows_dropped.inc(len(old_rows))
+            keys = [(r.device_id, r.seq) for r in old_rows]
+            self._held_keys.difference_update(keys)
+            self._ledger.forget(keys)  # a resend is stored again (idempotent) and recorded then
+            log.warning("dropped %d held ledger rows and their receipts: the devices resend", len(old_rows))
+        self._m.receipts_held.set(self._held_entries)
+
+    def _retry_held(self, *, force: bool) -> None:
+        """Write the held ledger rows (when due, or ``force``) and release their receipts."""
+        if not self._held or (not force and time.monotonic() < self._held_retry_at):
             return
-        if not self._write_rows(self._queued):
-            self._queued_retry_at = time.monotonic() + self._queued_backoff.next()
+        rows = [r for group, _ in self._held for r in group]
+        if not self._write_rows(rows):
+            self._held_retry_at = time.monotonic() + self._held_backoff.next()
             return
-        self._queued_backoff.reset()
-        self._queued = []
-        self._withholding = False
-        self._m.ledger_rows_queued.set(0)
+        self._held_backoff.reset()
+        for _, tied in self._held:
+            for device_id, entry in tied:
+                self._add_entry(device_id, entry)
+        self._held, self._held_entries = [], 0
+        self._held_keys.clear()
+        self._m.receipts_held.set(0)
 
     # ---- receipts and acks ---------------------------------------------------------------------
     def _flush_receipts(self, *, force: bool) -> None:

@@ -1,7 +1,7 @@
 """Side-effect sinks down: readings keep flowing into the store while Redis or PostgreSQL is down,
 and the side effects (latest cache, stream, dead letters, ledger, last_seen) catch up when it is back.
-Receipts depend on the store only: while PostgreSQL is down the batches are receipted and their ledger
-rows queued (up to ``ledger_queue_max``; beyond it receipts are withheld and the devices resend)."""
+Receipts wait for the ledger (replay state is durable before a device is told), so while PostgreSQL
+is down they are held (up to ``receipts_held_max``) and go out once it is back."""
 
 from __future__ import annotations
 
@@ -104,11 +104,9 @@ def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url
         redis.close()
 
 
-def test_postgres_down_readings_flow_receipted_and_bookkeeping_catches_up(
+def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
     mosquitto_factory, influx_url, topic_prefix
 ) -> None:
-    """Regression: receipts used to wait for their ledger rows, so with PostgreSQL down no device was
-    told anything and its buffer only grew (test_agent_durability_production timed out)."""
     broker = mosquitto_factory(**LIMITS)
     pg = PostgresServer()
     pg.start()
@@ -137,14 +135,14 @@ def test_postgres_down_readings_flow_receipted_and_bookkeeping_catches_up(
             wait_for(lambda: store.count() == 55, 30, what="55 points while PostgreSQL is down")
             wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
             wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
-            # stored, acknowledged and receipted; the ledger rows wait in memory for the DB
-            wait_for(lambda: len(rc.stored("a")) == 11, 20, what="receipts while PostgreSQL is down")
-            assert bridge.metrics.ledger_rows_queued._value.get() == 10
-            assert bridge.metrics.receipts_withheld._value.get() == 0
+            # stored, acknowledged, but not receipted: the ledger rows (replay state) are not durable yet
+            assert bridge.metrics.receipts_held._value.get() == 10
+            assert rc.stored("a") == {("a", 0)}
             assert bridge.metrics.sink_up.labels("ledger")._value.get() == 0
             pg.start()
             engine.dispose()
-            wait_for(lambda: bridge.metrics.ledger_rows_queued._value.get() == 0, 30, what="queued rows written")
+            wait_for(lambda: len(rc.stored("a")) == 11, 30, what="the held receipts once PostgreSQL is back")
+            assert bridge.metrics.receipts_held._value.get() == 0
 
             def caught_up() -> bool:
                 with Session(engine) as s:
@@ -169,12 +167,12 @@ def test_postgres_down_readings_flow_receipted_and_bookkeeping_catches_up(
         pg.close()
 
 
-def test_postgres_down_full_ledger_queue_withholds_receipts_until_written(
+def test_postgres_down_held_receipts_are_bounded_and_the_dropped_batches_resent(
     mosquitto_factory, influx_url, topic_prefix
 ) -> None:
-    """Once ``ledger_queue_max`` rows wait for the DB, receipts are withheld (nothing is forgotten: the
-    device resends those batches); when PostgreSQL is back the queue is written, the resends are
-    receipted, and the ledger holds each batch exactly once."""
+    """Beyond ``receipts_held_max`` held receipts the oldest are given up (their rows forgotten, counted
+    in ``bridge_ledger_rows_dropped_total``): the device resends those batches, which are stored again
+    (idempotently) and receipted once PostgreSQL is back; the ledger holds each batch exactly once."""
     broker = mosquitto_factory(**LIMITS)
     pg = PostgresServer()
     pg.start()
@@ -185,7 +183,7 @@ def test_postgres_down_full_ledger_queue_withholds_receipts_until_written(
         topics = Topics(topic_prefix)
         store = open_tsdb(influx_url)
         settings = _settings(broker, db_url, influx_url, "memory://", topic_prefix).model_copy(
-            update={"ledger_queue_max": 5}
+            update={"receipts_held_max": 5}
         )
         batches = {seq: sealed(make_batch("a", seq, 2), keys["a"]) for seq in range(1, 11)}
         with Bridge(settings) as bridge:
@@ -200,17 +198,19 @@ def test_postgres_down_full_ledger_queue_withholds_receipts_until_written(
 
             pg.stop()
             send(range(1, 6))
-            wait_for(lambda: len(rc.stored("a")) == 5, 20, what="5 receipts, their rows queued")
-            assert bridge.metrics.ledger_rows_queued._value.get() == 5
+            wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="5 receipts held")
             send(range(6, 11))
             wait_for(lambda: store.count() == 20, 20, what="all 20 points stored")
             wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
-            assert bridge.metrics.receipts_withheld._value.get() == 5
-            assert rc.stored("a") == {("a", seq) for seq in range(1, 6)}
+            # the newest 5 are held; the oldest 5 were given up: nothing told, the device resends them
+            assert bridge.metrics.receipts_held._value.get() == 5
+            assert bridge.metrics.ledger_rows_dropped._value.get() == 5
+            assert rc.stored("a") == set()
             pg.start()
             engine.dispose()
-            wait_for(lambda: bridge.metrics.ledger_rows_queued._value.get() == 0, 30, what="queued rows written")
-            send(range(6, 11))  # the device resends what was not receipted
+            wait_for(lambda: len(rc.stored("a")) == 5, 30, what="the held receipts once PostgreSQL is back")
+            assert rc.stored("a") == {("a", seq) for seq in range(6, 11)}
+            send(range(1, 6))  # the device resends what was not receipted
             wait_for(lambda: len(rc.stored("a")) == 10, 20, what="the resends receipted")
             with Session(engine) as s:
                 seqs = s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == "a")).all()
@@ -229,9 +229,10 @@ def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
 ) -> None:
     """Regression: a message from a device the key snapshot does not hold (registered since), arriving
     while PostgreSQL is down, made the writer retry the registry in a loop with that message's unit in
-    hand, so no device's batches were stored or receipted until the DB was back. Now it is answered
-    with a retry receipt (``registry_unavailable``); the cached device's batches flow; once the DB is
-    back the new device's resend is stored."""
+    hand, so no device's batches were stored until the DB was back. Now it is answered with a retry
+    receipt (``registry_unavailable``); the cached device's batches are stored meanwhile (their receipts
+    held for their ledger rows, as always); once the DB is back they are receipted, and the new
+    device's resend is stored."""
     broker = mosquitto_factory(**LIMITS)
     pg = PostgresServer()
     pg.start()
@@ -253,12 +254,15 @@ def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
             for seq in range(1, 6):
                 pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 2), keys["a"]))
             pub.wait_acked()
-            wait_for(lambda: len(rc.stored("a")) == 5, 20, what="a's receipts while PostgreSQL is down")
+            wait_for(lambda: store.count(device_id="a") == 10, 20, what="a's batches stored while PostgreSQL is down")
             wait_for(lambda: rc.retries(), 20, what="b told to retry")
             [(device, seq, reason, after_ms)] = rc.retries()
             assert (device, seq, reason) == ("b", 1, "registry_unavailable") and after_ms > 0
-            assert store.count(device_id="b") == 0 and store.count(device_id="a") == 10
+            assert store.count(device_id="b") == 0
+            wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="a's receipts held")
+            assert rc.stored("a") == set()
             pg.start()
+            wait_for(lambda: len(rc.stored("a")) == 5, 30, what="a's held receipts once PostgreSQL is back")
             pub.publish(topics.telemetry("b"), b_batch)  # the device resends after after_ms
             pub.wait_acked()
             wait_for(lambda: rc.stored("b") == {("b", 1)}, 30, what="b's resend stored once PostgreSQL is back")
