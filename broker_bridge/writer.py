@@ -329,6 +329,11 @@ class Ingest:
                 elif self._closing:
                     self._retry_held(force=True)
                     self._flush_receipts(force=True)
+                    if self._held:
+                        log.warning(
+                            "stopping with %d receipts held (metadata DB down): their devices resend those batches",
+                            self._held_entries,
+                        )
                     return None
                 else:
                     wait = 0.5
@@ -388,12 +393,17 @@ class Ingest:
         if not wanted:
             return {}, {}
         pairs = list(wanted.values())
-        try:
-            known = self._ledger.known(pairs)
-        except Exception as exc:  # DB down: decide on what memory knows; storage is idempotent anyway
-            log.warning("ledger lookup failed, deciding from memory: %s", exc)
-            self._m.write_failures.labels("ledger_lookup").inc()
+        if self._held and time.monotonic() < self._held_retry_at:
+            # The DB is down and not due for another try: decide from memory without paying a failing
+            # connect (a DB that is away may cost a connect timeout) once per unit.
             known = self._ledger.known_in_memory(pairs)
+        else:
+            try:
+                known = self._ledger.known(pairs)
+            except Exception as exc:  # DB down: decide on what memory knows; storage is idempotent anyway
+                log.warning("ledger lookup failed, deciding from memory: %s", exc)
+                self._m.write_failures.labels("ledger_lookup").inc()
+                known = self._ledger.known_in_memory(pairs)
         decisions: dict[int, str] = {}
         for i, key in wanted.items():
             o = unit.items[i][1]
