@@ -75,6 +75,8 @@ DISPOSITIONS: dict[str, Disposition] = {
     # throttling: not stored, resend later
     "rate_limited": Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False),
     "quota_exceeded": Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False),  # per device/class
+    # the device's key is not cached and the metadata DB is down: resend later
+    "registry_unavailable": Disposition(RETRY, keep_payload=False, quiet=True, records_seq=False),
 }
 
 

@@ -25,7 +25,8 @@ class ConfigError(BridgeError):
 
 
 class DirectoryUnavailable(BridgeError):
-    """The device directory (metadata DB) could not answer; the message stays unacknowledged."""
+    """The device directory (metadata DB) could not answer; the message is answered
+    ``registry_unavailable`` (a retry)."""
 
     retryable = True
 

@@ -5,7 +5,7 @@ Reads the ``devices`` table (cloud_core.models.Device) as one snapshot refreshed
 registered since). :meth:`KeyDirectory.invalidate` (called for each registry event on
 ``Topics.registry_events()``) drops a device so its next message reads the row again: deactivation
 and key rotation take effect at once. While the DB is down the last snapshot keeps serving; a device
-it does not know raises :class:`DirectoryUnavailable` and its message waits unacknowledged. The
+it does not know raises :class:`DirectoryUnavailable` and its message is answered with a retry. The
 periodic refresh runs on its own short-lived thread, never on the caller's.
 """
 

@@ -51,6 +51,8 @@ INACTIVE_DEVICE = "inactive_device"
 REPLAYED_SEQ = "replayed_seq"
 NOT_TELEMETRY = "bad_topic"
 RATE_LIMITED = "rate_limited"
+# The device's key is not cached and the registry cannot be read (metadata DB down): resend later.
+REGISTRY_UNAVAILABLE = "registry_unavailable"
 STORE_REJECTED = "store_rejected"
 # Reading-level: a reading whose (sensor type, ts) another reading of the device already has, with
 # other values (in the same batch, or stored): storage keys a point on them, so one would be lost.
@@ -148,7 +150,8 @@ def process(
         payload: the exact bytes received.
         topics: the contract's topic names under the deployment's prefix.
         lookup: device id -> its key and status, or None when unknown. May raise
-            :class:`broker_bridge.errors.DirectoryUnavailable` (the message is then retried, not rejected).
+            :class:`broker_bridge.errors.DirectoryUnavailable` (the caller then answers
+            ``registry_unavailable``: a retry, not a final rejection).
         now_ms: the receive time (ms); defaults to the wall clock.
         max_skew_ms: how far in the future a reading's timestamp may be.
     """

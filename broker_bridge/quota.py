@@ -17,7 +17,9 @@ over its limit is refused until an admin raises it. The check reads the database
 last refresh) plus what this replica let in since, so replicas may overshoot by one refresh's worth.
 
 When the cache cannot be reached, quotas let messages through (ingest matters more than quotas)
-and say so in the log.
+and say so in the log; after a failure the cache is not asked again for ``lease_s`` (a cache that
+hangs rather than refuses would otherwise cost its socket timeout per message, on the MQTT network
+thread, stalling every device).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class QuotaGate:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bridge-quotas", daemon=True)
         self._cache_down_logged = 0.0
+        self._cache_down_until = 0.0  # after a cache failure: let messages through without asking it
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -166,11 +169,14 @@ class QuotaGate:
         balance = 0.0 if lease is None else min(lease.balance, 0.0)  # an ended lease keeps only its debt
         if rate <= 0:
             return False
+        if now < self._cache_down_until:
+            return True
         want = max(1, math.ceil(rate * self._lease_s)) + math.ceil(-balance)
         burst = max(1.0, rate * self._burst_s, float(want))
         try:
             granted = self._cache.take_tokens(key, rate=rate, burst=burst, want=want)
         except CacheError as exc:
+            self._cache_down_until = time.monotonic() + self._lease_s
             if now - self._cache_down_logged > 60:
                 self._cache_down_logged = now
                 log.error("quota buckets unavailable, letting messages through: %s", exc)

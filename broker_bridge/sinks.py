@@ -4,9 +4,12 @@ written, and a sink that keeps failing is reported (``/ready`` and ``bridge_sink
 :func:`write_isolating` writes rows in one call; when that fails and the sink still answers (its
 ``alive`` probe succeeds), the failure is the rows' own: it halves the rows until it finds the ones
 the sink refuses, writes the others, and returns the refused ones with their errors. When the sink
-does not answer, the failure is the sink's: it raises, and the caller keeps the rows for the next
-round. So a row that can never be written (a value a column cannot hold, a constraint) costs one
-isolated write and a dead letter, not a sink retried forever.
+does not answer, or the failure is one of the connection (the driver's ``OperationalError`` or
+``InterfaceError``: refused, lost, a server shutting down or still starting up), the failure is the
+sink's: it raises, and the caller keeps the rows for the next round. So a row that can never be
+written (a value a column cannot hold, a constraint) costs one isolated write and a dead letter, not
+a sink retried forever, and a row is never refused for the server's state (a server that refused a
+write while still starting up, then answered the probe, once made a dead letter "refused for good").
 
 :class:`SinkHealth` remembers since when each sink has been failing; ``/ready`` turns red when one
 has failed for longer than ``sink_unready_after_s``.
@@ -19,11 +22,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from .metrics import Metrics
 
 __all__ = ["SinkHealth", "write_isolating"]
 
 T = TypeVar("T")
+
+
+def _sinks_fault(exc: Exception) -> bool:
+    """A failure no row can cause: the connection's (PostgreSQL SQLSTATE classes 08, 53, 57, 58; SQLite
+    locked or I/O errors), as opposed to a constraint, a value or a trigger refusing a row."""
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def write_isolating(
@@ -41,7 +52,7 @@ def write_isolating(
         write(rows)
         return [], []
     except Exception as exc:
-        if not alive():
+        if _sinks_fault(exc) or not alive():
             raise
         first = exc
     refused: list[tuple[T, Exception]] = []
@@ -61,6 +72,9 @@ def _bisect(
     """``rows`` failed with ``error`` while the sink answered: split until the refused rows are found.
     Rows are visited in order, so once the sink stops answering everything after is ``pending``."""
     if pending:
+        pending.extend(rows)
+        return
+    if _sinks_fault(error):
         pending.extend(rows)
         return
     if len(rows) == 1:

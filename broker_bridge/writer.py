@@ -10,8 +10,9 @@ time-series store in one call (retrying every failure with backoff, the messages
 unacknowledged), records the unit's ledger rows (the replay state), then publishes one cumulative
 receipt per device and acknowledges the unit's messages in arrival order, and hands dead letters and
 side effects on. A receipt naming a batch is sent only once its ledger row is durable: while the
-metadata DB is down the receipts are held (and the messages acknowledged: storage is idempotent, and
-a device resends what stays unreceipted), so replay state is never lost to a restart after a
+metadata DB is down the points are still written and the messages acknowledged, but the receipts are
+held (bounded by ``receipts_held_max``; storage is idempotent, and a device resends what stays
+unreceipted) until the rows are written, so replay state is never lost to a restart after a
 receipt. What each rejection is told is decided in one table, :mod:`broker_bridge.dispositions`.
 
 Verification runs on the network thread on purpose: PyNaCl releases the GIL while it verifies, and
@@ -62,6 +63,7 @@ from .pipeline import (
     DUPLICATE_TIMESTAMP,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
+    REGISTRY_UNAVAILABLE,
     REPLAYED_SEQ,
     STORE_REJECTED,
     Accepted,
@@ -105,10 +107,9 @@ class Backoff:
 
 @dataclass(slots=True)
 class Unit:
-    """Messages written together: one store write, then their acks in arrival order. An outcome of
-    None means the registry could not be read yet; the writer processes it again before writing."""
+    """Messages written together: one store write, then their acks in arrival order."""
 
-    items: list[tuple[Inbound, Accepted | Rejected | None]] = field(default_factory=list)
+    items: list[tuple[Inbound, Accepted | Rejected]] = field(default_factory=list)
     points: int = 0
     opened: float = 0.0
     bodies: dict[int, bytes] = field(default_factory=dict)  # item index -> its points, store-encoded
@@ -204,15 +205,15 @@ class Ingest:
         """Process one telemetry message (called by the MQTT network thread)."""
         if self._closing:
             return
-        outcome: Accepted | Rejected | None
+        outcome: Accepted | Rejected
         limited = self._rate_limited(msg)
         if limited is not None:
             outcome = limited
         else:
             try:
                 outcome = self._process(msg)
-            except DirectoryUnavailable:
-                outcome = None
+            except DirectoryUnavailable as exc:
+                outcome = self._registry_unavailable(msg, exc)
         s = self._s
         self._m.messages_received.inc()
         outcome, body, npoints = self._admitted(outcome)
@@ -242,7 +243,22 @@ class Ingest:
             max_skew_ms=self._skew_ms,
         )
 
-    def _admitted(self, o: Accepted | Rejected | None) -> tuple[Accepted | Rejected | None, bytes | None, int]:
+    def _registry_unavailable(self, msg: Inbound, exc: DirectoryUnavailable) -> Rejected:
+        """A device the key cache does not hold while the registry cannot be read (metadata DB down):
+        ``registry_unavailable``, answered like ``rate_limited`` (acknowledged, receipted as a retry by
+        the seq the unverified payload claims: a retry deletes nothing). Holding the message instead
+        would hold its unit, and with it every cached device's batches, until the DB is back."""
+        wait = max(1.0, self._s.retry_max_s)
+        return Rejected(
+            exc.device_id,
+            REGISTRY_UNAVAILABLE,
+            f"{exc}; retry in {wait:.3f}s",
+            payload_hash(msg.payload),
+            _peek_token_seq(msg.payload),
+            after_ms=int(wait * 1000),
+        )
+
+    def _admitted(self, o: Accepted | Rejected) -> tuple[Accepted | Rejected, bytes | None, int]:
         """An outcome ready for its unit: its readings counted, and for an accepted batch its points in
         the store's wire format (None when the store takes points, or the batch is small: the writer
         encodes those in bulk) and how many; a point the store could never hold makes the batch
@@ -313,6 +329,11 @@ class Ingest:
                 elif self._closing:
                     self._retry_held(force=True)
                     self._flush_receipts(force=True)
+                    if self._held:
+                        log.warning(
+                            "stopping with %d receipts held (metadata DB down): their devices resend those batches",
+                            self._held_entries,
+                        )
                     return None
                 else:
                     wait = 0.5
@@ -337,7 +358,6 @@ class Ingest:
             if self._stop.is_set() and time.monotonic() > self._drain_deadline:
                 return  # abandoned: not acknowledged, redelivered later
             try:
-                self._resolve_deferred(unit)
                 self._write_unit(unit)
             except _Abandoned:
                 return
@@ -350,32 +370,8 @@ class Ingest:
             self._pending -= n
         self._m.backlog.set(self._pending)
 
-    def _resolve_deferred(self, unit: Unit) -> None:
-        """Process again the messages whose device the registry could not tell (DB down)."""
-        for i, (msg, outcome) in enumerate(unit.items):
-            if outcome is not None:
-                continue
-            backoff = Backoff(self._s.retry_initial_s, self._s.retry_max_s)
-            while True:
-                try:
-                    o = self._process(msg)
-                    break
-                except DirectoryUnavailable as exc:
-                    if self._stop.is_set() and time.monotonic() > self._drain_deadline:
-                        raise _Abandoned from None
-                    delay = backoff.next()
-                    log.warning(
-                        "registry unavailable, retrying in %.1fs: %s", delay, exc, extra={"device_id": exc.device_id}
-                    )
-                    time.sleep(delay)
-            admitted, body, npoints = self._admitted(o)
-            if body is not None:
-                unit.bodies[i] = body
-            unit.points += npoints
-            unit.items[i] = (msg, admitted)
-
     # ---- deciding ------------------------------------------------------------------------------
-    def _ledger_pair(self, o: Accepted | Rejected | None) -> tuple[str, int] | None:
+    def _ledger_pair(self, o: Accepted | Rejected) -> tuple[str, int] | None:
         """(device, seq) of an outcome the ledger decides: an accepted batch, or a verified one finally
         rejected (its seq is used up)."""
         if type(o) is Accepted:
@@ -397,16 +393,20 @@ class Ingest:
         if not wanted:
             return {}, {}
         pairs = list(wanted.values())
-        try:
-            known = self._ledger.known(pairs)
-        except Exception as exc:  # DB down: decide on what memory knows; storage is idempotent anyway
-            log.warning("ledger lookup failed, deciding from memory: %s", exc)
-            self._m.write_failures.labels("ledger_lookup").inc()
+        if self._held and time.monotonic() < self._held_retry_at:
+            # The DB is down and not due for another try: decide from memory without paying a failing
+            # connect (a DB that is away may cost a connect timeout) once per unit.
             known = self._ledger.known_in_memory(pairs)
+        else:
+            try:
+                known = self._ledger.known(pairs)
+            except Exception as exc:  # DB down: decide on what memory knows; storage is idempotent anyway
+                log.warning("ledger lookup failed, deciding from memory: %s", exc)
+                self._m.write_failures.labels("ledger_lookup").inc()
+                known = self._ledger.known_in_memory(pairs)
         decisions: dict[int, str] = {}
         for i, key in wanted.items():
             o = unit.items[i][1]
-            assert o is not None
             d = replay_decision(o.sha256, o.key_id, _pair(known.get(key)))
             decisions[i] = d
             if d == "new":  # a second copy later in this unit is a duplicate of this one
@@ -442,7 +442,7 @@ class Ingest:
                 hw[o.device_id] = o.max_ts
         if not check:
             return
-        devices = {items[i][1].device_id for i in check}  # type: ignore[union-attr]
+        devices = {items[i][1].device_id for i in check}
         keys = [
             (p.device_id, p.sensor_type, p.location, p.ts_ms)
             for i in check

@@ -32,13 +32,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, func, select
 
 from broker_bridge import Bridge, BridgeSettings
 from broker_bridge.testing import register_devices
 from cloud_core.broker.mosquitto_process import ChildProcess
 from cloud_core.core.db import make_engine
-from cloud_core.models import RejectedMessage
+from cloud_core.models import BatchLedger, RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from edge_agent.buffer import Buffer
 from edge_agent.identity import write_identity
@@ -212,6 +213,16 @@ class ProductionCloud:
         except OSError:
             return False
 
+    def metric(self, name: str) -> float:
+        """The value of one of the bridge process's unlabelled metrics (its /metrics endpoint)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return float(sample.value)
+        raise AssertionError(f"the bridge exposes no metric {name}")
+
     def log_tail(self) -> str:
         lines = (self.tmp / "bridge.log").read_text(errors="replace").splitlines()
         return "\n".join(lines[-20:])
@@ -380,6 +391,23 @@ class Rig:
             assert key not in out, f"reading {key} stored twice"
             out[key] = {k: v for k, v in r.values.items() if v is not None}
         return out
+
+    def points(self) -> int:
+        """How many of the device's readings the time-series store holds."""
+        store = open_tsdb(self.cloud.tsdb_url)
+        try:
+            return store.count(device_id=DEVICE)
+        finally:
+            store.close()
+
+    def ledger_seqs(self) -> list[int]:
+        """The seqs of the device's batch_ledger rows, in order."""
+        engine = make_engine(self.cloud.db_url)
+        try:
+            with Session(engine) as s:
+                return sorted(s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == DEVICE)).all())
+        finally:
+            engine.dispose()
 
     def dead_letters(self) -> dict[str, int]:
         engine = make_engine(self.cloud.db_url)

@@ -103,7 +103,11 @@ def test_influxdb_killed_then_stopped_under_load(make_rig: Callable[..., Rig]) -
 
 
 def test_postgres_and_redis_stopped_under_load(make_rig: Callable[..., Rig], postgres_factory: Any) -> None:
-    """The metadata DB and the cache go away in turn: readings keep reaching InfluxDB and being receipted."""
+    """The metadata DB, then the cache, goes away under load. With PostgreSQL down, readings keep
+    reaching InfluxDB but no batch is receipted before its ledger row (its replay state) is written:
+    the bridge holds the receipts and the agent keeps the readings; once PostgreSQL is back they are all
+    receipted. With Redis down (only a cache) receipts keep coming. In the end every reading is stored
+    exactly once and the ledger holds every batch's seq exactly once."""
     pg = postgres_factory()
     rig = make_rig(db_url=pg.create_database("durability"))
     cloud = rig.cloud
@@ -111,15 +115,33 @@ def test_postgres_and_redis_stopped_under_load(make_rig: Callable[..., Rig], pos
     cloud.start_bridge()
     rig.start_agent()
     p = rig.produced_more_than(30)
-    for server in (pg, cloud.redis):
-        server.stop()
-        before = rig.counts()
-        p = rig.produced_more_than(p + 60)
-        wait_for(lambda b=before: rig.counts().stored > b.stored + 30, f"receipts while {server.kind} is down", 60)
-        server.start()
-        p = rig.produced_more_than(p + 30)
+
+    points = rig.points()
+    pg.stop()
+    wait_for(lambda: cloud.metric("bridge_receipts_held") > 0, "receipts held while PostgreSQL is down", 60)
+    wait_for(lambda: rig.points() > points, "readings reaching InfluxDB while PostgreSQL is down", 60)
+    p = rig.produced_more_than(rig.counts().produced + 60)  # a receipt sent before the hold has landed
+    held = rig.counts()
+    p = rig.produced_more_than(p + 120)  # longer than the agent's receipt timeout: it resent its batches
+    during = rig.counts()
+    assert during.stored == held.stored, "a batch was receipted while its ledger row could not be written"
+    assert rig.points() > during.stored, "InfluxDB holds no reading the agent still waits to hear about"
+    assert cloud.metric("bridge_receipts_held") > 0
+    pg.start()
+    wait_for(lambda: rig.counts().stored > during.stored, "the held receipts once PostgreSQL is back", 60)
+    wait_for(lambda: cloud.metric("bridge_receipts_held") == 0, "no receipt held once PostgreSQL is back", 60)
+
+    cloud.redis.stop()
+    before = rig.counts()
+    p = rig.produced_more_than(p + 60)
+    wait_for(lambda: rig.counts().stored > before.stored + 30, "receipts while Redis is down", 60)
+    cloud.redis.start()
+    p = rig.produced_more_than(p + 30)
+
     assert cloud.bridge_running
     rig.drain_and_check()
+    seqs = list(range(1, rig.counts().last_seq + 1))
+    wait_for(lambda: rig.ledger_seqs() == seqs, f"the ledger holding seqs 1..{len(seqs)} once", 30)
 
 
 def test_broker_kill9_loses_what_it_acknowledged(make_rig: Callable[..., Rig]) -> None:

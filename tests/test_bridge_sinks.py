@@ -1,19 +1,23 @@
 """Side-effect sinks down: readings keep flowing into the store while Redis or PostgreSQL is down,
 and the side effects (latest cache, stream, dead letters, ledger, last_seen) catch up when it is back.
 Receipts wait for the ledger (replay state is durable before a device is told), so while PostgreSQL
-is down they are held and go out once it is back."""
+is down they are held (up to ``receipts_held_max``) and go out once it is back."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session, func, select
 
 from broker_bridge import Bridge, BridgeSettings
-from broker_bridge.effects import LATEST_KEY
+from broker_bridge.deadletter import DeadLetter, DeadLetterQueue
+from broker_bridge.effects import LATEST_KEY, db_alive
 from broker_bridge.testing import Publisher, ReceiptCollector, make_batch, register_devices, sealed, wait_for
 from cloud_core.cache import open_cache
-from cloud_core.core.db import make_engine
+from cloud_core.core.db import create_all, make_engine
 from cloud_core.models import BatchLedger, Device, RejectedMessage
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import Topics
@@ -161,3 +165,145 @@ def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
         engine.dispose()
     finally:
         pg.close()
+
+
+def test_postgres_down_held_receipts_are_bounded_and_the_dropped_batches_resent(
+    mosquitto_factory, influx_url, topic_prefix
+) -> None:
+    """Beyond ``receipts_held_max`` held receipts the oldest are given up (their rows forgotten, counted
+    in ``bridge_ledger_rows_dropped_total``): the device resends those batches, which are stored again
+    (idempotently) and receipted once PostgreSQL is back; the ledger holds each batch exactly once."""
+    broker = mosquitto_factory(**LIMITS)
+    pg = PostgresServer()
+    pg.start()
+    try:
+        db_url = pg.create_database("bridge")
+        engine = make_engine(db_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        settings = _settings(broker, db_url, influx_url, "memory://", topic_prefix).model_copy(
+            update={"receipts_held_max": 5}
+        )
+        batches = {seq: sealed(make_batch("a", seq, 2), keys["a"]) for seq in range(1, 11)}
+        with Bridge(settings) as bridge:
+            bridge.wait_ready()
+            rc = ReceiptCollector(broker.host, broker.port, topics)
+            pub = Publisher(broker.host, broker.port)
+
+            def send(seqs: range) -> None:
+                for seq in seqs:
+                    pub.publish(topics.telemetry("a"), batches[seq])
+                pub.wait_acked()
+
+            pg.stop()
+            send(range(1, 6))
+            wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="5 receipts held")
+            send(range(6, 11))
+            wait_for(lambda: store.count() == 20, 20, what="all 20 points stored")
+            wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
+            # the newest 5 are held; the oldest 5 were given up: nothing told, the device resends them
+            assert bridge.metrics.receipts_held._value.get() == 5
+            assert bridge.metrics.ledger_rows_dropped._value.get() == 5
+            assert rc.stored("a") == set()
+            pg.start()
+            engine.dispose()
+            wait_for(lambda: len(rc.stored("a")) == 5, 30, what="the held receipts once PostgreSQL is back")
+            assert rc.stored("a") == {("a", seq) for seq in range(6, 11)}
+            send(range(1, 6))  # the device resends what was not receipted
+            wait_for(lambda: len(rc.stored("a")) == 10, 20, what="the resends receipted")
+            with Session(engine) as s:
+                seqs = s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == "a")).all()
+            assert sorted(seqs) == list(range(1, 11))
+            assert store.count() == 20
+            pub.close()
+            rc.close()
+        store.close()
+        engine.dispose()
+    finally:
+        pg.close()
+
+
+def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
+    mosquitto_factory, influx_url, topic_prefix
+) -> None:
+    """Regression: a message from a device the key snapshot does not hold (registered since), arriving
+    while PostgreSQL is down, made the writer retry the registry in a loop with that message's unit in
+    hand, so no device's batches were stored until the DB was back. Now it is answered with a retry
+    receipt (``registry_unavailable``); the cached device's batches are stored meanwhile (their receipts
+    held for their ledger rows, as always); once the DB is back they are receipted, and the new
+    device's resend is stored."""
+    broker = mosquitto_factory(**LIMITS)
+    pg = PostgresServer()
+    pg.start()
+    try:
+        db_url = pg.create_database("bridge")
+        engine = make_engine(db_url)
+        keys = register_devices(engine, ["a"])
+        topics = Topics(topic_prefix)
+        store = open_tsdb(influx_url)
+        with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
+            bridge.wait_ready()
+            keys |= register_devices(engine, ["b"])  # after the snapshot: the bridge has not cached b
+            engine.dispose()
+            rc = ReceiptCollector(broker.host, broker.port, topics)
+            pub = Publisher(broker.host, broker.port)
+            b_batch = sealed(make_batch("b", 1, 3), keys["b"])
+            pg.stop()
+            pub.publish(topics.telemetry("b"), b_batch)
+            for seq in range(1, 6):
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 2), keys["a"]))
+            pub.wait_acked()
+            wait_for(lambda: store.count(device_id="a") == 10, 20, what="a's batches stored while PostgreSQL is down")
+            wait_for(lambda: rc.retries(), 20, what="b told to retry")
+            [(device, seq, reason, after_ms)] = rc.retries()
+            assert (device, seq, reason) == ("b", 1, "registry_unavailable") and after_ms > 0
+            assert store.count(device_id="b") == 0
+            wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="a's receipts held")
+            assert rc.stored("a") == set()
+            pg.start()
+            wait_for(lambda: len(rc.stored("a")) == 5, 30, what="a's held receipts once PostgreSQL is back")
+            pub.publish(topics.telemetry("b"), b_batch)  # the device resends after after_ms
+            pub.wait_acked()
+            wait_for(lambda: rc.stored("b") == {("b", 1)}, 30, what="b's resend stored once PostgreSQL is back")
+            assert store.count(device_id="b") == 3
+            pub.close()
+            rc.close()
+        store.close()
+        engine.dispose()
+    finally:
+        pg.close()
+
+
+def test_a_db_starting_up_fails_the_sink_not_the_row(pg_url) -> None:
+    """Regression: a write that failed with "the database system is starting up" (SQLSTATE 57P03), then
+    a liveness probe that succeeded (the server had finished starting meanwhile), made the row "refused
+    for good": a dead letter was dropped as PostgreSQL came back (seen in the outage test above), and a
+    ledger row would have become ``ledger_refused``. A connection-level failure (the driver's
+    OperationalError) is the sink's: the rows stay queued for the next round. A trigger raising that
+    SQLSTATE while the server answers stands in for the race."""
+    engine = make_engine(pg_url)
+    create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION t_starting() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                "'the database system is starting up' USING ERRCODE = 'cannot_connect_now'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER t_starting BEFORE INSERT ON rejected_messages "
+                "FOR EACH ROW EXECUTE FUNCTION t_starting()"
+            )
+        )
+    queue = DeadLetterQueue(engine, max_buffer=10)
+    queue.put(DeadLetter("a", "t/a", "bad_json", None, None, None, datetime.now(UTC), "0" * 64, None))
+    with pytest.raises(Exception, match="starting up"):
+        queue.flush(alive=lambda: db_alive(engine))
+    assert (len(queue), queue.refused) == (1, 0)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER t_starting ON rejected_messages"))
+    assert queue.flush(alive=lambda: db_alive(engine)) == 1
+    assert (len(queue), queue.written, queue.refused) == (0, 1, 0)
+    engine.dispose()
