@@ -17,9 +17,9 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from broker_bridge.testing import register_devices
+from cloud_core.auth import users
 from cloud_core.broker.dynsec import DynsecAdmin
 from cloud_core.core.db import make_engine
-from cloud_core.auth import users
 from cloud_core.models import BatchLedger, Device, User
 from cloud_core.tsdb import open_tsdb
 from cloud_core.tsdb.base import Point, StoreError
@@ -74,7 +74,9 @@ def test_postgresql_backup_destroy_restore(tmp_path: Path) -> None:
                     s.add(BatchLedger(device_id=f"dev-{i}", seq=seq, batch_id=f"b{i}-{seq}", payload_sha256="0" * 64,
                                       readings=10))  # fmt: skip
             s.commit()
-            users.create_user(s, actor="backup-test", username="teacher", password="a-teacher-passphrase", is_teacher=True)
+            users.create_user(
+                s, actor="backup-test", username="teacher", password="a-teacher-passphrase", is_teacher=True
+            )
             s.commit()
         engine.dispose()
         before = _counts(url)
