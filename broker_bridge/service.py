@@ -16,7 +16,7 @@ from cloud_core.cache import open_cache
 from cloud_core.core.db import create_all, make_engine
 from cloud_core.core.migrate import SchemaError
 from cloud_core.tsdb import open_tsdb
-from iot_protocol import ProtocolError, Topics, decode_status
+from iot_protocol import ProtocolError, Topics, decode_status, jws
 
 from .deadletter import DeadLetterQueue
 from .effects import SideEffects
@@ -204,6 +204,9 @@ def run_bridge(settings: BridgeSettings, *, stop: threading.Event | None = None)
             signal.signal(sig, lambda *_: stop.set())
     if settings.gc_threshold is not None:  # process-wide, like the switch interval
         gc.set_threshold(settings.gc_threshold, *gc.get_threshold()[1:])
+    # Process-wide too: no GIL hand-off after each Ed25519 verification on the network thread
+    # (docs/performance.md, "The single-reading path, per stage").
+    jws.hold_gil_while_verifying()
     with Bridge(settings):
         if settings.gc_threshold is not None:
             gc.freeze()  # what startup built (modules, engine, registry) is never scanned again

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "decode",
+    "hold_gil_while_verifying",
     "sign",
     "verify",
     "verify_token",
@@ -170,6 +172,11 @@ def verify(jws: Jws, public_key: bytes) -> None:
     """Raise SignatureError unless ``jws`` is signed by the raw 32-byte Ed25519 ``public_key``."""
     if len(public_key) != 32:
         raise SignatureError("public key must be 32 raw bytes", reason="bad_key")
+    hold = _verify_holding_gil
+    if hold is not None:
+        if len(jws.signature) != 64 or hold(jws.signature, jws.signing_input, len(jws.signing_input), public_key):
+            raise SignatureError("signature does not verify")
+        return
     if _nacl_open is not None:
         try:
             _nacl_open(jws.signature + jws.signing_input, public_key)
@@ -185,6 +192,42 @@ def verify(jws: Jws, public_key: bytes) -> None:
         Ed25519PublicKey.from_public_bytes(public_key).verify(jws.signature, jws.signing_input)
     except (InvalidSignature, ValueError):
         raise SignatureError("signature does not verify") from None
+
+
+# libsodium's crypto_sign_verify_detached called through ctypes.PyDLL, which keeps the GIL: see
+# hold_gil_while_verifying. None: PyNaCl's crypto_sign_open (cffi releases the GIL around it).
+_verify_holding_gil: Callable[[bytes, bytes, int, bytes], int] | None = None
+
+
+def hold_gil_while_verifying() -> bool:
+    """Verify without releasing the GIL, from now on, in this process; True when that is in place.
+
+    cffi releases the GIL around every libsodium call, and in a process with other busy threads (the
+    bridge's writer and side effects) each of the ~60 us verifications then ends in a GIL hand-off: a
+    wake-up and a context switch per message, and cold caches after it. Keeping the GIL calls the same
+    libsodium function that ``crypto_sign_open`` calls (``crypto_sign_verify_detached``: the same
+    checks, so the same signatures verify), from the libsodium PyNaCl bundles, without copying the
+    message. Only for a process whose threads can wait ~60 us each (the bridge's); not the agent's
+    (ctypes costs memory there). False, and nothing changes, without PyNaCl or when its library does
+    not export the function.
+    """
+    global _verify_holding_gil
+    if _nacl_open is None:
+        return False
+    try:
+        import ctypes
+        import importlib
+
+        path = importlib.import_module("nacl._sodium").__file__  # PyNaCl's cffi module, libsodium inside
+        if path is None:
+            return False
+        fn = ctypes.PyDLL(path).crypto_sign_verify_detached
+    except (ImportError, OSError, AttributeError):
+        return False
+    fn.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p)
+    fn.restype = ctypes.c_int
+    _verify_holding_gil = fn
+    return True
 
 
 def verify_token(token: bytes, public_key: bytes) -> Jws:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -521,3 +522,56 @@ def test_the_light_key_hands_out_cryptographys_public_key_when_asked() -> None:
     light, ref = LightEd25519Key(seed), p.private_key_from_seed(seed)
     light.public_key().verify(light.sign(b"m"), b"m")  # raises if it does not verify
     assert p.public_key_raw(ref) == light.public_bytes_raw()
+
+
+# ---- verification that keeps the GIL (the bridge's) ---------------------------------------------------
+def _verifies(token: jws.Jws, key: bytes) -> bool:
+    try:
+        jws.verify(token, key)
+    except p.SignatureError:
+        return False
+    return True
+
+
+@pytest.fixture
+def gil_holding_verifier() -> Iterator[object]:
+    saved = jws._verify_holding_gil
+    assert jws.hold_gil_while_verifying(), "PyNaCl's libsodium exports crypto_sign_verify_detached"
+    yield jws._verify_holding_gil
+    jws._verify_holding_gil = saved
+
+
+def test_gil_holding_verifier_takes_the_golden_vectors(gil_holding_verifier: object) -> None:
+    key = p.private_key_from_seed(jws.b64url_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"))
+    assert jws.verify_token(vector("rfc8037_a4").encode(), p.public_key_raw(key)).payload
+    token = p.seal_batch(example_batch(), DEVICE_KEY)
+    assert p.open_batch(token, topic_device="greenhouse-01", public_key=p.public_key_raw(DEVICE_KEY))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300), st.integers(0, 2**16), st.sampled_from(["signature", "message", "key", "none"]))
+def test_gil_holding_verifier_agrees_with_pynacl(
+    gil_holding_verifier: object, message: bytes, where: int, part: str
+) -> None:
+    """Differential: the same libsodium check as crypto_sign_open, so exactly the same tokens verify,
+    for intact ones and for a flipped bit in the signature, the signed bytes or the key."""
+    sig = bytearray(DEVICE_KEY.sign(message))
+    msg = bytearray(message)
+    key = bytearray(p.public_key_raw(DEVICE_KEY))
+    target = {"signature": sig, "message": msg, "key": key, "none": None}[part]
+    if target:
+        target[where % len(target)] ^= 1 << (where % 8)
+    token = jws.Jws({}, b"", bytes(msg), bytes(sig))
+    held = _verifies(token, bytes(key))
+    saved, jws._verify_holding_gil = jws._verify_holding_gil, None
+    try:
+        reference = _verifies(token, bytes(key))
+    finally:
+        jws._verify_holding_gil = saved
+    assert held == reference == (part == "none" or not target)
+
+
+def test_gil_holding_verifier_refuses_a_short_signature(gil_holding_verifier: object) -> None:
+    token = jws.Jws({}, b"", b"m", DEVICE_KEY.sign(b"m")[:63])
+    with pytest.raises(p.SignatureError, match="does not verify"):
+        jws.verify(token, p.public_key_raw(DEVICE_KEY))
