@@ -75,7 +75,8 @@ class UpProcess:
                 self._reader.join(5)
                 raise AssertionError(f"iotctl up exited with {self.proc.returncode}:\n{self.stderr}")
             found = find_platform(self.state_dir)
-            if found is not None and found.pid == self.proc.pid:
+            # running, and its banner read (it is printed just after the lock announces the platform)
+            if found is not None and found.pid == self.proc.pid and "  in another terminal: " in self.stderr:
                 self.platform = found
                 return found
             time.sleep(0.2)

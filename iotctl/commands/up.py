@@ -190,20 +190,21 @@ def up(
     try:
         cli = _cli()
         flag = "" if state == default_state_dir() else f" --state-dir {state}"
-        print(
-            f"console {platform.public_api_url}/console/  (sign in with the key in {state / 'admin.token'})\n"
+        banner = [
+            f"console {platform.public_api_url}/console/  (sign in with the key in {state / 'admin.token'})",
             f"API {platform.public_api_url}  broker {platform.public_mqtt_url}  (devices enroll with "
-            f"--api {platform.public_api_url})\n"
-            f"  in another terminal: {cli} devices list{flag}  |  {cli} query --since 5m{flag}  |  "
-            f"{cli} sim run --devices 20 --speed 60 --duration 10m{flag}",
-            file=sys.stderr,
-        )
+            f"--api {platform.public_api_url})",
+        ]
         if platform.ca_file is not None:
-            print(
+            banner.append(
                 f"  listening on {bind} (the network) over TLS with this platform's own CA: devices enroll with "
-                f"--api {platform.public_api_url} --ca {platform.ca_file} (copy that file to them)",
-                file=sys.stderr,
+                f"--api {platform.public_api_url} --ca {platform.ca_file} (copy that file to them)"
             )
+        banner.append(  # always the banner's last line (iot_testing.up waits for it)
+            f"  in another terminal: {cli} devices list{flag}  |  {cli} query --since 5m{flag}  |  "
+            f"{cli} sim run --devices 20 --speed 60 --duration 10m{flag}"
+        )
+        print("\n".join(banner), file=sys.stderr, flush=True)
         deadline = started + duration if duration is not None else None
         history: deque[tuple[float, int]] = deque()  # (time, readings stored) over the last 10 s
 
