@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -83,9 +84,33 @@ class ServerStartError(ServerError):
     """The server exited or did not answer before its deadline; the message has its log tail."""
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the servers retry if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free on ``host`` a moment ago (the servers retry if it is taken meanwhile).
+
+    Chosen below the kernel's ephemeral range, so no outgoing connection of another test (or test
+    worker) takes it in the meantime: a test that restarts a server on the same port (``iotctl up``
+    keeps its ports) would otherwise find it held by some client now and then.
+    """
+    high = min(_ephemeral_low(), 65536)
+    low = 10_000 if high > 11_000 else 1024
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

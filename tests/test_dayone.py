@@ -338,9 +338,9 @@ def test_a_port_this_state_dir_uses_is_refused_naming_its_holder(tmp_path: Path)
     """``up`` used to move to another port when its port was taken, stranding every enrolled device.
     A restart keeps the state dir's ports; a taken one is refused, naming the process holding it."""
     state = tmp_path / "state"
-    api_port = free_port()
-    with UpProcess(state, "--mqtt-port", "0", "--api-port", str(api_port), "--devices", "0"):
-        mqtt_port = json.loads((state / "ports.json").read_text())["mqtt"]
+    api_port, mqtt_port = free_port(), free_port()  # below the ephemeral range: no client takes them meanwhile
+    with UpProcess(state, "--mqtt-port", str(mqtt_port), "--api-port", str(api_port), "--devices", "0"):
+        pass
     assert json.loads((state / "ports.json").read_text()) == {"mqtt": mqtt_port, "api": api_port}
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the broker's closed connections linger
