@@ -354,7 +354,7 @@ class _Device:
         try:
             receipt = decode_receipt(payload)
         except ProtocolError:
-            receipt = None  # the pipeline logs and ignores it
+            receipt = None
         if receipt is not None:
             if len(self.sent_tokens) < 4 and self.published_tokens:
                 for s in receipt.stored:
@@ -369,7 +369,9 @@ class _Device:
                         "%s: batch %d rejected by the platform: %s (more for this reason are counted, not logged)",
                         self.id, r.seq, r.reason, extra={"device_id": self.id, "seq": r.seq, "reason": r.reason},
                     )  # fmt: skip
-        if self.pipeline.on_receipt(payload) and self.buffer.depth:
+        # The pipeline logs and ignores a malformed receipt; a well-formed one is decoded once, here.
+        deleted = self.pipeline.on_receipt(payload) if receipt is None else self.pipeline.apply_receipt(receipt)
+        if deleted and self.buffer.depth:
             self.transmit(self.fleet.clock.now_ms())  # drain a backlog at the pace of receipts
 
     def on_config(self, token: bytes) -> None:
