@@ -199,11 +199,15 @@ class Buffer:
                     [(start + i + 1, b) for i, b in enumerate(bodies)],
                 )
             insert = "INSERT INTO readings(ts, size, body) VALUES (?, ?, ?)"
+            rid = None
             if len(keep) == 1:  # one sensor: the id comes with the insert
-                self._last_id = self._db.execute(insert, (readings[0].ts, len(keep[0]), keep[0])).lastrowid or 0
+                rid = self._db.execute(insert, (readings[0].ts, len(keep[0]), keep[0])).lastrowid
             elif keep:
                 ex(insert, [(r.ts, len(b), b) for r, b in zip(readings, keep, strict=False)])
-                self._last_id = self._db.execute("SELECT max(id) FROM readings").fetchone()[0]
+            if keep:
+                if rid is None:
+                    rid = self._db.execute("SELECT max(id) FROM readings").fetchone()[0]
+                self._last_id = max(self._last_id, rid)
             self._unbatched += len(keep)
             self._rows += len(keep)
             self._bytes += sum(len(b) for b in keep)
