@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from iot_protocol import jws
 from iot_protocol.errors import ProtocolError
-from iot_protocol.messages import ConfigReport, Health, Reading, Status, decode_receipt, encode
+from iot_protocol.messages import ConfigReport, Health, Reading, Receipt, Status, decode_receipt, encode
 from iot_protocol.settings import DeviceSettings, parse_settings
 from iot_protocol.signing import open_config
 from iot_protocol.topics import Topics
@@ -241,7 +241,7 @@ class Pipeline:
                 b = self.buffer.next_batch(
                     self.device_id, self.key, max_readings=n, now_ms=now, after_id=self._fresh_after
                 )
-                self._fresh_after = self.buffer.max_id()
+                self._fresh_after = self.buffer.last_id
                 if b is not None:
                     new.append(b)
                     self._inflight[b.seq] = (b, float("-inf"))
@@ -315,6 +315,10 @@ class Pipeline:
         except ProtocolError as exc:
             log.warning("ignoring malformed receipt", extra={"error": str(exc)})
             return 0
+        return self.apply_receipt(receipt, now_mono)
+
+    def apply_receipt(self, receipt: Receipt, now_mono: float | None = None) -> int:
+        """:meth:`on_receipt` for a receipt already decoded (the simulator reads it too)."""
         now = time.monotonic() if now_mono is None else now_mono
         rejected = [r.seq for r in receipt.rejected]
         for r in receipt.rejected:

@@ -156,11 +156,20 @@ class Buffer:
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS]
                 )
             self._c: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            rows, nbytes = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM readings").fetchone()
+            rows, nbytes, unbatched, last_id = self._db.execute(
+                "SELECT count(*), coalesce(sum(size), 0), count(*) - count(seq), coalesce(max(id), 0) FROM readings"
+            ).fetchone()
         except sqlite3.Error as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from None
         self._rows: int = rows
         self._bytes: int = nbytes
+        # Kept in memory so the hot path asks SQLite less (every statement is parsed again in a lean
+        # buffer): readings not yet in a batch (none: next_batch answers without a query), the highest
+        # reading id assigned (ids are never reused), and the counters as last committed (only changed
+        # ones are written).
+        self._unbatched: int = unbatched
+        self._last_id: int = last_id
+        self._saved: dict[str, int] = dict(self._c)
 
     # ------------------------------------------------------------------ writing
     def add(self, readings: Sequence[Reading]) -> int:
@@ -189,10 +198,17 @@ class Buffer:
                     "INSERT INTO produced_log(id, body) VALUES (?, ?)",
                     [(start + i + 1, b) for i, b in enumerate(bodies)],
                 )
-            ex(
-                "INSERT INTO readings(ts, size, body) VALUES (?, ?, ?)",
-                [(r.ts, len(b), b) for r, b in zip(readings, keep, strict=False)],
-            )
+            insert = "INSERT INTO readings(ts, size, body) VALUES (?, ?, ?)"
+            rid = None
+            if len(keep) == 1:  # one sensor: the id comes with the insert
+                rid = self._db.execute(insert, (readings[0].ts, len(keep[0]), keep[0])).lastrowid
+            elif keep:
+                ex(insert, [(r.ts, len(b), b) for r, b in zip(readings, keep, strict=False)])
+            if keep:
+                if rid is None:
+                    rid = self._db.execute("SELECT max(id) FROM readings").fetchone()[0]
+                self._last_id = max(self._last_id, rid)
+            self._unbatched += len(keep)
             self._rows += len(keep)
             self._bytes += sum(len(b) for b in keep)
             if self.overflow == "drop_oldest":
@@ -226,6 +242,7 @@ class Buffer:
                 nbytes -= size
             db.execute(f"DELETE FROM readings WHERE id IN ({','.join(map(str, drop))})")
             self._c["dropped"] += len(drop)
+            self._unbatched -= len(drop)
             self._rows, self._bytes = rows, nbytes
 
     # ------------------------------------------------------------------ batching
@@ -247,6 +264,8 @@ class Buffer:
         identical bytes however often it is resent, and a seq is never reused.
         """
         budget = _PAYLOAD_BUDGET - (MAX_TOKEN_BYTES - max_token_bytes) * 3 // 4
+        if not self._unbatched:  # nothing to seal: what the query below would find, without it
+            return None
         with self._lock, self._tx():
             while True:
                 rows = self._db.execute(
@@ -276,6 +295,7 @@ class Buffer:
                 # One reading alone is over the limit: it can never be sent. Set it aside, counted.
                 rid, size, body = rows[0]
                 self._db.execute("DELETE FROM readings WHERE id = ?", (rid,))
+                self._unbatched -= 1
                 self._rows -= 1
                 self._bytes -= size
                 self._quarantine_rows(None, None, 1, "too_large", now_ms, body)
@@ -283,10 +303,10 @@ class Buffer:
                 "INSERT INTO batches(seq, batch_id, token, n, created_at) VALUES (?, ?, ?, ?, ?)",
                 (seq, batch.batch_id, token, len(rows), now_ms),
             )
-            self._db.execute(
+            self._unbatched -= self._db.execute(
                 "UPDATE readings SET seq = ? WHERE id BETWEEN ? AND ? AND seq IS NULL AND id > ?",
                 (seq, rows[0][0], rows[-1][0], after_id),
-            )
+            ).rowcount
             self._c["last_seq"] = seq
             self._save_counters("last_seq", "quarantined")
         return PendingBatch(seq, batch.batch_id, token, len(rows))
@@ -375,10 +395,8 @@ class Buffer:
         if not seqs:
             return 0, 0
         marks = ",".join(str(int(s)) for s in seqs)
-        n, nbytes = self._db.execute(
-            f"SELECT count(*), coalesce(sum(size), 0) FROM readings WHERE seq IN ({marks})"
-        ).fetchone()
-        self._db.execute(f"DELETE FROM readings WHERE seq IN ({marks})")
+        sizes = self._db.execute(f"DELETE FROM readings WHERE seq IN ({marks}) RETURNING size").fetchall()
+        n, nbytes = len(sizes), sum(size for (size,) in sizes)
         self._db.execute(f"DELETE FROM batches WHERE seq IN ({marks})")
         self._rows -= n
         self._bytes -= nbytes
@@ -388,6 +406,12 @@ class Buffer:
     def max_id(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+
+    @property
+    def last_id(self) -> int:
+        """The highest reading id assigned so far (at least :meth:`max_id`; ids are never reused, so
+        "id > last_id" and "id > max_id()" select the same readings, now and later), without a query."""
+        return self._last_id
 
     def stats(self) -> BufferStats:
         with self._lock:
@@ -435,19 +459,29 @@ class Buffer:
 
     # ------------------------------------------------------------------ internals
     def _save_counters(self, *names: str) -> None:
-        self._db.executemany("UPDATE counters SET value = ? WHERE name = ?", [(self._c[n], n) for n in names])
+        """Write those of ``names`` whose value differs from the one committed (the rest already are)."""
+        c, saved = self._c, self._saved
+        rows = [(c[n], n) for n in names if saved.get(n) != c[n]]
+        if rows:
+            self._db.executemany("UPDATE counters SET value = ? WHERE name = ?", rows)
+            for v, n in rows:
+                saved[n] = v
 
     class _Tx:
-        __slots__ = ("db",)
+        __slots__ = ("buf",)
 
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        def __init__(self, buf: Buffer) -> None:
+            self.buf = buf
 
         def __enter__(self) -> None:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.buf._db.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, et: object, ev: object, tb: object) -> None:
-            self.db.execute("COMMIT" if et is None else "ROLLBACK")
+            if et is None:
+                self.buf._db.execute("COMMIT")
+                return
+            self.buf._db.execute("ROLLBACK")
+            self.buf._saved = {}  # what the database holds is unsure now: write every counter next time
 
     def _tx(self) -> Buffer._Tx:
-        return Buffer._Tx(self._db)
+        return Buffer._Tx(self)

@@ -55,27 +55,58 @@ def _stream_id(name: str) -> int:
     return h
 
 
+# hash01 = _u01(_mix(seed) ^ _stream_id(stream), i). The simulator samples every device every few
+# seconds: DevicePhysics keeps its seed's mix and uses the stream ids below, computed once, so a sample
+# costs about half the integer work (bit-identical values: tests/test_sim_physics_golden.py).
+def _u01(base: int, i: int) -> float:
+    """Uniform [0, 1) from ``base`` (seed mix ^ stream id) and ``i``: ``_mix(base ^ _mix(i))`` inlined."""
+    x = ((i & _MASK) + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    x = ((base ^ x ^ (x >> 31)) + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (x ^ (x >> 31)) / 2.0**64
+
+
+def _normal(base: int, i: int) -> float:
+    u1 = max(_u01(base, 2 * i), 1e-12)
+    u2 = _u01(base, 2 * i + 1)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def _smooth(base: int, t_ms: float, period_ms: float) -> float:
+    x = t_ms / period_ms
+    i = math.floor(x)
+    f = x - i
+    a = _u01(base, i) * 2.0 - 1.0
+    b = _u01(base, i + 1) * 2.0 - 1.0
+    w = (1.0 - math.cos(math.pi * f)) / 2.0
+    return a + (b - a) * w
+
+
 def hash01(seed: int, stream: str, i: int) -> float:
     """Deterministic uniform number in [0, 1) for (seed, stream, i)."""
-    return _mix(_mix(seed & _MASK) ^ _stream_id(stream) ^ (_mix(i & _MASK))) / 2.0**64
+    return _u01(_mix(seed & _MASK) ^ _stream_id(stream), i)
 
 
 def normal(seed: int, stream: str, i: int) -> float:
     """Deterministic standard normal number (Box-Muller on two hashes)."""
-    u1 = max(hash01(seed, stream, 2 * i), 1e-12)
-    u2 = hash01(seed, stream, 2 * i + 1)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    return _normal(_mix(seed & _MASK) ^ _stream_id(stream), i)
 
 
 def smooth(seed: int, stream: str, t_ms: float, period_ms: float) -> float:
     """Value noise in [-1, 1]: random lattice values every ``period_ms``, cosine-interpolated."""
-    x = t_ms / period_ms
-    i = math.floor(x)
-    f = x - i
-    a = hash01(seed, stream, i) * 2.0 - 1.0
-    b = hash01(seed, stream, i + 1) * 2.0 - 1.0
-    w = (1.0 - math.cos(math.pi * f)) / 2.0
-    return a + (b - a) * w
+    return _smooth(_mix(seed & _MASK) ^ _stream_id(stream), t_ms, period_ms)
+
+
+_S = {
+    name: _stream_id(name)
+    for name in (
+        "calibration", "signal_base", "cloud", "front", "front2", "temp_noise", "spread", "rh_noise",
+        "p1", "p2", "p3", "p_noise", "sig", "sig_noise", "sig_drop", "sig_drop_depth",
+    )
+}  # fmt: skip
 
 
 def clamp_field(name: str, value: float) -> float:
@@ -139,11 +170,15 @@ class DevicePhysics:
     _battery_t: int = field(init=False)
     _battery_pct: float = field(init=False)
     _signal_base: float = field(init=False)
+    _seed_mix: int = field(init=False)  # _mix(seed): what every hash of this device starts from
+    _tt_at: float = field(init=False, default=math.nan)  # the last true_temperature computed, and its time
+    _tt: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
+        self._seed_mix = _mix(self.seed & _MASK)
         # Per-device manufacturing spread: a calibration offset and a radio placement.
-        self.calibration_c = 0.3 * normal(self.seed, "calibration", 0)
-        self._signal_base = self.profile.signal_base_dbm + 8.0 * normal(self.seed, "signal_base", 0)
+        self.calibration_c = 0.3 * _normal(self._seed_mix ^ _S["calibration"], 0)
+        self._signal_base = self.profile.signal_base_dbm + 8.0 * _normal(self._seed_mix ^ _S["signal_base"], 0)
         self._battery_t = self.start_ms
         self._battery_pct = self.profile.battery_start_pct
 
@@ -158,23 +193,26 @@ class DevicePhysics:
         return max(0.0, math.sin(math.pi * (h - 6.0) / 12.0)) if 6.0 <= h <= 18.0 else 0.0
 
     def cloudiness(self, t_ms: float) -> float:
-        return 0.5 + 0.5 * smooth(self.seed, "cloud", t_ms, 5 * _HOUR_MS)
+        return 0.5 + 0.5 * _smooth(self._seed_mix ^ _S["cloud"], t_ms, 5 * _HOUR_MS)
 
     # --- fields ---------------------------------------------------------------------------------
 
     def true_temperature(self, t_ms: float) -> float:
         """Air temperature without sensor noise or calibration offset."""
+        if t_ms == self._tt_at:  # one sample asks three times (temperature, humidity, dew point)
+            return self._tt
         p = self.profile
         h = self.local_hour(t_ms)
         diurnal = p.diurnal_amplitude_c * math.cos(2.0 * math.pi * (h - 15.0) / 24.0)
         front = p.front_amplitude_c * (
-            0.7 * smooth(self.seed, "front", t_ms, 3 * _DAY_MS)
-            + 0.3 * smooth(self.seed, "front2", t_ms, _DAY_MS)
+            0.7 * _smooth(self._seed_mix ^ _S["front"], t_ms, 3 * _DAY_MS)
+            + 0.3 * _smooth(self._seed_mix ^ _S["front2"], t_ms, _DAY_MS)
         )
-        return p.temp_mean_c + diurnal + front
+        self._tt_at, self._tt = t_ms, p.temp_mean_c + diurnal + front
+        return self._tt
 
     def temperature(self, t_ms: int) -> float:
-        noise = self.profile.temp_noise_c * normal(self.seed, "temp_noise", t_ms)
+        noise = self.profile.temp_noise_c * _normal(self._seed_mix ^ _S["temp_noise"], t_ms)
         return clamp_field("temperature", self.true_temperature(t_ms) + noise + self.calibration_c)
 
     def dew_point(self, t_ms: float) -> float:
@@ -184,7 +222,7 @@ class DevicePhysics:
         daily_mean = self.true_temperature(t_ms) - p.diurnal_amplitude_c * math.cos(
             2.0 * math.pi * (self.local_hour(t_ms) - 15.0) / 24.0
         )
-        spread = p.dewpoint_spread_c * (1.0 + 0.5 * smooth(self.seed, "spread", t_ms, 18 * _HOUR_MS))
+        spread = p.dewpoint_spread_c * (1.0 + 0.5 * _smooth(self._seed_mix ^ _S["spread"], t_ms, 18 * _HOUR_MS))
         return daily_mean - max(spread, 0.5)
 
     def humidity(self, t_ms: int) -> float:
@@ -192,18 +230,18 @@ class DevicePhysics:
         t = self.true_temperature(t_ms)
         td = min(self.dew_point(t_ms), t)
         rh = 100.0 * math.exp(a * td / (b + td) - a * t / (b + t))
-        rh += 0.8 * normal(self.seed, "rh_noise", t_ms)
+        rh += 0.8 * _normal(self._seed_mix ^ _S["rh_noise"], t_ms)
         return min(max(rh, 3.0), 100.0)
 
     def pressure(self, t_ms: int) -> float:
         p = self.profile
         walk = (
-            0.55 * smooth(self.seed, "p1", t_ms, 4 * _DAY_MS)
-            + 0.30 * smooth(self.seed, "p2", t_ms, 30 * _HOUR_MS)
-            + 0.15 * smooth(self.seed, "p3", t_ms, 6 * _HOUR_MS)
+            0.55 * _smooth(self._seed_mix ^ _S["p1"], t_ms, 4 * _DAY_MS)
+            + 0.30 * _smooth(self._seed_mix ^ _S["p2"], t_ms, 30 * _HOUR_MS)
+            + 0.15 * _smooth(self._seed_mix ^ _S["p3"], t_ms, 6 * _HOUR_MS)
         )
         value = (
-            p.pressure_mean_hpa + p.pressure_amplitude_hpa * walk + 0.05 * normal(self.seed, "p_noise", t_ms)
+            p.pressure_mean_hpa + p.pressure_amplitude_hpa * walk + 0.05 * _normal(self._seed_mix ^ _S["p_noise"], t_ms)
         )
         # Soft bounds: stay within the weather range 980-1040 hPa.
         centre, half = 1010.0, 30.0
@@ -227,10 +265,10 @@ class DevicePhysics:
 
     def signal_strength(self, t_ms: int) -> float:
         slot = t_ms // 600_000
-        value = self._signal_base + 6.0 * smooth(self.seed, "sig", t_ms, 30 * 60_000)
-        value += 1.5 * normal(self.seed, "sig_noise", t_ms)
-        if hash01(self.seed, "sig_drop", slot) < self.profile.signal_drop_probability:
-            value -= 20.0 + 15.0 * hash01(self.seed, "sig_drop_depth", slot)
+        value = self._signal_base + 6.0 * _smooth(self._seed_mix ^ _S["sig"], t_ms, 30 * 60_000)
+        value += 1.5 * _normal(self._seed_mix ^ _S["sig_noise"], t_ms)
+        if _u01(self._seed_mix ^ _S["sig_drop"], slot) < self.profile.signal_drop_probability:
+            value -= 20.0 + 15.0 * _u01(self._seed_mix ^ _S["sig_drop_depth"], slot)
         return round(min(max(value, -125.0), -30.0), 1)
 
     def sample(self, t_ms: int, fields: tuple[str, ...]) -> dict[str, float]:

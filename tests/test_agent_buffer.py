@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.buffer import Buffer
 from iot_protocol import Reading, generate_private_key, open_batch, public_key_raw
@@ -177,3 +179,51 @@ def test_a_lean_buffer_keeps_what_a_default_one_keeps() -> None:
                 )
             )
         assert outs[0] == outs[1]
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(1, 4)),
+        st.tuples(st.just("seal"), st.integers(0, 2)),
+        st.tuples(st.just("ack"), st.integers(0, 3)),
+        st.tuples(st.just("quarantine"), st.integers(0, 3)),
+        st.tuples(st.just("reopen"), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS, overflow=st.sampled_from(["drop_oldest", "drop_newest"]))
+def test_what_the_buffer_keeps_in_memory_matches_its_database(ops: list[tuple[str, int]], overflow: str) -> None:
+    # The buffer answers some questions without SQLite (readings not yet sealed, the last reading id,
+    # the counters as committed): after any sequence of operations, a bound hit and a reopen, those
+    # answers are the database's, and a fresh cursor at last_id selects what one at max_id() does.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "b.db"
+        buf, n, sealed = Buffer(path, max_rows=5, overflow=overflow), 0, []
+        for op, k in ops:
+            if op == "add":
+                buf.add(readings(n, k))
+                n += k
+            elif op == "seal":
+                after = buf.last_id - k if k else 0
+                b = buf.next_batch("dev1", KEY, max_readings=3, now_ms=T0, after_id=max(0, after))
+                sealed += [b.seq] if b is not None else []
+            elif op == "ack" and sealed:
+                buf.ack([sealed.pop(k % len(sealed))])
+            elif op == "quarantine" and sealed:
+                buf.quarantine(sealed.pop(k % len(sealed)), "no_receipt", T0)
+            elif op == "reopen":
+                buf.close()
+                buf = Buffer(path, max_rows=5, overflow=overflow)
+            db = buf._db
+            assert buf._unbatched == db.execute("SELECT count(*) FROM readings WHERE seq IS NULL").fetchone()[0]
+            assert buf.last_id >= buf.max_id()
+            assert not db.execute(
+                "SELECT 1 FROM readings WHERE id > ? AND id <= ?", (buf.max_id(), buf.last_id)
+            ).fetchone()
+            assert dict(db.execute("SELECT name, value FROM counters").fetchall()) == buf.counters
+        buf.close()
