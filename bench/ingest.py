@@ -643,6 +643,8 @@ def main() -> None:
 
     out["ratio_batch50_to_influx"] = round(out["bridge_batch50_readings_per_s"] / out["influx_points_per_s"], 3)
     out["ratio_single_to_mosquitto"] = round(out["bridge_single_msgs_per_s"] / out["mosquitto_qos1_msgs_per_s"], 3)
+    out["targets"] = {k: f"{op} {lim}" for k, (op, lim) in TARGETS.items()}
+    out["meets_targets"] = meets_targets(out)
     width = max(len(r[0]) for r in rows)
     print(f"{'stage'.ljust(width)}  {'result':<40}  cores used per process")
     for a, b, c in rows:
@@ -650,9 +652,29 @@ def main() -> None:
     print(
         f"ratios: batch50/influx {out['ratio_batch50_to_influx']}, "
         f"single/mosquitto {out['ratio_single_to_mosquitto']}"
-        f" (targets >= 0.4 and >= 0.3); p99 {out['latency_p99_ms']} ms (target < 1000)"
+        f" (targets {TARGETS['ratio_batch50_to_influx'][0]} {TARGETS['ratio_batch50_to_influx'][1]}"
+        f" and {TARGETS['ratio_single_to_mosquitto'][0]} {TARGETS['ratio_single_to_mosquitto'][1]});"
+        f" p99 {out['latency_p99_ms']} ms (target < {TARGETS['latency_p99_ms'][1]:g});"
+        f" meets targets: {out['meets_targets']}"
     )
     print(orjson.dumps(out).decode())
+
+
+# Issue 20's targets, each a ratio to the raw reference measured in the same run (or a latency).
+TARGETS: dict[str, tuple[str, float]] = {
+    "ratio_single_to_mosquitto": (">=", 0.5),
+    "ratio_batch50_to_influx": (">=", 0.6),
+    "latency_p99_ms": ("<", 1000.0),
+}
+
+
+def meets_targets(out: dict[str, object]) -> bool:
+    """Whether every figure of ``out`` named in TARGETS meets its target."""
+    for key, (op, lim) in TARGETS.items():
+        value = float(out[key])  # type: ignore[arg-type]
+        if not (value >= lim if op == ">=" else value < lim):
+            return False
+    return True
 
 
 if __name__ == "__main__":
