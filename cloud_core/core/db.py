@@ -12,14 +12,23 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
-__all__ = ["create_all", "make_engine", "register_models", "session_scope"]
+__all__ = ["CONNECT_TIMEOUT_S", "create_all", "make_engine", "register_models", "session_scope"]
+
+#: How long a PostgreSQL connection attempt may take, start-up and authentication included, unless the
+#: URL says otherwise (``?connect_timeout=N``). libpq's own default is to wait for ever: a database
+#: host that drops packets (a firewall, a dead node) would hang the API, the bridge's writer and every
+#: ``iotctl`` command for the kernel's TCP retries (minutes) or, behind a proxy that accepts and never
+#: answers, indefinitely.
+CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str) -> Engine:
     """Engine for ``url``; ``postgresql://`` uses psycopg 3. Raises ValueError for other schemes."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        query = url.partition("?")[2]
+        connect_args = {} if "connect_timeout=" in query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
     if url.startswith("sqlite:///"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

@@ -122,7 +122,9 @@ def _migrate(db: str | None, action: str, revision: str | None = None) -> None:
     except migrate.SchemaError as exc:
         raise CliError(str(exc), exit_code=1) from None
     except SQLAlchemyError as exc:
-        raise CliError(f"cannot {action} {_redact(db_url)}: {_one_line(exc.orig or exc)}", exit_code=1) from None
+        doing = {"current": "read the schema revision of", "upgrade": "upgrade", "downgrade": "downgrade"}[action]
+        why = _one_line(exc.orig or exc)
+        raise CliError(f"cannot {doing} {_redact(db_url)}: {why}", exit_code=1) from None
     except Exception as exc:  # alembic's own errors (an unknown revision id): one line
         if type(exc).__module__.startswith("alembic"):
             raise CliError(f"cannot {action} to {revision!r}: {_one_line(exc)}") from None
