@@ -502,13 +502,21 @@ def run(args: argparse.Namespace, node: str, red: Path, prefix: Path) -> None:
     )
     out["targets"] = TARGETS
     out["meets_targets"] = bool(rounds) and all(min(out[k]) >= lim if out[k] else False for k, lim in TARGETS.items())
-    print(f"{'':<28}{'ours':>22}{'Node-RED':>22}{'ratio':>16}  target")
+    rows = [("", "ours", "Node-RED", "ratio", "target")]
     for kind, label in (("batch50", "50 readings/msg (readings/s)"), ("single", "1 reading/msg (readings/s)")):
-        print(
-            f"{label:<28}{', '.join(f'{v:,}' for v in out['ours'][kind]):>22}"
-            f"{', '.join(f'{v:,}' for v in out['peer'][kind]):>22}"
-            f"{', '.join(str(v) for v in out[f'ratio_{kind}_to_peer']):>16}  >= {TARGETS[f'ratio_{kind}_to_peer']}"
+        rows.append(
+            (
+                label,
+                ", ".join(f"{v:,}" for v in out["ours"][kind]),
+                ", ".join(f"{v:,}" for v in out["peer"][kind]),
+                ", ".join(str(v) for v in out[f"ratio_{kind}_to_peer"]),
+                f">= {TARGETS[f'ratio_{kind}_to_peer']}",
+            )
         )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        cells = [r[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(r[1:], widths[1:], strict=True))]
+        print("  ".join(cells))
     if "peer_influxdb_out_single" in out:
         o = out["peer_influxdb_out_single"]
         print(f"Node-RED influxdb out (per message, 1/msg): {o['stored']:,} of {o['expected']:,} stored")
