@@ -7,6 +7,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from .core.config import CloudSettings
 from .core.db import make_engine
 from .core.security import generate_token, hash_token
 
-__all__ = ["RunningApi", "running_api"]
+__all__ = ["RunningApi", "api_settings", "running_api"]
 
 
 @dataclass
@@ -69,6 +70,24 @@ class RunningApi:
                 return token
         finally:
             engine.dispose()
+
+
+def api_settings(broker: Any, topic_prefix: str, state_dir: Path, **overrides: Any) -> CloudSettings:
+    """Settings for an API under test on a dynamic-security Mosquitto (``broker``: the
+    ``mosquitto_dynsec`` fixture's server): its own service account and topic prefix, an in-memory
+    cache, and password hashing cheap enough for tests that sign many people in (``overrides`` win)."""
+    fields: dict[str, Any] = {
+        "state_dir": state_dir,
+        "mqtt_url": broker.url,
+        "mqtt_username": f"svc-{topic_prefix}",
+        "mqtt_admin_username": broker.admin_username,
+        "mqtt_admin_password": broker.admin_password,
+        "topic_prefix": topic_prefix,
+        "cache_url": f"memory://{topic_prefix}",
+        "password_time_cost": 1,
+        "password_memory_kib": 8192,
+    }
+    return CloudSettings(**{**fields, **overrides})
 
 
 @contextlib.contextmanager

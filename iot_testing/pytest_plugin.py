@@ -83,33 +83,22 @@ def _ensure_running(server: PostgresServer | RedisServer | InfluxServer) -> None
             pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def mosquitto() -> Iterator[MosquittoServer]:
-    """A shared Mosquitto, anonymous access allowed. Use ``topic_prefix`` to keep tests apart."""
-    server = _start(MosquittoServer)
+def _shared(make: Callable[[], S]) -> Iterator[S]:
+    """A session fixture's body: one started server, closed at the end of the run."""
+    server = _start(make)
     try:
         yield server
     finally:
-        server.close()
+        server.close()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
-def mosquitto_dynsec() -> Iterator[MosquittoServer]:
-    """A shared Mosquitto with dynamic security: anonymous refused, admin in ``.admin_username/_password``."""
-    server = _start(lambda: MosquittoServer(dynsec=True))
-    try:
-        yield server
-    finally:
-        server.close()
+def _private(build: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """A factory fixture's body: ``make(*args, **kw)`` starts ``build(*args, **kw)``; every server it
+    made is stopped and removed after the test."""
+    made: list[S] = []
 
-
-@pytest.fixture
-def mosquitto_factory() -> Iterator[Callable[..., MosquittoServer]]:
-    """``make(dynsec=False, **conf)``: a private started broker, stopped and removed after the test."""
-    made: list[MosquittoServer] = []
-
-    def make(dynsec: bool = False, **conf: Any) -> MosquittoServer:
-        server = _start(lambda: MosquittoServer(dynsec=dynsec, **conf))
+    def make(*args: Any, **kw: Any) -> S:
+        server = _start(lambda: build(*args, **kw))
         made.append(server)
         return server
 
@@ -118,17 +107,31 @@ def mosquitto_factory() -> Iterator[Callable[..., MosquittoServer]]:
     finally:
         for server in made:
             with contextlib.suppress(Exception):
-                server.close()
+                server.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A shared Mosquitto, anonymous access allowed. Use ``topic_prefix`` to keep tests apart."""
+    yield from _shared(MosquittoServer)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_dynsec() -> Iterator[MosquittoServer]:
+    """A shared Mosquitto with dynamic security: anonymous refused, admin in ``.admin_username/_password``."""
+    yield from _shared(lambda: MosquittoServer(dynsec=True))
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[Callable[..., MosquittoServer]]:
+    """``make(dynsec=False, **conf)``: a private started broker, stopped and removed after the test."""
+    yield from _private(MosquittoServer)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A shared PostgreSQL (initdb once per session); superuser ``postgres``, trust auth."""
-    server = _start(PostgresServer)
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _shared(PostgresServer)
 
 
 @pytest.fixture
@@ -147,47 +150,19 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
     """``make()``: a private started PostgreSQL (for outage tests), stopped and removed after the test."""
-    made: list[PostgresServer] = []
-
-    def make() -> PostgresServer:
-        server = _start(PostgresServer)
-        made.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in made:
-            with contextlib.suppress(Exception):
-                server.close()
+    yield from _private(PostgresServer)
 
 
 @pytest.fixture
 def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     """``make(appendonly=False)``: a private started redis-server (for outage tests), removed after the test."""
-    made: list[RedisServer] = []
-
-    def make(appendonly: bool = False) -> RedisServer:
-        server = _start(lambda: RedisServer(appendonly=appendonly))
-        made.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in made:
-            with contextlib.suppress(Exception):
-                server.close()
+    yield from _private(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A shared redis-server (no persistence)."""
-    server = _start(RedisServer)
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _shared(RedisServer)
 
 
 @pytest.fixture
@@ -201,11 +176,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 def influxdb() -> Iterator[InfluxServer]:
     """A shared influxd 1.x, auth off."""
-    server = _start(InfluxServer)
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _shared(InfluxServer)
 
 
 @pytest.fixture
@@ -224,19 +195,7 @@ def influx_url(influxdb: InfluxServer) -> Iterator[str]:
 @pytest.fixture
 def influx_factory() -> Iterator[Callable[[], InfluxServer]]:
     """``make()``: a private started influxd (for outage tests), stopped and removed after the test."""
-    made: list[InfluxServer] = []
-
-    def make() -> InfluxServer:
-        server = _start(InfluxServer)
-        made.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in made:
-            with contextlib.suppress(Exception):
-                server.close()
+    yield from _private(InfluxServer)
 
 
 @pytest.fixture

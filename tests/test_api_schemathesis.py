@@ -28,8 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cloud_core.core.config import CloudSettings
-from cloud_core.testing import RunningApi, running_api
+from cloud_core.testing import RunningApi, api_settings, running_api
 from iot_testing import soak_scale
 
 pytestmark = pytest.mark.integration
@@ -44,16 +43,10 @@ def live(
 ) -> Iterator[tuple[RunningApi, dict[str, str | None]]]:
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
     prefix = "st_" + os.urandom(5).hex()
-    settings_ = CloudSettings(
-        state_dir=tmp / "state",
-        mqtt_url=mosquitto_dynsec.url,
-        mqtt_username=f"svc-{prefix}",
-        mqtt_admin_username=mosquitto_dynsec.admin_username,
-        mqtt_admin_password=mosquitto_dynsec.admin_password,
-        topic_prefix=prefix,
-        cache_url=f"memory://{prefix}",
-        password_time_cost=1,
-        password_memory_kib=8192,
+    settings_ = api_settings(
+        mosquitto_dynsec,
+        prefix,
+        tmp / "state",
         login_max_per_user_address=1_000_000,
         login_max_per_user=1_000_000,
         login_max_per_address=1_000_000,

@@ -24,10 +24,9 @@ from sqlmodel import Session
 
 from cloud_core.analytics.models import Anomaly
 from cloud_core.api.deps import Requirement, api_routes, declared_requirement
-from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
 from cloud_core.rollouts import RolloutSettings
-from cloud_core.testing import RunningApi, running_api
+from cloud_core.testing import RunningApi, api_settings, running_api
 from iot_protocol import generate_private_key, public_key_b64
 
 pytestmark = pytest.mark.integration
@@ -104,19 +103,13 @@ class World:
 
 @pytest.fixture
 def world(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[World]:
-    settings = CloudSettings(
-        state_dir=tmp_path / "state",
-        mqtt_url=mosquitto_dynsec.url,
-        mqtt_username=f"svc-{topic_prefix}",
-        mqtt_admin_username=mosquitto_dynsec.admin_username,
-        mqtt_admin_password=mosquitto_dynsec.admin_password,
-        topic_prefix=topic_prefix,
-        cache_url=f"memory://{topic_prefix}",
+    settings = api_settings(
+        mosquitto_dynsec,
+        topic_prefix,
+        tmp_path / "state",
         login_max_per_user_address=10_000,
         login_max_per_user=10_000,
         login_max_per_address=10_000,
-        password_time_cost=1,
-        password_memory_kib=8192,
     )
     # No rollout engine: the rollouts the samples make stay in the state they were made in.
     with running_api(settings, rollouts=RolloutSettings(engine=False)) as api:

@@ -20,10 +20,9 @@ from sqlmodel import Session, col, func, select
 
 from broker_bridge import Bridge, BridgeSettings
 from broker_bridge.testing import make_batch, sealed
-from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
 from cloud_core.models import RejectedMessage
-from cloud_core.testing import RunningApi, running_api
+from cloud_core.testing import RunningApi, api_settings, running_api
 from cloud_core.tsdb import open_tsdb
 from iot_protocol import Topics, decode_receipt, generate_private_key, public_key_b64
 from iot_testing import wait_for
@@ -81,17 +80,7 @@ def connect(url: str, username: str, password: str, client_id: str = "") -> Clie
 def school(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[tuple[RunningApi, Bridge]]:
     state = tmp_path / "state"
     cache = f"memory://{topic_prefix}"
-    settings = CloudSettings(
-        state_dir=state,
-        mqtt_url=mosquitto_dynsec.url,
-        mqtt_username=f"svc-{topic_prefix}",
-        mqtt_admin_username=mosquitto_dynsec.admin_username,
-        mqtt_admin_password=mosquitto_dynsec.admin_password,
-        topic_prefix=topic_prefix,
-        cache_url=cache,
-        password_time_cost=1,
-        password_memory_kib=8192,
-    )
+    settings = api_settings(mosquitto_dynsec, topic_prefix, state, cache_url=cache)
     with running_api(settings) as api:
         bridge_settings = BridgeSettings(
             mqtt_url=mosquitto_dynsec.url,

@@ -19,10 +19,9 @@ import pytest
 from sqlmodel import Session
 
 from cloud_core.console import GroundTruth, score_run
-from cloud_core.core.config import CloudSettings
 from cloud_core.core.db import make_engine
 from cloud_core.models import BatchLedger, Device, RejectedMessage
-from cloud_core.testing import RunningApi, running_api
+from cloud_core.testing import RunningApi, api_settings, running_api
 from cloud_core.tsdb import Point, open_tsdb
 
 pytestmark = pytest.mark.integration
@@ -32,17 +31,7 @@ PASSWORD = "console password 1"
 
 @pytest.fixture
 def api(mosquitto_dynsec: Any, topic_prefix: str, tmp_path: Path) -> Iterator[RunningApi]:
-    settings = CloudSettings(
-        state_dir=tmp_path / "state",
-        mqtt_url=mosquitto_dynsec.url,
-        mqtt_username=f"svc-{topic_prefix}",
-        mqtt_admin_username=mosquitto_dynsec.admin_username,
-        mqtt_admin_password=mosquitto_dynsec.admin_password,
-        topic_prefix=topic_prefix,
-        cache_url=f"memory://{topic_prefix}",
-        password_time_cost=1,
-        password_memory_kib=8192,
-    )
+    settings = api_settings(mosquitto_dynsec, topic_prefix, tmp_path / "state")
     with running_api(settings) as running:
         yield running
 

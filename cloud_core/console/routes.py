@@ -10,7 +10,6 @@ import itertools
 import mimetypes
 import secrets
 import threading
-from dataclasses import asdict
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -29,7 +28,7 @@ from ..services.errors import Conflict, InvalidInput
 from .fleet import FleetView, fleet_view
 from .live import live_events
 from .settings import ConsoleSettings
-from .simulator import RunAccess, RunStatus, Simulator, SimulatorRefused, score_run
+from .simulator import RunAccess, RunStatus, ScenarioInfo, Simulator, SimulatorRefused, score_run
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -163,19 +162,9 @@ async def live(
 # ---- the simulator -----------------------------------------------------------------------------------
 
 
-class ScenarioPublic(BaseModel):
-    name: str
-    title: str
-    description: str
-    devices: int
-    duration_s: float
-    speed: float
-    events: int
-
-
 class Catalogue(BaseModel):
     available: bool = Field(description="False: this platform runs no simulator (only 'iotctl up' does).")
-    scenarios: list[ScenarioPublic]
+    scenarios: list[ScenarioInfo]
 
 
 class RunStart(BaseModel):
@@ -247,7 +236,7 @@ def scenarios(request: Request, _p: Annotated[Principal, Depends(require(P.READ_
     sim = _simulator(request)
     if sim is None:
         return Catalogue(available=False, scenarios=[])
-    return Catalogue(available=True, scenarios=[ScenarioPublic(**asdict(s)) for s in sim.catalogue()])
+    return Catalogue(available=True, scenarios=list(sim.catalogue()))
 
 
 @router.post("/v1/console/simulations", response_model=RunPublic, status_code=201)
