@@ -29,6 +29,7 @@ import contextlib
 import http.client
 import os
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker_bridge.testing import ReceiptCollector, make_batch, register_devices  # noqa: E402
+from cloud_core.broker.mosquitto_process import preexec_for  # noqa: E402
 from cloud_core.core.db import make_engine  # noqa: E402
 from cloud_core.tsdb import open_tsdb  # noqa: E402
 from cloud_core.tsdb.base import Point  # noqa: E402
@@ -218,6 +220,7 @@ def bench_mosquitto(n: int) -> tuple[float, dict[str, float]]:
                 "bench-sub",
             ],
             stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_us(),
         )
         time.sleep(0.5)
         line = b"x" * 199 + b"\n"
@@ -237,6 +240,7 @@ def bench_mosquitto(n: int) -> tuple[float, dict[str, float]]:
                 "bench-pubraw",
             ],
             stdin=subprocess.PIPE,
+            preexec_fn=die_with_us(),
         )
         meter = CpuMeter({"mosquitto": broker.pid or 0, "mosquitto_pub": pub.pid, "mosquitto_sub": sub.pid})
         t0 = time.monotonic()
@@ -297,6 +301,12 @@ def bench_influx(influx: InfluxServer, n_points: int) -> tuple[float, dict[str, 
 
 
 # ---------------------------------------------------------------------------------- (c) bridge
+def die_with_us() -> Callable[[], None]:
+    """A ``preexec_fn``: the child is killed when this benchmark dies, even by kill -9 (no orphans
+    left loading the machine for the next run)."""
+    return preexec_for(None, signal.SIGKILL, os.getpid())
+
+
 class Bridges:
     """``iotctl bridge run`` subprocesses on one shared subscription."""
 
@@ -309,7 +319,13 @@ class Bridges:
             log = open(log_dir / f"bridge{i}.log", "ab")  # noqa: SIM115 - closed with the process
             e = {**env, "EDU_BRIDGE_CLIENT_ID": f"bench-bridge-{i}", "EDU_BRIDGE_METRICS_PORT": str(port)}
             self.procs.append(
-                subprocess.Popen([iotctl, "bridge", "run", "--log-level", "WARNING"], env=e, stdout=log, stderr=log)
+                subprocess.Popen(
+                    [iotctl, "bridge", "run", "--log-level", "WARNING"],
+                    env=e,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=die_with_us(),
+                )
             )
             self.ports.append(port)
 
