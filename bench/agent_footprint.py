@@ -132,6 +132,8 @@ def bench_agent(tmp: Path, duration: float) -> dict[str, float]:
         "duration_s": round(wall1 - wall0, 1),
         "readings_stored": stored,
         "pydantic_loaded": "pydantic_core" in maps,
+        # what the replay of the agent's imports must refuse too (the agent hides them on plain MQTT)
+        "libraries_not_mapped": [lib for lib in ("libcrypto", "libssl") if lib not in maps],
     }
 
 
@@ -174,10 +176,9 @@ class Meter(importlib.abc.MetaPathFinder):
         except (AttributeError, TypeError):
             pass
         return spec
-mods = json.loads(sys.stdin.read())
-for lib in ("ssl", "_ssl", "_hashlib"):  # what the agent refused to load (edge_agent.agent._paho)
-    if lib not in mods:
-        sys.modules[lib] = None
+mods, refused = json.loads(sys.stdin.read())
+for lib in refused:  # what the agent refused to load (edge_agent.agent._paho): the same here
+    sys.modules[lib] = None
 base = rss()
 sys.meta_path.insert(0, Meter())
 for m in mods:
@@ -191,12 +192,19 @@ print(json.dumps([["(interpreter, site)", base]] + sorted(own.items(), key=lambd
 """
 
 
-def import_breakdown(importtime_log: str) -> tuple[list[tuple[str, float]], dict[str, float]]:
+# The shared libraries the agent keeps out on plain MQTT, and the modules that would map them.
+_MAPS_LIBRARY = {"libcrypto": ("_hashlib",), "libssl": ("ssl", "_ssl")}
+
+
+def import_breakdown(importtime_log: str, not_mapped: list[str]) -> tuple[list[tuple[str, float]], dict[str, float]]:
     """RSS (MB) each module the agent imported adds on its own, and per top-level package.
 
     The modules ``-X importtime`` saw the agent import are imported again, in the same order, in a
     fresh interpreter that measures RSS around each module's own code less what its imports added
-    (a shared library is charged to the first module that loads it: libcrypto to ``_hashlib``)."""
+    (a shared library is charged to the first module that loads it: libcrypto to ``_hashlib``).
+    ``not_mapped``: the libraries the running agent never mapped (``libcrypto``, ``libssl``); the
+    modules that would map them are refused in the replay as the agent refused them (``-X importtime``
+    lists a module whose import was refused as well, so the list alone cannot tell)."""
     # `iotctl agent run` checks the settings, then execs `python -m edge_agent.agent` (same pid, its
     # peak RSS starts again): only the last interpreter's imports are the agent's.
     mods: list[str] = []
@@ -205,8 +213,13 @@ def import_breakdown(importtime_log: str) -> tuple[list[tuple[str, float]], dict
             mods = []
         if line.startswith("import time:") and not line.rstrip().endswith("imported package"):
             mods.append(line.rsplit("|", 1)[1].strip())
+    refused = [m for lib, mods_of in _MAPS_LIBRARY.items() if lib in not_mapped for m in mods_of]
     r = subprocess.run(
-        [sys.executable, "-c", _REPLAY], input=json.dumps(mods), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _REPLAY],
+        input=json.dumps([mods, refused]),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     rows = [(m, kb / 1024) for m, kb in json.loads(r.stdout)]
     by_pkg: dict[str, float] = {}
@@ -227,7 +240,7 @@ def main() -> None:
         result = {**bench_agent(tmp, args.duration), **bench_buffer(tmp, args.readings)}
         log = (tmp / "agent.stderr").read_text(errors="replace")
         Path(os.environ.get("AGENT_IMPORTTIME_LOG", "/dev/null")).write_text(log)
-        rows, by_pkg = import_breakdown(log)
+        rows, by_pkg = import_breakdown(log, result["libraries_not_mapped"])
     print("RSS by import (MB, each module alone, in the agent's import order; largest):")
     for m, mb in sorted(rows, key=lambda r: -r[1])[:15]:
         print(f"  {m:<50} {mb:6.2f}")
