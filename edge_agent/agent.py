@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -481,11 +482,20 @@ def _paho(*, tls: bool) -> Any:
         hide = [] if tls else [m for m in ("ssl", "_hashlib") if m not in sys.modules]
         for name in hide:
             sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
+        # paho imports urllib.request (with http.client, email and tempfile: ~1 MB) only for its
+        # proxy lookup, which it skips without PySocks: then a stand-in serves its import statement.
+        stub = "urllib.request" not in sys.modules and importlib.util.find_spec("socks") is None
+        if stub:
+            import types
+
+            sys.modules["urllib.request"] = types.ModuleType("urllib.request", "paho's import only")
         try:
             mod = importlib.import_module("paho.mqtt.client")
         finally:
             for name in hide:
                 del sys.modules[name]
+            if stub:
+                del sys.modules["urllib.request"]  # enrollment's later import gets the real module
         if mod.ssl is None:
             import types
 

@@ -77,13 +77,14 @@ open_batch(token, topic_device="dev-1", public_key=public_key_raw(ident.key))
 @pytest.mark.integration
 def test_plain_mqtt_loads_neither_libssl_nor_libcrypto_and_paho_still_works(mosquitto: MosquittoServer) -> None:
     # paho imports ssl and hashlib at the top (about 4.5 MB); on mqtt:// the agent refuses both, and
-    # paho's socket code must still work: non-blocking reads raise BlockingIOError all the time
+    # paho's socket code must still work: non-blocking reads raise BlockingIOError all the time.
+    # urllib.request (http.client, email: ~1 MB) serves only paho's proxy lookup, dead without PySocks
     code = f"""
 import sys, threading
 from edge_agent.agent import _paho
 mqtt = _paho(tls=False)
 from paho.mqtt.enums import CallbackAPIVersion
-loaded = [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules]
+loaded = [m for m in ("ssl", "_ssl", "_hashlib", "urllib.request", "http.client", "email") if m in sys.modules]
 got = threading.Event()
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-no-ssl", protocol=mqtt.MQTTv5)
 c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("nossl/echo", qos=1)
@@ -96,6 +97,8 @@ c.loop_stop()
 import hashlib
 assert hashlib.sha256(b"abc").hexdigest().startswith("ba7816bf"), "built-in sha256"
 assert _paho(tls=True).ssl is __import__("ssl"), "mqtts later gets the real module"
+import urllib.request
+assert callable(urllib.request.urlopen), "enrollment later gets the real urllib.request"
 print(ok, loaded)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
