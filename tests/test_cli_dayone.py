@@ -165,3 +165,24 @@ def test_up_network_options_are_checked_before_anything_starts(tmp_path: Path, a
     assert "Traceback" not in out.stderr
     assert message in out.stderr
     assert not (tmp_path / "s" / "up.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "2", "--duration", "forever"], "bad duration 'forever'"),
+        (["--devices", "2", "--speed", "0"], "simulation.speed: Input should be greater than 0"),
+        (["--devices", "2", "--interval", "0s"], "sampling_interval: Input should be greater than or equal to 0.05"),
+        (["--scenario", "no-such-scenario.toml"], "scenario file no-such-scenario.toml does not exist"),
+    ],
+)
+def test_sim_run_names_a_bad_argument_before_looking_for_the_platform(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A student's typo in ``sim run`` was answered "no platform is running" when none ran: the run's own
+    arguments are checked first, so the error names what was wrong."""
+    out = iotctl("sim", "run", *args, "--state-dir", str(tmp_path / "empty"))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr
+    assert "no platform is running" not in out.stderr

@@ -162,28 +162,7 @@ def run(
         fleet_name = f"sim-{secrets.token_hex(2)}"
     elif not _FLEET_RE.match(fleet_name):
         raise CliError(f"bad --fleet {fleet_name!r}: use 1-32 of A-Z a-z 0-9 _ -")
-    profile = current_profile()
-    if api is None and db is None and broker is None and profile is not None:
-        api = profile.api  # signed in ('iotctl login'): that platform, as you
-        print(f"using your 'iotctl login' profile {profile.name!r}: API {api} as {profile.username}", file=sys.stderr)
-    if api is None and db is None and broker is None:
-        found = require_platform("or pass --api URL --token T (another machine's platform) or --broker URL")
-        api = found.api_url
-        if not admin_token:
-            try:
-                admin_token = (found.state_dir / "admin.token").read_text().strip()
-            except OSError as exc:
-                raise CliError(f"cannot read the admin token in {found.state_dir}: {exc.strerror}") from None
-        print(f"using the platform 'iotctl up' runs (pid {found.pid}): API {api}", file=sys.stderr)
-    if api is not None and not admin_token and profile is not None:
-        admin_token = resolve_token(None, api)  # the profile's access token (refreshed), when it is for this API
-    if api is not None and not admin_token:
-        raise CliError("--api needs --token (or IOTCTL_TOKEN), or 'iotctl login --api URL' first, to register devices")
-    ca_file = ca if ca is not None else _platform_ca(api)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    try:  # the run's own arguments first: a typo is told as such, platform or not
         if scenario is not None:
             sc = load_scenario(scenario)
             data = sc.model_dump(mode="json", exclude_unset=True)
@@ -216,6 +195,30 @@ def run(
                 f"(the run then ends when it finishes) or set it no later than {_iso(plan.start_ms - ahead)}"
             )
         keys = {d.device_id: device_key(sc.simulation.seed, d.device_id) for d in plan.devices}
+    except (SimError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    profile = current_profile()
+    if api is None and db is None and broker is None and profile is not None:
+        api = profile.api  # signed in ('iotctl login'): that platform, as you
+        print(f"using your 'iotctl login' profile {profile.name!r}: API {api} as {profile.username}", file=sys.stderr)
+    if api is None and db is None and broker is None:
+        found = require_platform("or pass --api URL --token T (another machine's platform) or --broker URL")
+        api = found.api_url
+        if not admin_token:
+            try:
+                admin_token = (found.state_dir / "admin.token").read_text().strip()
+            except OSError as exc:
+                raise CliError(f"cannot read the admin token in {found.state_dir}: {exc.strerror}") from None
+        print(f"using the platform 'iotctl up' runs (pid {found.pid}): API {api}", file=sys.stderr)
+    if api is not None and not admin_token and profile is not None:
+        admin_token = resolve_token(None, api)  # the profile's access token (refreshed), when it is for this API
+    if api is not None and not admin_token:
+        raise CliError("--api needs --token (or IOTCTL_TOKEN), or 'iotctl login --api URL' first, to register devices")
+    ca_file = ca if ca is not None else _platform_ca(api)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
         credentials = None
         if api is not None:
             assert admin_token is not None
