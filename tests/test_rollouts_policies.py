@@ -240,7 +240,10 @@ def test_cli_tags_pause_resume_status_and_one_line_errors(env: Env) -> None:
         (["rollout", "create", "--target", "tag:pilot"], "give --config key=value"),
         (["rollout", "create", "--target", "shelf:3", "--config", "a=1"], "bad --target 'shelf:3'"),
         (["rollout", "create", "--target", "tag:pilot", "--config", "batch_max_readings=0"], "must be >= 1"),
-        (["rollout", "create", "--target", "tag:nobody", "--config", "batch_max_readings=5"], "matches no device"),
+        (
+            ["rollout", "create", "--target", "tag:nobody", "--config", "batch_max_readings=5"],
+            "the target tag:nobody matches no device",
+        ),
         (["rollout", "create", "--target", "tag:pilot", "--config", "a=1", "--waves", "50%"], "must reach 100%"),
         (["rollout", "create", "--target", "tag:pilot", "--config", "a=1", "--abort-if", "lots"], "bad --abort-if"),
         (["rollout", "status", "999"], "no rollout #999"),

@@ -42,6 +42,10 @@ class Target:
     def __bool__(self) -> bool:
         return any(getattr(self, k) for k in KINDS)
 
+    def describe(self) -> str:
+        """The selectors as ``--target`` spells them: ``type:rpi tag:pilot,lab``."""
+        return " ".join(f"{k[:-1]}:{','.join(getattr(self, k))}" for k in KINDS if getattr(self, k))
+
 
 def _names(kind: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
@@ -137,8 +141,8 @@ def resolve(session: Session, target: Target) -> list[str]:
             )
         ids.update(resolver(session, names))
     if not ids:
-        raise RolloutInvalid(f"the target {target.to_dict()} matches no device")
+        raise RolloutInvalid(f"the target {target.describe()} matches no device")
     active = session.exec(select(Device.id).where(col(Device.id).in_(ids), Device.status == "active")).all()
     if not active:
-        raise RolloutInvalid(f"the target {target.to_dict()} matches no active (enrolled) device")
+        raise RolloutInvalid(f"the target {target.describe()} matches no active (enrolled) device")
     return sorted(active)
