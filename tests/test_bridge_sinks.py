@@ -5,11 +5,16 @@ is down they are held (up to ``receipts_held_max``) and go out once it is back."
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
 from broker_bridge import Bridge, BridgeSettings
@@ -54,6 +59,53 @@ class StreamReader:
                 self.readings.extend(parse_entry(fields))
                 self.seqs.extend(orjson.loads(fields["seqs"]))
         return self
+
+
+@dataclass
+class PgOutage:
+    """What the PostgreSQL-outage tests share: a private PostgreSQL (``postgres_factory``: stopped and
+    started by the test), its database with device ``a`` registered, the time-series store, and a
+    receipt collector and a publisher on the broker (open them with :meth:`clients`)."""
+
+    broker: Any
+    pg: PostgresServer
+    engine: Engine
+    keys: dict[str, Any]
+    topics: Topics
+    store: Any
+    settings: BridgeSettings
+
+    @contextlib.contextmanager
+    def clients(self) -> Iterator[tuple[ReceiptCollector, Publisher]]:
+        rc = ReceiptCollector(self.broker.host, self.broker.port, self.topics)
+        pub = Publisher(self.broker.host, self.broker.port)
+        try:
+            yield rc, pub
+        finally:
+            pub.close()
+            rc.close()
+
+
+@pytest.fixture
+def pg_outage(mosquitto_factory, postgres_factory, influx_url, topic_prefix) -> Iterator[PgOutage]:
+    broker = mosquitto_factory(**LIMITS)
+    pg = postgres_factory()
+    db_url = pg.create_database("bridge")
+    engine = make_engine(db_url)
+    store = open_tsdb(influx_url)
+    try:
+        yield PgOutage(
+            broker,
+            pg,
+            engine,
+            register_devices(engine, ["a"]),
+            Topics(topic_prefix),
+            store,
+            _settings(broker, db_url, influx_url, "memory://", topic_prefix),
+        )
+    finally:
+        store.close()
+        engine.dispose()
 
 
 def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url, influx_url, topic_prefix) -> None:
@@ -104,150 +156,104 @@ def test_redis_down_readings_flow_and_cache_catches_up(mosquitto_factory, pg_url
         redis.close()
 
 
-def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(
-    mosquitto_factory, influx_url, topic_prefix
-) -> None:
-    broker = mosquitto_factory(**LIMITS)
-    pg = PostgresServer()
-    pg.start()
-    try:
-        db_url = pg.create_database("bridge")
-        engine = make_engine(db_url)
-        keys = register_devices(engine, ["a"])
-        topics = Topics(topic_prefix)
-        store = open_tsdb(influx_url)
-        with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
-            bridge.wait_ready()
-            rc = ReceiptCollector(broker.host, broker.port, topics)
-            pub = Publisher(broker.host, broker.port)
+def test_postgres_down_readings_flow_receipts_wait_and_bookkeeping_catches_up(pg_outage: PgOutage) -> None:
+    o = pg_outage
+    pg, engine, keys, topics, store = o.pg, o.engine, o.keys, o.topics, o.store
+    with Bridge(o.settings) as bridge, o.clients() as (rc, pub):
+        bridge.wait_ready()
 
-            def send(seqs: range) -> None:
-                for seq in seqs:
-                    pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
-                pub.wait_acked()
-
-            send(range(0, 1))  # the writer's ledger connection is open when the server goes away
-            wait_for(lambda: len(rc.stored("a")) == 1, 20, what="first receipt")
-            pg.stop()  # the registry snapshot (a's key) keeps serving
-            send(range(1, 11))
-            pub.publish(topics.telemetry("a"), b"garbage")
+        def send(seqs: range) -> None:
+            for seq in seqs:
+                pub.publish(topics.telemetry("a"), sealed(make_batch("a", seq, 5), keys["a"]))
             pub.wait_acked()
-            wait_for(lambda: store.count() == 55, 30, what="55 points while PostgreSQL is down")
-            wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
-            wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
-            # stored, acknowledged, but not receipted: the ledger rows (replay state) are not durable yet
-            assert bridge.metrics.receipts_held._value.get() == 10
-            assert rc.stored("a") == {("a", 0)}
-            assert bridge.metrics.sink_up.labels("ledger")._value.get() == 0
-            pg.start()
-            engine.dispose()
-            wait_for(lambda: len(rc.stored("a")) == 11, 30, what="the held receipts once PostgreSQL is back")
-            assert bridge.metrics.receipts_held._value.get() == 0
 
-            def caught_up() -> bool:
-                with Session(engine) as s:
-                    ledger = s.exec(select(func.count()).select_from(BatchLedger)).one()
-                    dead = s.exec(select(func.count()).select_from(RejectedMessage)).one()
-                    seen = s.get(Device, "a").last_seen
-                return ledger == 11 and dead == 1 and seen is not None
-
-            wait_for(caught_up, 30, interval=0.3, what="ledger, dead letter and last_seen written")
-            # the writer's ledger lookups work again (a new connection), without another failure
-            failures = bridge.metrics.write_failures.labels("ledger_lookup")._value.get()
-            assert failures >= 1
-            send(range(11, 14))
-            wait_for(lambda: len(rc.stored("a")) == 14, 20, what="receipts after PostgreSQL is back")
-            assert bridge.metrics.write_failures.labels("ledger_lookup")._value.get() == failures
-            assert store.count() == 70
-            pub.close()
-            rc.close()
-        store.close()
+        send(range(0, 1))  # the writer's ledger connection is open when the server goes away
+        wait_for(lambda: len(rc.stored("a")) == 1, 20, what="first receipt")
+        pg.stop()  # the registry snapshot (a's key) keeps serving
+        send(range(1, 11))
+        pub.publish(topics.telemetry("a"), b"garbage")
+        pub.wait_acked()
+        wait_for(lambda: store.count() == 55, 30, what="55 points while PostgreSQL is down")
+        wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
+        wait_for(lambda: not bridge.effects.db_ok, 10, what="DB failure noticed")
+        # stored, acknowledged, but not receipted: the ledger rows (replay state) are not durable yet
+        assert bridge.metrics.receipts_held._value.get() == 10
+        assert rc.stored("a") == {("a", 0)}
+        assert bridge.metrics.sink_up.labels("ledger")._value.get() == 0
+        pg.start()
         engine.dispose()
-    finally:
-        pg.close()
+        wait_for(lambda: len(rc.stored("a")) == 11, 30, what="the held receipts once PostgreSQL is back")
+        assert bridge.metrics.receipts_held._value.get() == 0
+
+        def caught_up() -> bool:
+            with Session(engine) as s:
+                ledger = s.exec(select(func.count()).select_from(BatchLedger)).one()
+                dead = s.exec(select(func.count()).select_from(RejectedMessage)).one()
+                seen = s.get(Device, "a").last_seen
+            return ledger == 11 and dead == 1 and seen is not None
+
+        wait_for(caught_up, 30, interval=0.3, what="ledger, dead letter and last_seen written")
+        # the writer's ledger lookups work again (a new connection), without another failure
+        failures = bridge.metrics.write_failures.labels("ledger_lookup")._value.get()
+        assert failures >= 1
+        send(range(11, 14))
+        wait_for(lambda: len(rc.stored("a")) == 14, 20, what="receipts after PostgreSQL is back")
+        assert bridge.metrics.write_failures.labels("ledger_lookup")._value.get() == failures
+        assert store.count() == 70
 
 
-def test_postgres_down_held_receipts_are_bounded_and_the_dropped_batches_resent(
-    mosquitto_factory, influx_url, topic_prefix
-) -> None:
+def test_postgres_down_held_receipts_are_bounded_and_the_dropped_batches_resent(pg_outage: PgOutage) -> None:
     """Beyond ``receipts_held_max`` held receipts the oldest are given up (their rows forgotten, counted
     in ``bridge_ledger_rows_dropped_total``): the device resends those batches, which are stored again
     (idempotently) and receipted once PostgreSQL is back; the ledger holds each batch exactly once."""
-    broker = mosquitto_factory(**LIMITS)
-    pg = PostgresServer()
-    pg.start()
-    try:
-        db_url = pg.create_database("bridge")
-        engine = make_engine(db_url)
-        keys = register_devices(engine, ["a"])
-        topics = Topics(topic_prefix)
-        store = open_tsdb(influx_url)
-        settings = _settings(broker, db_url, influx_url, "memory://", topic_prefix).model_copy(
-            update={"receipts_held_max": 5}
-        )
-        batches = {seq: sealed(make_batch("a", seq, 2), keys["a"]) for seq in range(1, 11)}
-        with Bridge(settings) as bridge:
-            bridge.wait_ready()
-            rc = ReceiptCollector(broker.host, broker.port, topics)
-            pub = Publisher(broker.host, broker.port)
+    o = pg_outage
+    pg, engine, keys, topics, store = o.pg, o.engine, o.keys, o.topics, o.store
+    settings = o.settings.model_copy(update={"receipts_held_max": 5})
+    batches = {seq: sealed(make_batch("a", seq, 2), keys["a"]) for seq in range(1, 11)}
+    with Bridge(settings) as bridge, o.clients() as (rc, pub):
+        bridge.wait_ready()
 
-            def send(seqs: range) -> None:
-                for seq in seqs:
-                    pub.publish(topics.telemetry("a"), batches[seq])
-                pub.wait_acked()
+        def send(seqs: range) -> None:
+            for seq in seqs:
+                pub.publish(topics.telemetry("a"), batches[seq])
+            pub.wait_acked()
 
-            pg.stop()
-            send(range(1, 6))
-            wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="5 receipts held")
-            send(range(6, 11))
-            wait_for(lambda: store.count() == 20, 20, what="all 20 points stored")
-            wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
-            # the newest 5 are held; the oldest 5 were given up: nothing told, the device resends them
-            assert bridge.metrics.receipts_held._value.get() == 5
-            assert bridge.metrics.ledger_rows_dropped._value.get() == 5
-            assert rc.stored("a") == set()
-            pg.start()
-            engine.dispose()
-            wait_for(lambda: len(rc.stored("a")) == 5, 30, what="the held receipts once PostgreSQL is back")
-            assert rc.stored("a") == {("a", seq) for seq in range(6, 11)}
-            send(range(1, 6))  # the device resends what was not receipted
-            wait_for(lambda: len(rc.stored("a")) == 10, 20, what="the resends receipted")
-            with Session(engine) as s:
-                seqs = s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == "a")).all()
-            assert sorted(seqs) == list(range(1, 11))
-            assert store.count() == 20
-            pub.close()
-            rc.close()
-        store.close()
+        pg.stop()
+        send(range(1, 6))
+        wait_for(lambda: bridge.metrics.receipts_held._value.get() == 5, 20, what="5 receipts held")
+        send(range(6, 11))
+        wait_for(lambda: store.count() == 20, 20, what="all 20 points stored")
+        wait_for(lambda: bridge.ingest.backlog == 0, 20, what="every message acknowledged")
+        # the newest 5 are held; the oldest 5 were given up: nothing told, the device resends them
+        assert bridge.metrics.receipts_held._value.get() == 5
+        assert bridge.metrics.ledger_rows_dropped._value.get() == 5
+        assert rc.stored("a") == set()
+        pg.start()
         engine.dispose()
-    finally:
-        pg.close()
+        wait_for(lambda: len(rc.stored("a")) == 5, 30, what="the held receipts once PostgreSQL is back")
+        assert rc.stored("a") == {("a", seq) for seq in range(6, 11)}
+        send(range(1, 6))  # the device resends what was not receipted
+        wait_for(lambda: len(rc.stored("a")) == 10, 20, what="the resends receipted")
+        with Session(engine) as s:
+            seqs = s.exec(select(BatchLedger.seq).where(BatchLedger.device_id == "a")).all()
+        assert sorted(seqs) == list(range(1, 11))
+        assert store.count() == 20
 
 
-def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
-    mosquitto_factory, influx_url, topic_prefix
-) -> None:
+def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(pg_outage: PgOutage) -> None:
     """Regression: a message from a device the key snapshot does not hold (registered since), arriving
     while PostgreSQL is down, made the writer retry the registry in a loop with that message's unit in
     hand, so no device's batches were stored until the DB was back. Now it is answered with a retry
     receipt (``registry_unavailable``); the cached device's batches are stored meanwhile (their receipts
     held for their ledger rows, as always); once the DB is back they are receipted, and the new
     device's resend is stored."""
-    broker = mosquitto_factory(**LIMITS)
-    pg = PostgresServer()
-    pg.start()
-    try:
-        db_url = pg.create_database("bridge")
-        engine = make_engine(db_url)
-        keys = register_devices(engine, ["a"])
-        topics = Topics(topic_prefix)
-        store = open_tsdb(influx_url)
-        with Bridge(_settings(broker, db_url, influx_url, "memory://", topic_prefix)) as bridge:
-            bridge.wait_ready()
-            keys |= register_devices(engine, ["b"])  # after the snapshot: the bridge has not cached b
-            engine.dispose()
-            rc = ReceiptCollector(broker.host, broker.port, topics)
-            pub = Publisher(broker.host, broker.port)
+    o = pg_outage
+    pg, engine, keys, topics, store = o.pg, o.engine, o.keys, o.topics, o.store
+    with Bridge(o.settings) as bridge:
+        bridge.wait_ready()
+        keys |= register_devices(engine, ["b"])  # after the snapshot: the bridge has not cached b
+        engine.dispose()
+        with o.clients() as (rc, pub):
             b_batch = sealed(make_batch("b", 1, 3), keys["b"])
             pg.stop()
             pub.publish(topics.telemetry("b"), b_batch)
@@ -267,12 +273,6 @@ def test_postgres_down_a_device_not_cached_is_told_to_retry_and_holds_up_no_one(
             pub.wait_acked()
             wait_for(lambda: rc.stored("b") == {("b", 1)}, 30, what="b's resend stored once PostgreSQL is back")
             assert store.count(device_id="b") == 3
-            pub.close()
-            rc.close()
-        store.close()
-        engine.dispose()
-    finally:
-        pg.close()
 
 
 def test_a_db_starting_up_fails_the_sink_not_the_row(pg_url) -> None:
