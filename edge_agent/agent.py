@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -486,8 +487,6 @@ def _paho(*, tls: bool) -> Any:
         # proxy lookup, which it skips without PySocks: then a stand-in serves its import statement.
         stub = "urllib.request" not in sys.modules and importlib.util.find_spec("socks") is None
         if stub:
-            import types
-
             sys.modules["urllib.request"] = types.ModuleType("urllib.request", "paho's import only")
         try:
             mod = importlib.import_module("paho.mqtt.client")
@@ -497,8 +496,6 @@ def _paho(*, tls: bool) -> Any:
             if stub:
                 del sys.modules["urllib.request"]  # enrollment's later import gets the real module
         if mod.ssl is None:
-            import types
-
             stand_in = types.ModuleType("ssl", "no TLS: paho's except clauses only")
             for name in ("SSLWantReadError", "SSLWantWriteError", "SSLError", "CertificateError"):
                 setattr(stand_in, name, _NoTlsError)
