@@ -249,13 +249,8 @@ class Ingest:
         the seq the unverified payload claims: a retry deletes nothing). Holding the message instead
         would hold its unit, and with it every cached device's batches, until the DB is back."""
         wait = max(1.0, self._s.retry_max_s)
-        return Rejected(
-            exc.device_id,
-            REGISTRY_UNAVAILABLE,
-            f"{exc}; retry in {wait:.3f}s",
-            payload_hash(msg.payload),
-            _peek_token_seq(msg.payload),
-            after_ms=int(wait * 1000),
+        return _retry_rejection(
+            msg, exc.device_id, REGISTRY_UNAVAILABLE, f"{exc}; retry in {wait:.3f}s", int(wait * 1000)
         )
 
     def _admitted(self, o: Accepted | Rejected) -> tuple[Accepted | Rejected, bytes | None, int]:
@@ -302,14 +297,7 @@ class Ingest:
             reason, detail = QUOTA_EXCEEDED, f"{why}; retry in {wait:.3f}s"
         else:
             return None
-        return Rejected(
-            device_id,
-            reason,
-            detail,
-            payload_hash(msg.payload),
-            _peek_token_seq(msg.payload),
-            after_ms=int(wait * 1000) + 1,
-        )
+        return _retry_rejection(msg, device_id, reason, detail, int(wait * 1000) + 1)
 
     # ---- writer --------------------------------------------------------------------------------
     def _next_unit(self) -> Unit | None:
@@ -865,6 +853,14 @@ def _store_rejected(o: Accepted, exc: Exception) -> Rejected:
         verified=True,
         readings=o.readings,
         key_id=o.key_id,
+    )
+
+
+def _retry_rejection(msg: Inbound, device_id: str, reason: str, detail: str, after_ms: int) -> Rejected:
+    """A message refused for now, not for what it holds (throttled, registry unreadable): receipted as a
+    retry by the seq its unverified payload claims, with when to resend (a retry deletes nothing)."""
+    return Rejected(
+        device_id, reason, detail, payload_hash(msg.payload), _peek_token_seq(msg.payload), after_ms=after_ms
     )
 
 
