@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cloud_core.broker.mosquitto_process import preexec_for
+from cloud_core.broker.mosquitto_process import dies_with_this_process
 from edge_agent.buffer import Buffer
 from iot_protocol import Reading, generate_private_key, public_key_b64
 
@@ -106,7 +106,7 @@ def bench_agent(tmp: Path, duration: float) -> dict[str, float]:
         [IOTCTL, "agent", "run", "--config", str(cfg)],
         env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
         stderr=(tmp / "agent.stderr").open("wb"),
-        preexec_fn=preexec_for(None, signal.SIGKILL, os.getpid()),  # no orphan if this is killed -9
+        preexec_fn=dies_with_this_process(),
     )
     try:
         time.sleep(5)  # start-up (imports, connect) is not the steady state

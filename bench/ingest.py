@@ -29,7 +29,6 @@ import contextlib
 import http.client
 import os
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker_bridge.testing import ReceiptCollector, make_batch, register_devices  # noqa: E402
-from cloud_core.broker.mosquitto_process import preexec_for  # noqa: E402
+from cloud_core.broker.mosquitto_process import dies_with_this_process  # noqa: E402
 from cloud_core.core.db import make_engine  # noqa: E402
 from cloud_core.tsdb import open_tsdb  # noqa: E402
 from cloud_core.tsdb.base import Point  # noqa: E402
@@ -220,7 +219,7 @@ def bench_mosquitto(n: int) -> tuple[float, dict[str, float]]:
                 "bench-sub",
             ],
             stdout=subprocess.DEVNULL,
-            preexec_fn=die_with_us(),
+            preexec_fn=dies_with_this_process(),
         )
         time.sleep(0.5)
         line = b"x" * 199 + b"\n"
@@ -240,7 +239,7 @@ def bench_mosquitto(n: int) -> tuple[float, dict[str, float]]:
                 "bench-pubraw",
             ],
             stdin=subprocess.PIPE,
-            preexec_fn=die_with_us(),
+            preexec_fn=dies_with_this_process(),
         )
         meter = CpuMeter({"mosquitto": broker.pid or 0, "mosquitto_pub": pub.pid, "mosquitto_sub": sub.pid})
         t0 = time.monotonic()
@@ -301,12 +300,6 @@ def bench_influx(influx: InfluxServer, n_points: int) -> tuple[float, dict[str, 
 
 
 # ---------------------------------------------------------------------------------- (c) bridge
-def die_with_us() -> Callable[[], None]:
-    """A ``preexec_fn``: the child is killed when this benchmark dies, even by kill -9 (no orphans
-    left loading the machine for the next run)."""
-    return preexec_for(None, signal.SIGKILL, os.getpid())
-
-
 class Bridges:
     """``iotctl bridge run`` subprocesses on one shared subscription."""
 
@@ -324,7 +317,7 @@ class Bridges:
                     env=e,
                     stdout=log,
                     stderr=log,
-                    preexec_fn=die_with_us(),
+                    preexec_fn=dies_with_this_process(),
                 )
             )
             self.ports.append(port)

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -246,13 +245,13 @@ class NodeRed:
         )
         self.port = port
         self.log = work / "node-red.log"
-        from cloud_core.broker.mosquitto_process import preexec_for  # on sys.path once ingest is imported
+        from cloud_core.broker.mosquitto_process import dies_with_this_process  # on sys.path via ingest
 
         self.proc = subprocess.Popen(
             [node, str(red), "--userDir", str(work), "--settings", str(work / "settings.js")],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
-            preexec_fn=preexec_for(None, signal.SIGKILL, os.getpid()),  # dies with the benchmark
+            preexec_fn=dies_with_this_process(),
         )
 
     def _report(self) -> dict[str, int] | None:

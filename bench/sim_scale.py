@@ -21,7 +21,6 @@ import gc
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from cloud_core.broker.mosquitto_process import preexec_for
+from cloud_core.broker.mosquitto_process import dies_with_this_process
 from firmware_sim.fleet import Fleet, FleetSettings, device_key, raise_fd_limit
 from firmware_sim.registration import register_in_db
 from firmware_sim.scenario import parse_scenario
@@ -118,7 +117,7 @@ def main() -> None:
             bridge = subprocess.Popen(
                 [sys.executable, "-c", _BRIDGE, broker.url, db_url, ts_url, prefix],
                 stdout=subprocess.DEVNULL, stderr=open(work / "bridge.log", "wb"),  # noqa: SIM115
-                preexec_fn=preexec_for(None, signal.SIGKILL, os.getpid()),  # no orphan if killed -9
+                preexec_fn=dies_with_this_process(),
             )  # fmt: skip
             time.sleep(2.0)
         settings = FleetSettings(mqtt_url=broker.url, topic_prefix=prefix, connects_per_tick=200, drain_timeout_s=5)

@@ -51,6 +51,7 @@ __all__ = [
     "BrokerTls",
     "ChildProcess",
     "MosquittoProcess",
+    "dies_with_this_process",
     "find_dynsec_plugin",
     "log_tail",
     "mqtt_connect_probe",
@@ -169,6 +170,12 @@ def preexec_for(
                 os.kill(os.getpid(), death_signal)
 
     return setup
+
+
+def dies_with_this_process() -> Callable[[], None]:
+    """A ``preexec_fn`` for a plain child (a benchmark's helper process): killed when this process dies,
+    even by kill -9, so none is left loading the machine."""
+    return preexec_for(None, signal.SIGKILL, os.getpid())
 
 
 class ChildProcess:
