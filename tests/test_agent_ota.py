@@ -266,7 +266,12 @@ def test_nothing_is_installed_unless_manifest_size_hash_type_and_floor_check_out
         assert layout.current() == "b" and layout.slot_version("b") == "0.2.0"
         state = layout.read_state()
         assert (state["phase"], state["version"], state["from_slot"], state["boots"]) == ("trial", "0.2.0", "a", 0)
-        assert [s[1] for s in _steps(env, "ota-verify")][-2:] == ["downloading", "installed"]
+        # the agent reports its steps to the cloud on its own thread: "installed" may land just after
+        wait_for(
+            lambda: [s[1] for s in _steps(env, "ota-verify")][-2:] == ["downloading", "installed"],
+            "the cloud to hold the steps downloading, installed",
+            timeout=30,
+        )
     finally:
         agent.stop()
 
