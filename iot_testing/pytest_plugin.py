@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from iot_testing.ast_guard import serialize_ast_parse
 from iot_testing.servers import (
     InfluxServer,
     MosquittoServer,
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+
+# Servers run on threads of the test process (the API under uvicorn): see iot_testing.ast_guard.
+serialize_ast_parse()
 
 
 def _start(make: Callable[[], S]) -> S:

@@ -17,11 +17,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-
-# schemathesis imports its OpenAPI meta-schemas (one huge dict literal) lazily, deep in a test's stack, and
-# pytest rewrites plugin modules: CPython 3.11's parser then failed once with "AST constructor recursion depth
-# mismatch". Imported here, at collection, the stack is shallow.
-from schemathesis.specs.openapi import definitions as _openapi_definitions  # noqa: F401
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
