@@ -522,6 +522,12 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=5.0, help="pause between phases (InfluxDB compaction)")
     ap.add_argument("--skip-raw", action="store_true", help="skip (a) and (b); ratios then use LIMITS.md's figures")
     args = ap.parse_args()
+    # a count of 0 or less would run an empty phase and print a ratio of 0 as if it were measured
+    for name in ("mqtt_msgs", "influx_points", "batch50", "single", "devices", "replicas", "broker_inflight"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if not args.latency_s > 0 or not args.settle_s >= 0:
+        ap.error("--latency-s must be more than 0 and --settle-s at least 0")
     if args.protocol == "3.1.1" and args.replicas > 1:
         ap.error("--protocol 3.1.1 subscribes without sharing (the amqtt fallback): use --replicas 1")
 
