@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchargs import count, seconds
+
 from cloud_core.broker.mosquitto_process import dies_with_this_process
 from edge_agent.buffer import Buffer
 from iot_protocol import Reading, generate_private_key, public_key_b64
@@ -232,8 +234,8 @@ def import_breakdown(importtime_log: str, not_mapped: list[str]) -> tuple[list[t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION_S", 180)))
-    ap.add_argument("--readings", type=int, default=50_000)
+    ap.add_argument("--duration", type=seconds, default=float(os.environ.get("BENCH_DURATION_S", 180)))
+    ap.add_argument("--readings", type=count, default=50_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as d:
         tmp = Path(d)

@@ -46,6 +46,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchargs import count, pause, seconds  # noqa: E402
+
 from broker_bridge.testing import ReceiptCollector, make_batch, register_devices  # noqa: E402
 from cloud_core.broker.mosquitto_process import dies_with_this_process  # noqa: E402
 from cloud_core.core.db import make_engine  # noqa: E402
@@ -503,31 +505,25 @@ def run_latency_phase(
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mqtt-msgs", type=int, default=60_000, help="(a) messages (mosquitto_pub -l stops ~65k)")
-    ap.add_argument("--influx-points", type=int, default=200_000, help="(b) points per configuration")
-    ap.add_argument("--batch50", type=int, default=20_000, help="(c) messages of 50 readings (1M readings: sustained)")
-    ap.add_argument("--single", type=int, default=60_000, help="(c) messages of 1 reading")
-    ap.add_argument("--devices", type=int, default=200, help="devices publishing")
-    ap.add_argument("--replicas", type=int, default=2, help="bridge processes on the shared subscription")
-    ap.add_argument("--latency-s", type=float, default=10.0, help="(d) seconds of half-load traffic")
+    ap.add_argument("--mqtt-msgs", type=count, default=60_000, help="(a) messages (mosquitto_pub -l stops ~65k)")
+    ap.add_argument("--influx-points", type=count, default=200_000, help="(b) points per configuration")
+    ap.add_argument("--batch50", type=count, default=20_000, help="(c) messages of 50 readings (1M: sustained)")
+    ap.add_argument("--single", type=count, default=60_000, help="(c) messages of 1 reading")
+    ap.add_argument("--devices", type=count, default=200, help="devices publishing")
+    ap.add_argument("--replicas", type=count, default=2, help="bridge processes on the shared subscription")
+    ap.add_argument("--latency-s", type=seconds, default=10.0, help="(d) seconds of half-load traffic")
     ap.add_argument(
         "--protocol", default="5", choices=["5", "3.1.1"], help="the bridge's MQTT protocol (3.1.1: one replica)"
     )
     ap.add_argument(
         "--broker-inflight",
-        type=int,
+        type=count,
         default=BROKER_LIMITS["max_inflight_messages"],
         help="mosquitto max_inflight_messages for the bridge's broker",
     )
-    ap.add_argument("--settle-s", type=float, default=5.0, help="pause between phases (InfluxDB compaction)")
+    ap.add_argument("--settle-s", type=pause, default=5.0, help="pause between phases (InfluxDB compaction)")
     ap.add_argument("--skip-raw", action="store_true", help="skip (a) and (b); ratios then use LIMITS.md's figures")
     args = ap.parse_args()
-    # a count of 0 or less would run an empty phase and print a ratio of 0 as if it were measured
-    for name in ("mqtt_msgs", "influx_points", "batch50", "single", "devices", "replicas", "broker_inflight"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    if not args.latency_s > 0 or not args.settle_s >= 0:
-        ap.error("--latency-s must be more than 0 and --settle-s at least 0")
     if args.protocol == "3.1.1" and args.replicas > 1:
         ap.error("--protocol 3.1.1 subscribes without sharing (the amqtt fallback): use --replicas 1")
 

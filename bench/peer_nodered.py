@@ -48,6 +48,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchargs import count, pause
+
 NODE_RED = "node-red@4.1"
 CONTRIB = "node-red-contrib-influxdb@0.7.0"
 DEFAULT_PREFIX = "~/.cache/edu-platform/node-red-peer"
@@ -295,13 +297,13 @@ def main() -> None:
         default=Path(os.environ.get("EDU_NODERED_PREFIX", DEFAULT_PREFIX)).expanduser(),
         help="npm prefix holding node-red and node-red-contrib-influxdb",
     )
-    ap.add_argument("--rounds", type=int, default=2, help="rounds, each ours and the peer at 50/msg and 1/msg")
-    ap.add_argument("--batch50", type=int, default=20_000, help="messages of 50 readings per phase")
-    ap.add_argument("--single", type=int, default=60_000, help="messages of 1 reading per phase")
-    ap.add_argument("--devices", type=int, default=200)
-    ap.add_argument("--replicas", type=int, default=2, help="our bridge processes")
-    ap.add_argument("--join-points", type=int, default=10_000, help="the peer's join: points per write")
-    ap.add_argument("--settle-s", type=float, default=5.0, help="pause between phases (InfluxDB compaction)")
+    ap.add_argument("--rounds", type=count, default=2, help="rounds, each ours and the peer at 50/msg and 1/msg")
+    ap.add_argument("--batch50", type=count, default=20_000, help="messages of 50 readings per phase")
+    ap.add_argument("--single", type=count, default=60_000, help="messages of 1 reading per phase")
+    ap.add_argument("--devices", type=count, default=200)
+    ap.add_argument("--replicas", type=count, default=2, help="our bridge processes")
+    ap.add_argument("--join-points", type=count, default=10_000, help="the peer's join: points per write")
+    ap.add_argument("--settle-s", type=pause, default=5.0, help="pause between phases (InfluxDB compaction)")
     ap.add_argument("--no-out-node", dest="out_node", action="store_false", help="skip the influxdb out finding")
     args = ap.parse_args()
     prefix = args.prefix.expanduser().resolve()

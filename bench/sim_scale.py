@@ -28,6 +28,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchargs import count, seconds
+
 from cloud_core.broker.mosquitto_process import dies_with_this_process
 from firmware_sim.fleet import Fleet, FleetSettings, device_key, raise_fd_limit
 from firmware_sim.registration import register_in_db
@@ -72,9 +74,9 @@ def trace_report(devices: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", type=int, default=10_000)
-    ap.add_argument("--interval", type=float, default=10.0, help="seconds between readings per device")
-    ap.add_argument("--steady", type=float, default=60.0, help="seconds measured after all devices connected")
+    ap.add_argument("--devices", type=count, default=10_000)
+    ap.add_argument("--interval", type=seconds, default=10.0, help="seconds between readings per device")
+    ap.add_argument("--steady", type=seconds, default=60.0, help="seconds measured after all devices connected")
     ap.add_argument("--no-bridge", action="store_true", help="no receipts (devices stall at their inflight cap)")
     ap.add_argument(
         "--trace", action="store_true", help="tracemalloc: print where the Python heap per device goes (slower)"

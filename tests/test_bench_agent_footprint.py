@@ -15,6 +15,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "agent_footprint.py"
 
 
 def _bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:  # as when run as a script: its sibling benchargs
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("agent_footprint_bench", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -36,12 +36,3 @@ def test_a_small_run_stores_everything_and_prints_the_targets_and_its_verdict() 
     assert out["meets_targets"] is expected
     assert f"meets targets: {expected}" in r.stdout  # the human line says the same
 
-
-def test_a_count_below_one_is_refused_before_anything_starts() -> None:
-    # `--single -5` ran an empty phase and printed a single-reading ratio of 0.0 as a measurement
-    for flag, value in (("--single", "-5"), ("--batch50", "0"), ("--devices", "0")):
-        r = subprocess.run([sys.executable, str(BENCH), flag, value], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2, (flag, r.stdout[-500:])
-        assert f"{flag} must be at least 1, not {value}" in r.stderr
-    r = subprocess.run([sys.executable, str(BENCH), "--latency-s", "0"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--latency-s must be more than 0" in r.stderr
