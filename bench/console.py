@@ -28,6 +28,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchargs import count, seconds
+
 from iot_testing.browser import chromium
 from iot_testing.up import UpProcess
 
@@ -140,9 +142,9 @@ def bench_live(browser, seconds: float) -> dict[str, float]:  # type: ignore[no-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--devices", type=int, default=500)
-    ap.add_argument("--loads", type=int, default=5)
-    ap.add_argument("--live-seconds", type=float, default=420.0)
+    ap.add_argument("--devices", type=count, default=500)
+    ap.add_argument("--loads", type=count, default=5)
+    ap.add_argument("--live-seconds", type=seconds, default=420.0)
     args = ap.parse_args()
     with chromium() as browser:
         out = bench_fleet(browser, args.devices, args.loads)

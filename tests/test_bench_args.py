@@ -26,6 +26,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("agent_footprint.py", "--duration", "-1", "must be more than 0 seconds, not -1"),
         ("sim_scale.py", "--devices", "0", "must be at least 1, not 0"),
         ("sim_scale.py", "--interval", "nan", "must be more than 0 seconds, not nan"),
+        ("console.py", "--loads", "0", "must be at least 1, not 0"),
     ],
 )
 def test_a_value_that_would_measure_nothing_is_refused_naming_the_flag(
