@@ -21,10 +21,7 @@ def count(text: str) -> int:
 
 def seconds(text: str) -> float:
     """A number of seconds more than 0."""
-    try:
-        s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    s = _seconds(text)
     if not s > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return s
@@ -32,10 +29,14 @@ def seconds(text: str) -> float:
 
 def pause(text: str) -> float:
     """A number of seconds of at least 0 (a pause that may be skipped)."""
-    try:
-        s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    s = _seconds(text)
     if not s >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
     return s
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
